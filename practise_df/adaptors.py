@@ -1,0 +1,203 @@
+"""Identity-initialised linear adaptors around dropped blocks, and their exact folding.
+
+PRACTISE recovers a dropped block by training 1x1 adaptors on the convs that write to and read from
+the residual stream the block sat on (official code: after the last conv of every earlier block of
+the stage and the shortcut conv; before the first conv of every later block and of the next stage).
+We find those convs generically on the autograd graph of one forward pass:
+
+- writers: walking back from the stream at the dropped position through any op, the first
+  Conv2d/Linear met on each path whose output has the stream's size;
+- readers: a Conv2d/Linear whose input, walked back the same way, reaches that stream.
+
+An adaptor is a bias-free channel-mixing matrix A (post-adaptors keep the layer's bias). Because it
+is linear and sits directly on a conv/linear, it folds exactly: conv(A x) and A conv(x) are convs.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Set, Tuple
+
+import torch
+import torch.nn as nn
+
+from .models import PrePoolFeatures
+
+_LAYERS = (nn.Conv2d, nn.Linear)
+
+
+def _foldable(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.groups == 1)
+
+
+def _channels(layer: nn.Module, side: str) -> int:
+    if isinstance(layer, nn.Linear):
+        return layer.in_features if side == 'in' else layer.out_features
+    return layer.in_channels if side == 'in' else layer.out_channels
+
+
+def _identity_adaptor(layer: nn.Module, side: str) -> nn.Module:
+    c = _channels(layer, side)
+    bias = side == 'out' and layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        adaptor = nn.Linear(c, c, bias=bias)
+        weight = torch.eye(c)
+    else:
+        adaptor = nn.Conv2d(c, c, 1, bias=bias)
+        weight = torch.eye(c)[:, :, None, None]
+    adaptor = adaptor.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        adaptor.weight.copy_(weight)
+        if bias:
+            adaptor.bias.zero_()
+    return adaptor
+
+
+class Adapted(nn.Module):
+    """``post(layer(pre(x)))`` with identity-initialised 1x1 adaptors; :meth:`fold` returns ``layer``
+    with the adaptors merged into its weights."""
+
+    def __init__(self, layer: nn.Module, pre: bool, post: bool):
+        super().__init__()
+        self.layer = layer
+        self.pre = _identity_adaptor(layer, 'in') if pre else None
+        self.post = _identity_adaptor(layer, 'out') if post else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre is not None:
+            x = self.pre(x)
+        x = self.layer(x)
+        if self.post is not None:
+            x = self.post(x)
+        return x
+
+    @torch.no_grad()
+    def fold(self) -> nn.Module:
+        layer = self.layer
+        w = layer.weight
+        if self.pre is not None:
+            a = self.pre.weight.reshape(self.pre.weight.shape[0], -1)  # (I, I)
+            w = torch.einsum('oj...,ji->oi...', w, a)
+        if self.post is not None:
+            a = self.post.weight.reshape(self.post.weight.shape[0], -1)  # (O, O)
+            w = torch.einsum('po,o...->p...', a, w)
+            if layer.bias is not None:
+                layer.bias.copy_(a @ layer.bias + self.post.bias)
+        layer.weight.copy_(w)
+        return layer
+
+
+def find_adaptor_sites(model: nn.Module, dropped: Iterable[str],
+                       input_size) -> Dict[str, Tuple[bool, bool]]:
+    """{layer name: (pre, post)} for the adaptors around the dropped blocks.
+
+    ``model`` must already have the blocks replaced by identity (see :func:`drop_blocks`).
+    """
+    dropped = list(dropped)
+    streams: Dict[str, torch.Tensor] = {}
+    layer_in: Dict[str, torch.Tensor] = {}
+    layer_out: Dict[str, torch.Tensor] = {}
+    handles = []
+    for name in dropped:
+        module = model.get_submodule(name)
+        handles.append(module.register_forward_hook(_recorder(streams, None, name)))
+    for name, module in model.named_modules():
+        if isinstance(module, _LAYERS):
+            handles.append(module.register_forward_hook(_recorder(layer_out, layer_in, name)))
+    try:
+        x = torch.randn(1, *input_size, requires_grad=True) * 1.0
+        with torch.enable_grad():
+            features = PrePoolFeatures(model.eval())(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+    node_to_layer = {t.grad_fn: n for n, t in layer_out.items() if t.grad_fn is not None}
+    upstream_of_features = _reachable(features.grad_fn)
+    sites: Dict[str, List[bool]] = {}
+    for name in dropped:
+        stream = streams[name]
+        # writers: first layer met on every path back from the stream
+        for layer_name in _first_layers(stream.grad_fn, node_to_layer):
+            layer = model.get_submodule(layer_name)
+            out = layer_out[layer_name]
+            if (_foldable(layer) and out.numel() == stream.numel()
+                    and _channels(layer, 'out') in (stream.shape[1], stream.shape[-1])):
+                sites.setdefault(layer_name, [False, False])[1] = True
+        # readers: layers whose input leads back to the stream without crossing another layer
+        for layer_name, inp in layer_in.items():
+            layer = model.get_submodule(layer_name)
+            if (_foldable(layer) and layer_out[layer_name].grad_fn in upstream_of_features
+                    and _reaches_without_layer(inp, stream, node_to_layer)):
+                sites.setdefault(layer_name, [False, False])[0] = True
+    return {k: (v[0], v[1]) for k, v in sites.items()}
+
+
+def _recorder(outputs: dict, inputs, name: str):
+    def hook(module, args, output):  # returns None: a forward hook's return value replaces the output
+        outputs[name] = output
+        if inputs is not None:
+            inputs[name] = args[0]
+    return hook
+
+
+def _reachable(start) -> Set:
+    seen, stack = set(), [start]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(n for n, _ in node.next_functions)
+    return seen
+
+
+def _first_layers(start, node_to_layer) -> List[str]:
+    found, seen, stack = [], set(), [start]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in node_to_layer:
+            found.append(node_to_layer[node])
+            continue
+        stack.extend(n for n, _ in node.next_functions)
+    return found
+
+
+def _reaches_without_layer(inp: torch.Tensor, stream: torch.Tensor, node_to_layer) -> bool:
+    if inp is stream:
+        return True
+    target, seen, stack = stream.grad_fn, set(), [inp.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if node is target:
+            return True
+        seen.add(node)
+        if node in node_to_layer:
+            continue
+        stack.extend(n for n, _ in node.next_functions)
+    return False
+
+
+def insert_adaptors(model: nn.Module, dropped: Iterable[str], input_size) -> List[nn.Parameter]:
+    """Wrap the writers/readers of the dropped blocks' streams in :class:`Adapted`, in place.
+
+    Returns the adaptor parameters (the only ones PRACTISE trains to measure recoverability).
+    """
+    params = []
+    for name, (pre, post) in find_adaptor_sites(model, dropped, input_size).items():
+        wrapped = Adapted(model.get_submodule(name), pre, post)
+        model.set_submodule(name, wrapped)
+        params += [p for adaptor in (wrapped.pre, wrapped.post) if adaptor is not None for p in adaptor.parameters()]
+    return params
+
+
+def fold_adaptors(model: nn.Module) -> nn.Module:
+    """Merge every :class:`Adapted` back into its layer, in place; the model's structure and state-dict
+    keys are then those it had before :func:`insert_adaptors`."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Adapted):
+            model.set_submodule(name, module.fold())
+    return model

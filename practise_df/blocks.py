@@ -1,0 +1,137 @@
+"""Find the blocks PRACTISE may drop, and drop them.
+
+A module is a *candidate* when replacing it by identity keeps every shape and it sits on a residual
+path: its output is its input plus a branch. We read this off the autograd graph of one forward pass
+instead of a table of model names: walking back from the block's output through additions and
+activations (the ops a skip connection passes through) must reach the block's input. Downsampling
+shortcuts (a conv or pool on the skip) and blocks without a skip never reach it. The innermost such
+module is the block (a stage made only of residual blocks is not itself a candidate).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .models import resolve_data_config
+
+# Autograd nodes a skip connection may pass through: the add itself and the activation some
+# architectures apply after it (ResNet's ReLU), plus shape-free views.
+_SKIP_PATH_NODES = (
+    'AddBackward', 'ReluBackward', 'ThresholdBackward', 'HardtanhBackward', 'GeluBackward', 'SiluBackward',
+    'HardswishBackward', 'CloneBackward', 'ViewBackward', 'AliasBackward', 'ReshapeAliasBackward',
+)
+
+
+def _passes_skip(node) -> bool:
+    return type(node).__name__.rstrip('0123456789') in _SKIP_PATH_NODES
+
+
+def _reaches(start, target, max_nodes: int = 10_000) -> bool:
+    """True when ``target`` is reachable from ``start`` through skip-path nodes only."""
+    stack, seen = [start], set()
+    while stack and len(seen) < max_nodes:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if node is target:
+            return True
+        seen.add(node)
+        if _passes_skip(node):
+            stack.extend(n for n, _ in node.next_functions)
+    return False
+
+
+def _grad_node(t: torch.Tensor):
+    return t.grad_fn
+
+
+def trace_residual_modules(model: nn.Module, input_size: Sequence[int]) -> Dict[str, Tuple[torch.Size, bool]]:
+    """One forward pass with autograd on; returns {module name: (output shape, is residual)} for every
+    non-leaf module called with a single tensor whose output has the input's shape."""
+    records: Dict[str, Tuple[torch.Size, bool]] = {}
+    inputs: Dict[str, torch.Tensor] = {}
+    handles = []
+
+    def pre_hook(name):
+        def hook(module, args):
+            if len(args) == 1 and isinstance(args[0], torch.Tensor):
+                inputs[name] = args[0]
+        return hook
+
+    def post_hook(name):
+        def hook(module, args, output):
+            x = inputs.pop(name, None)
+            if x is None or not isinstance(output, torch.Tensor) or output.shape != x.shape:
+                return
+            residual = output is not x and output.grad_fn is not None and _reaches(output.grad_fn, _grad_node(x))
+            records[name] = (output.shape, residual)
+        return hook
+
+    for name, module in model.named_modules():
+        if name and len(list(module.children())) > 0:
+            handles.append(module.register_forward_pre_hook(pre_hook(name)))
+            handles.append(module.register_forward_hook(post_hook(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        # The model's input must carry a grad_fn so that a block at the very start is traceable too.
+        x = torch.randn(1, *input_size, requires_grad=True) * 1.0
+        with torch.enable_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return records
+
+
+def find_blocks(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> List[str]:
+    """Names of the droppable residual blocks of ``model``, in forward order.
+
+    Args:
+        model: a timm or torchvision model (any ``nn.Module`` whose residual blocks are modules).
+        input_size: (C, H, W) used for the tracing pass; defaults to the model's data config.
+    """
+    if input_size is None:
+        input_size = resolve_data_config(model)['input_size']
+    records = trace_residual_modules(model, input_size)
+    residual = [name for name, (_, is_res) in records.items() if is_res]
+    # Keep the innermost: drop any candidate that contains another candidate.
+    blocks = [n for n in residual if not any(o != n and o.startswith(n + '.') for o in residual)]
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return sorted(blocks, key=order.__getitem__)
+
+
+def check_blocks(model: nn.Module, names: Iterable[str], candidates: Optional[List[str]] = None) -> List[str]:
+    """Validate block names against the candidates; raises a ValueError that lists the valid ones."""
+    names = list(dict.fromkeys(names))
+    candidates = find_blocks(model) if candidates is None else candidates
+    bad = [n for n in names if n not in candidates]
+    if bad:
+        raise ValueError(f"Not droppable: {', '.join(bad)}. Candidate blocks of this model are: "
+                         f"{', '.join(candidates) or '(none)'}. See `practise-df blocks --model ...`.")
+    return names
+
+
+def drop_blocks(model: nn.Module, names: Iterable[str], inplace: bool = False,
+                candidates: Optional[List[str]] = None) -> nn.Module:
+    """Replace the named blocks by ``nn.Identity``. The result is the same class as ``model``.
+
+    ``names`` are checked against :func:`find_blocks` unless ``candidates`` is given.
+    """
+    names = check_blocks(model, names, candidates)
+    if not inplace:
+        model = copy.deepcopy(model)
+    for name in names:
+        model.set_submodule(name, nn.Identity())
+    dropped = list(getattr(model, 'practise_df_dropped', [])) + names
+    model.practise_df_dropped = dropped
+    return model
+
+
+def dropped_blocks(model: nn.Module) -> List[str]:
+    """Blocks dropped from ``model`` by :func:`drop_blocks` (empty for an untouched model)."""
+    return list(getattr(model, 'practise_df_dropped', []))

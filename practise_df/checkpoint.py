@@ -1,0 +1,92 @@
+"""Compressed-model directories: ``model.safetensors`` + ``config.json``.
+
+The config names the source architecture, the dropped blocks and the data config, so loading rebuilds
+the model with no download: build the architecture with random weights, replace the dropped blocks by
+identity, load the saved tensors.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Optional
+
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .blocks import drop_blocks, dropped_blocks
+from .models import create_model, resolve_data_config
+
+FORMAT = 'practise-df-compressed'
+FORMAT_VERSION = 1
+
+
+def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str, Any]] = None,
+                    extra: Optional[Dict[str, Any]] = None, overwrite: bool = False) -> str:
+    """Write ``model`` (made by :func:`create_model` + :func:`drop_blocks`) to directory ``path``.
+
+    The directory is written under a temporary name and renamed into place, so a crash never leaves
+    a half-written model that later loads. An existing directory is only replaced with ``overwrite``.
+    """
+    source = getattr(model, 'practise_df_source', None)
+    if source is None:
+        raise ValueError('This model was not built by practise_df.create_model, so its architecture cannot be '
+                         'recorded. Build it with create_model(spec, weights=...) before dropping blocks.')
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"'{path}' already exists. Choose another directory or pass overwrite=True "
+                              "(--overwrite) to replace it.")
+    config = {
+        'format': FORMAT,
+        'format_version': FORMAT_VERSION,
+        'source': source,
+        'dropped_blocks': dropped_blocks(model),
+        'data_config': {k: list(v) if isinstance(v, tuple) else v
+                        for k, v in (data_config or resolve_data_config(model)).items()},
+        **(extra or {}),
+    }
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.tmp-', dir=parent)
+    try:
+        # safetensors refuses shared storage; contiguous clones are what a reload needs anyway.
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, os.path.join(tmp, 'model.safetensors'), metadata={'format': FORMAT})
+        with open(os.path.join(tmp, 'config.json'), 'w') as f:
+            json.dump(config, f, indent=2)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_config(path: str) -> Dict[str, Any]:
+    with open(os.path.join(path, 'config.json')) as f:
+        config = json.load(f)
+    if config.get('format') != FORMAT:
+        raise ValueError(f"'{path}/config.json' is not a practise-df compressed model (format "
+                         f"{config.get('format')!r}).")
+    if config.get('format_version', 0) > FORMAT_VERSION:
+        raise ValueError(f"'{path}' was written by a newer practise-df (format {config['format_version']}); "
+                         "upgrade practise-df to load it.")
+    return config
+
+
+def load_compressed(path: str) -> nn.Module:
+    """Rebuild a model saved by :func:`save_compressed`, without any download."""
+    config = read_config(path)
+    weights = os.path.join(path, 'model.safetensors')
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"'{path}' has a config.json but no model.safetensors; the directory is incomplete.")
+    source = config['source']
+    model = create_model(source['model'], **source.get('kwargs', {}))
+    if config['dropped_blocks']:
+        model = drop_blocks(model, config['dropped_blocks'], inplace=True)
+    model.load_state_dict(load_file(weights))
+    model.practise_df_data_config = {k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in config['data_config'].items()}
+    model.practise_df_source = source
+    return model.eval()

@@ -1,0 +1,131 @@
+"""Image folders: nested (one subfolder per class, ImageFolder layout) or flat (no labels).
+
+Unreadable files are skipped and counted instead of crashing a long job; a folder with no readable
+image is an error that says so.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import timm.data
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm', '.jfif')
+UNLABELED = -1
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith('.')
+
+
+def _readable(path: str) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return False
+
+
+def scan_image_folder(root: str, class_to_idx: Optional[Dict[str, int]] = None
+                      ) -> Tuple[List[Tuple[str, int]], List[str], int]:
+    """List ``(path, label)`` pairs under ``root``.
+
+    Subfolders are classes (sorted names, as torchvision's ImageFolder; images nested deeper count
+    for their top-level subfolder). Images directly in ``root`` are unlabeled (label -1).
+    Returns (samples, class names, number of skipped unreadable files).
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"Image folder '{root}' does not exist.")
+    entries = sorted(os.listdir(root))
+    classes = [e for e in entries if os.path.isdir(os.path.join(root, e)) and not e.startswith('.')]
+    if class_to_idx is None:
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+    candidates: List[Tuple[str, int]] = [(os.path.join(root, e), UNLABELED) for e in entries
+                                         if _is_image_name(e) and os.path.isfile(os.path.join(root, e))]
+    for c in classes:
+        label = class_to_idx.get(c, UNLABELED)
+        for dirpath, dirnames, filenames in sorted(os.walk(os.path.join(root, c), followlinks=True)):
+            dirnames.sort()
+            candidates += [(os.path.join(dirpath, f), label) for f in sorted(filenames) if _is_image_name(f)]
+    samples = [s for s in candidates if _readable(s[0])]
+    skipped = len(candidates) - len(samples)
+    if skipped:
+        _logger.warning("Skipped %d unreadable image file(s) under '%s'.", skipped, root)
+    if not samples:
+        raise ValueError(f"No readable image under '{root}' (looked for {', '.join(IMAGE_SUFFIXES)}"
+                         f"{f'; {skipped} file(s) could not be decoded' if skipped else ''}). "
+                         "Point to a folder of images, flat or with one subfolder per class.")
+    return samples, classes, skipped
+
+
+class ImageFolderDataset(Dataset):
+    """Images of a folder with labels from subfolder names (-1 when flat)."""
+
+    def __init__(self, root: str, transform: Optional[Callable] = None,
+                 class_to_idx: Optional[Dict[str, int]] = None, max_images: Optional[int] = None, seed: int = 0):
+        self.root = root
+        self.samples, self.classes, self.skipped = scan_image_folder(root, class_to_idx)
+        if max_images is not None and max_images < len(self.samples):
+            self.samples = subsample(self.samples, max_images, seed)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as im:
+                image = im.convert('RGB')
+        except (OSError, UnidentifiedImageError, ValueError) as e:  # truncated data only seen on decode
+            raise OSError(f"Image '{path}' became unreadable while loading: {e}") from e
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+def subsample(items: Sequence, n: int, seed: int = 0) -> list:
+    """``n`` items chosen without replacement, the same for the same seed; original order kept."""
+    gen = torch.Generator().manual_seed(seed)
+    keep = sorted(torch.randperm(len(items), generator=gen)[:n].tolist())
+    return [items[i] for i in keep]
+
+
+def eval_transform(data_config: dict) -> Callable:
+    """timm's eval transform for a data config (resize, center crop, normalise)."""
+    cfg = {k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
+           if k in data_config}
+    return timm.data.create_transform(**cfg, is_training=False)
+
+
+def image_loader(root: str, data_config: dict, batch_size: int = 32, max_images: Optional[int] = None,
+                 seed: int = 0, num_workers: int = 0, shuffle: bool = False) -> DataLoader:
+    dataset = ImageFolderDataset(root, eval_transform(data_config), max_images=max_images, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None)
+
+
+def load_image_tensor(root: str, data_config: dict, max_images: Optional[int] = None,
+                      seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All (or ``max_images``) images of a folder as one preprocessed tensor, with labels."""
+    images, labels = [], []
+    for x, y in image_loader(root, data_config, batch_size=64, max_images=max_images, seed=seed):
+        images.append(x)
+        labels.append(y)
+    return torch.cat(images), torch.cat(labels)
+
+
+def split_tensor(images: torch.Tensor, n_first: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random split of an image tensor into ``n_first`` and the rest (the tiny set and held-out images)."""
+    if not 0 < n_first < len(images):
+        raise ValueError(f'Cannot split {len(images)} images into {n_first} and the rest; '
+                         'need at least one image on each side.')
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    return images[perm[:n_first]], images[perm[n_first:]]

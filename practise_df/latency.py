@@ -1,0 +1,114 @@
+"""Wall-clock latency (what users buy), parameter and MAC counts."""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .blocks import drop_blocks
+
+
+@dataclass
+class Latency:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    batch_size: int
+    input_size: Sequence[int]
+    device: str
+    repeats: int
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _sync(device: torch.device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    elif device.type == 'mps':
+        torch.mps.synchronize()
+
+
+def _timings(models: List[nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> List[List[float]]:
+    """Time each model ``repeats`` times, interleaved so slow drifts of the machine hit all equally."""
+    device = x.device
+    with torch.inference_mode():
+        for model in models:
+            for _ in range(warmup):
+                model(x)
+        _sync(device)
+        times = [[] for _ in models]
+        for _ in range(repeats):
+            for i, model in enumerate(models):
+                start = time.perf_counter()
+                model(x)
+                _sync(device)
+                times[i].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def _summary(times: List[float], x: torch.Tensor, repeats: int) -> Latency:
+    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    return Latency(statistics.median(times), q[0], q[-1], x.shape[0], tuple(x.shape[1:]), str(x.device), repeats)
+
+
+def measure_latency(model: nn.Module, input_size: Sequence[int], batch_size: int = 1, device: str = 'cpu',
+                    warmup: int = 5, repeats: int = 20) -> Latency:
+    """Median wall time of one forward pass after warm-up, under ``inference_mode``."""
+    return measure_latencies([model], input_size, batch_size, device, warmup, repeats)[0]
+
+
+def measure_latencies(models: List[nn.Module], input_size: Sequence[int], batch_size: int = 1,
+                      device: str = 'cpu', warmup: int = 5, repeats: int = 20) -> List[Latency]:
+    """:func:`measure_latency` for several models, timed interleaved."""
+    if repeats < 1:
+        raise ValueError('repeats must be at least 1')
+    dev = torch.device(device)
+    x = torch.randn(batch_size, *input_size, device=dev)
+    moved = [m.to(dev).eval() for m in models]
+    times = _timings(moved, x, warmup, repeats)
+    return [_summary(t, x, repeats) for t in times]
+
+
+def block_latency_savings(model: nn.Module, blocks: Iterable[str], input_size: Sequence[int],
+                          batch_size: int = 1, device: str = 'cpu', warmup: int = 3,
+                          repeats: int = 10) -> Dict[str, dict]:
+    """Latency saved by dropping each block alone, measured on the model with that block dropped.
+
+    Returns {block: {'latency_ms', 'saved_ms', 'saved_pct', 'base_ms'}}; ``saved_pct`` is relative to
+    the full model's median ``base_ms``. All variants are timed interleaved in one run.
+    """
+    blocks = list(blocks)
+    variants = [model] + [drop_blocks(model, [b], candidates=blocks) for b in blocks]
+    lat = measure_latencies(variants, input_size, batch_size, device, warmup, repeats)
+    base = lat[0].median_ms
+    return {b: {'latency_ms': l.median_ms, 'saved_ms': base - l.median_ms,
+                'saved_pct': 100.0 * (base - l.median_ms) / base, 'base_ms': base}
+            for b, l in zip(blocks, lat[1:])}
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass at batch 1 (torch's FLOP counter / 2)."""
+    param = next(model.parameters(), None)
+    x = torch.zeros(1, *input_size, device=param.device if param is not None else 'cpu')
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(x)
+    return counter.get_total_flops() // 2
+
+
+def model_cost(model: nn.Module, input_size: Sequence[int], batch_size: int = 1, device: str = 'cpu',
+               repeats: int = 20) -> dict:
+    """Latency, params and MACs of one model, as a dict for reports."""
+    lat = measure_latency(copy.deepcopy(model), input_size, batch_size, device, repeats=repeats)
+    return {'latency': lat.to_dict(), 'params': count_params(model), 'macs': count_macs(model, input_size)}

@@ -1,0 +1,246 @@
+"""Recoverability of each block, PRACTISE scores and block selection.
+
+Recoverability (PRACTISE): drop one block, insert identity adaptors around it, train only the
+adaptors to match the teacher's pre-pooling features (MSE) on the tiny set, then measure the feature
+MSE on held-out images. Score = recoverability / latency saved (%); the lowest scores are dropped.
+
+Two estimators share this code:
+
+- ``official``: the settings of the official code (SGD lr 0.02, momentum 0.9, weight decay 1e-4,
+  StepLR x0.1 at 40% of 1000 iterations, batch 64) at the data config's resolution.
+- ``fast`` (default): the same adaptors fitted with Adam for 60 iterations on images resized to
+  half resolution (the adaptors are 1x1 convs: they see the same channel statistics at any size).
+  ``benchmarks/bench_estimator.py`` measures its time and rank agreement against ``official``.
+
+Teacher features are computed once per image set and reused for every block.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .adaptors import fold_adaptors, insert_adaptors
+from .blocks import drop_blocks, find_blocks
+from .latency import block_latency_savings, measure_latencies
+from .models import PrePoolFeatures
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    """How the adaptors are fitted when measuring recoverability."""
+    iterations: int = 60
+    batch_size: int = 64
+    optimizer: str = 'adam'  # 'adam' or 'sgd'
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    step_at: float = 0.4  # StepLR(x0.1) at this fraction of the iterations; 0 disables it
+    resolution_scale: float = 0.5  # images are resized by this factor (1.0 = as given)
+
+
+ESTIMATORS: Dict[str, RecoverySettings] = {
+    'official': RecoverySettings(iterations=1000, batch_size=64, optimizer='sgd', lr=0.02, momentum=0.9,
+                                 weight_decay=1e-4, step_at=0.4, resolution_scale=1.0),
+    'fast': RecoverySettings(),
+}
+
+
+@dataclass
+class BlockScore:
+    block: str
+    recoverability: float  # held-out feature MSE after fitting the adaptors
+    mse_dropped: float  # held-out feature MSE right after dropping, before any fitting
+    saved_ms: float
+    saved_pct: float
+    score: float  # recoverability / saved_pct; lower = drop first
+    num_adaptors: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _resize(images: torch.Tensor, scale: float) -> torch.Tensor:
+    if scale == 1.0:
+        return images
+    size = [max(8, int(round(s * scale))) for s in images.shape[-2:]]
+    return F.interpolate(images, size=size, mode='bilinear', antialias=True, align_corners=False)
+
+
+@torch.no_grad()
+def compute_features(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Pre-pooling features of ``model`` for a tensor of preprocessed images, on the model's device."""
+    device = next(model.parameters()).device
+    extractor = PrePoolFeatures(model.eval())
+    return torch.cat([extractor(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def feature_mse(model: nn.Module, images: torch.Tensor, target: torch.Tensor, batch_size: int = 64) -> float:
+    """Mean squared error between ``model``'s pre-pooling features and ``target``."""
+    device = next(model.parameters()).device
+    extractor = PrePoolFeatures(model.eval())
+    total = 0.0
+    for i in range(0, len(images), batch_size):
+        out = extractor(images[i:i + batch_size].to(device))
+        total += F.mse_loss(out, target[i:i + batch_size], reduction='sum').item()
+    return total / target.numel()
+
+
+def fit_adaptors(student: nn.Module, params: List[nn.Parameter], images: torch.Tensor, target: torch.Tensor,
+                 settings: RecoverySettings, seed: int = 0) -> List[float]:
+    """Train only ``params`` so that ``student``'s pre-pooling features match ``target``. Returns losses."""
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    if settings.optimizer == 'sgd':
+        opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    elif settings.optimizer == 'adam':
+        opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    else:
+        raise ValueError(f"Unknown optimizer '{settings.optimizer}'; use 'sgd' or 'adam'.")
+    step = max(1, int(settings.step_at * settings.iterations)) if settings.step_at > 0 else settings.iterations + 1
+    sched = torch.optim.lr_scheduler.StepLR(opt, step, gamma=0.1)
+    extractor = PrePoolFeatures(student.eval())  # eval: BatchNorm keeps the teacher's statistics
+    device = params[0].device if params else torch.device('cpu')
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    n = len(images)
+    order = torch.randperm(n, generator=gen)
+    pos = 0
+    for _ in range(settings.iterations if params else 0):
+        if pos + min(settings.batch_size, n) > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + settings.batch_size]
+        pos += len(idx)
+        loss = F.mse_loss(extractor(images[idx].to(device)), target[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f'Adaptor fitting diverged (loss {losses[-1]}); lower the learning rate.')
+    for p in params:
+        p.requires_grad_(False)
+    return losses
+
+
+def recover_blocks(teacher: nn.Module, blocks: Sequence[str], train_images: torch.Tensor,
+                   train_target: Optional[torch.Tensor] = None, settings: RecoverySettings = ESTIMATORS['fast'],
+                   seed: int = 0, candidates: Optional[List[str]] = None):
+    """Drop ``blocks`` from a copy of ``teacher``, fit adaptors around them, and return
+    ``(student, adaptor_params)`` with the adaptors still in place (fold with :func:`fold_adaptors`)."""
+    train_images = _resize(train_images, settings.resolution_scale)
+    if train_target is None:
+        train_target = compute_features(teacher, train_images)
+    student = drop_blocks(teacher, blocks, candidates=candidates)
+    params = insert_adaptors(student, blocks, train_images.shape[1:])
+    fit_adaptors(student, params, train_images, train_target, settings, seed)
+    return student, params
+
+
+def drop_and_recover(teacher: nn.Module, blocks: Sequence[str], train_images: torch.Tensor,
+                     settings: RecoverySettings = ESTIMATORS['fast'], seed: int = 0) -> nn.Module:
+    """The pruned model: blocks dropped, adaptors fitted and folded. A plain model of the teacher's class."""
+    student, _ = recover_blocks(teacher, blocks, train_images, settings=settings, seed=seed)
+    return fold_adaptors(student)
+
+
+def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images: torch.Tensor,
+                 blocks: Optional[Sequence[str]] = None, estimator: str = 'fast',
+                 settings: Optional[RecoverySettings] = None, latency: Optional[Dict[str, dict]] = None,
+                 latency_kwargs: Optional[dict] = None, seed: int = 0, progress: bool = True,
+                 on_score: Optional[Callable[[BlockScore], None]] = None) -> List[BlockScore]:
+    """PRACTISE scores of ``blocks`` (default: every candidate), sorted lowest (drop first) to highest.
+
+    Args:
+        teacher: the model to compress (eval mode; not modified).
+        train_images / heldout_images: preprocessed image tensors (N, C, H, W): the tiny set the
+            adaptors are fitted on, and the images recoverability is measured on.
+        estimator: 'fast' or 'official' (see module doc); ``settings`` overrides it.
+        latency: precomputed :func:`block_latency_savings` output; measured when None with
+            ``latency_kwargs`` (input_size, batch_size, device, repeats).
+        on_score: called with each block's result as soon as it is known (e.g. to save progress).
+    """
+    if estimator not in ESTIMATORS and settings is None:
+        raise ValueError(f"Unknown estimator '{estimator}'; choose from {sorted(ESTIMATORS)}.")
+    settings = settings or ESTIMATORS[estimator]
+    if len(train_images) == 0 or len(heldout_images) == 0:
+        raise ValueError('Scoring needs at least one training and one held-out image.')
+    teacher = teacher.eval()
+    candidates = find_blocks(teacher, tuple(train_images.shape[1:]))
+    blocks = list(blocks) if blocks is not None else candidates
+    drop_blocks(teacher, blocks, candidates=candidates)  # validates the names, cheap copy discarded
+    if latency is None:
+        kw = dict(input_size=tuple(heldout_images.shape[1:]))
+        kw.update(latency_kwargs or {})
+        latency = block_latency_savings(teacher, blocks, **kw)
+    train_x = _resize(train_images, settings.resolution_scale)
+    held_x = _resize(heldout_images, settings.resolution_scale)
+    train_t = compute_features(teacher, train_x)  # computed once, reused for every block
+    held_t = compute_features(teacher, held_x)
+    results = []
+    bar = tqdm(blocks, desc='scoring blocks', disable=not progress)
+    for block in bar:
+        start = time.perf_counter()
+        student = drop_blocks(teacher, [block], candidates=candidates)
+        mse_dropped = feature_mse(student, held_x, held_t)
+        params = insert_adaptors(student, [block], train_x.shape[1:])
+        fit_adaptors(student, params, train_x, train_t, settings, seed)
+        rec = feature_mse(student, held_x, held_t)
+        saved = latency[block]
+        # A block whose removal saves no measurable time can never be worth dropping first.
+        pct = max(saved['saved_pct'], 1e-3)
+        results.append(BlockScore(block, rec, mse_dropped, saved['saved_ms'], saved['saved_pct'], rec / pct,
+                                  num_adaptors=len(params), seconds=time.perf_counter() - start))
+        bar.set_postfix(block=block, rec=f'{rec:.4g}')
+        if on_score is not None:
+            on_score(results[-1])
+    return sorted(results, key=lambda s: s.score)
+
+
+def select_blocks(scores: Sequence[BlockScore], drop: Optional[int] = None,
+                  latency_reduction: Optional[float] = None, model: Optional[nn.Module] = None,
+                  latency_kwargs: Optional[dict] = None) -> List[str]:
+    """Pick blocks to drop from :func:`score_blocks` output.
+
+    Either ``drop`` (the K lowest scores) or ``latency_reduction`` (a fraction, e.g. 0.25): blocks are
+    added greedily by score and the combined model's latency is re-measured after each addition
+    (savings of single blocks do not add up exactly). The latter needs ``model``.
+    """
+    if (drop is None) == (latency_reduction is None):
+        raise ValueError('Give exactly one of drop (a block count) or latency_reduction (a fraction).')
+    ordered = [s.block for s in sorted(scores, key=lambda s: s.score)]
+    if drop is not None:
+        if not 0 < drop <= len(ordered):
+            raise ValueError(f'drop must be between 1 and {len(ordered)} (the number of scored blocks), got {drop}.')
+        return ordered[:drop]
+    if not 0 < latency_reduction < 1:
+        raise ValueError(f'latency_reduction is a fraction between 0 and 1 (e.g. 0.25), got {latency_reduction}.')
+    if model is None:
+        raise ValueError('Selecting by latency_reduction needs the model to re-measure latency.')
+    kw = dict(latency_kwargs or {})
+    chosen: List[str] = []
+    reached = 0.0
+    for block in ordered:
+        chosen.append(block)
+        base, pruned = measure_latencies([model, drop_blocks(model, chosen, candidates=ordered)], **kw)
+        reached = 1 - pruned.median_ms / base.median_ms
+        _logger.info('dropping %s: latency reduced by %.1f%%', ','.join(chosen), 100 * reached)
+        if reached >= latency_reduction:
+            return chosen
+    raise ValueError(f'A latency reduction of {100 * latency_reduction:.0f}% cannot be reached: dropping all '
+                     f'{len(ordered)} scored blocks saves {100 * reached:.1f}%. Ask for less, or score more blocks.')

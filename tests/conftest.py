@@ -1,0 +1,51 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from practise_df import create_model
+
+SMALL = (3, 64, 64)
+
+
+def make_image_folder(root, classes=('a', 'b'), per_class=3, size=48, flat=0, seed=0, fmt='png'):
+    """Write random RGB images: one subfolder per class, plus ``flat`` images at the top level."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    paths = []
+    for c in classes:
+        os.makedirs(os.path.join(root, c), exist_ok=True)
+        for i in range(per_class):
+            paths.append(os.path.join(root, c, f'{i}.{fmt}'))
+    paths += [os.path.join(root, f'flat{i}.{fmt}') for i in range(flat)]
+    for p in paths:
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(p)
+    return root
+
+
+def randomize_norms(model, seed=0):
+    """Give every BatchNorm random affine parameters and statistics. timm zero-initialises the last BN of
+    each residual branch, which would make every random block an exact identity."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return model
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return make_image_folder(str(tmp_path / 'images'), classes=('a', 'b', 'c'), per_class=4)
+
+
+@pytest.fixture(scope='session')
+def tiny_resnet():
+    """timm resnet18 (BasicBlocks: candidates layer1.1 ... layer4.1), random weights, seed-fixed."""
+    torch.manual_seed(0)
+    return randomize_norms(create_model('timm:resnet18', num_classes=10))

@@ -1,0 +1,61 @@
+import json
+import os
+
+import pytest
+import torch
+
+from practise_df import create_model, drop_blocks, load_compressed, save_compressed
+from practise_df.checkpoint import read_config
+
+from conftest import SMALL, randomize_norms
+
+
+@pytest.mark.parametrize('spec', ['timm:resnet18', 'torchvision:mobilenet_v2'])
+def test_round_trip_is_bit_equal(tmp_path, spec):
+    torch.manual_seed(0)
+    model = randomize_norms(create_model(spec, num_classes=7))
+    blocks = ['layer1.1', 'layer3.1'] if 'resnet' in spec else ['features.5', 'features.12']
+    pruned = drop_blocks(model, blocks)
+    out = str(tmp_path / 'compressed')
+    save_compressed(pruned, out)
+    assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
+    config = read_config(out)
+    assert config['dropped_blocks'] == blocks and config['source']['kwargs'] == {'num_classes': 7}
+    loaded = load_compressed(out)
+    assert type(loaded) is type(model)
+    x = torch.randn(2, *SMALL)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
+    # a directory is accepted wherever a model spec is
+    again = create_model(out)
+    with torch.no_grad():
+        assert torch.equal(again(x), pruned(x))
+
+
+def test_refuses_to_overwrite_and_rejects_foreign_dirs(tmp_path, tiny_resnet):
+    out = str(tmp_path / 'm')
+    save_compressed(tiny_resnet, out)
+    with pytest.raises(FileExistsError, match='overwrite'):
+        save_compressed(tiny_resnet, out)
+    save_compressed(drop_blocks(tiny_resnet, ['layer1.1']), out, overwrite=True)
+    assert read_config(out)['dropped_blocks'] == ['layer1.1']
+    assert not [f for f in os.listdir(tmp_path) if f.startswith('.tmp')]
+    with pytest.raises(ValueError, match='carries its own weights'):
+        create_model(out, weights='x.pth')
+    other = tmp_path / 'other'
+    other.mkdir()
+    with pytest.raises(ValueError, match='holds no config.json'):
+        create_model(str(other))
+    (other / 'config.json').write_text(json.dumps({'format': 'something-else'}))
+    with pytest.raises(ValueError, match='not a practise-df compressed model'):
+        create_model(str(other))
+
+
+def test_data_config_travels_with_the_model(tmp_path, tiny_resnet):
+    out = str(tmp_path / 'm')
+    save_compressed(tiny_resnet, out, data_config={'input_size': (3, 96, 96), 'interpolation': 'bicubic',
+                                                   'mean': (0.5,) * 3, 'std': (0.5,) * 3, 'crop_pct': 1.0,
+                                                   'crop_mode': 'center'})
+    from practise_df import resolve_data_config
+    cfg = resolve_data_config(load_compressed(out))
+    assert cfg['input_size'] == (3, 96, 96) and cfg['mean'] == (0.5, 0.5, 0.5)
