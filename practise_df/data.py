@@ -38,7 +38,9 @@ def scan_image_folder(root: str, class_to_idx: Optional[Dict[str, int]] = None
     """List ``(path, label)`` pairs under ``root``.
 
     Subfolders are classes (sorted names, as torchvision's ImageFolder; images nested deeper count
-    for their top-level subfolder). Images directly in ``root`` are unlabeled (label -1).
+    for their top-level subfolder). When every subfolder name is a number (``0042``, as synthesised
+    folders are written) the number is the label, so a folder holding only some classes keeps the
+    model's class indices. Images directly in ``root`` are unlabeled (label -1).
     Returns (samples, class names, number of skipped unreadable files).
     """
     if not os.path.isdir(root):
@@ -46,7 +48,8 @@ def scan_image_folder(root: str, class_to_idx: Optional[Dict[str, int]] = None
     entries = sorted(os.listdir(root))
     classes = [e for e in entries if os.path.isdir(os.path.join(root, e)) and not e.startswith('.')]
     if class_to_idx is None:
-        class_to_idx = {c: i for i, c in enumerate(classes)}
+        numeric = bool(classes) and all(c.isdigit() for c in classes)
+        class_to_idx = {c: int(c) if numeric else i for i, c in enumerate(classes)}
     candidates: List[Tuple[str, int]] = [(os.path.join(root, e), UNLABELED) for e in entries
                                          if _is_image_name(e) and os.path.isfile(os.path.join(root, e))]
     for c in classes:
@@ -103,6 +106,14 @@ def eval_transform(data_config: dict) -> Callable:
     cfg = {k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
            if k in data_config}
     return timm.data.create_transform(**cfg, is_training=False)
+
+
+def train_transform(data_config: dict, scale=(0.25, 1.0)) -> Callable:
+    """Light training augmentation for distillation (random resized crop + flip, no colour change):
+    teacher and student see the same augmented image, so more views cost nothing in correctness."""
+    cfg = {k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std') if k in data_config}
+    return timm.data.create_transform(**cfg, is_training=True, scale=scale, hflip=0.5, color_jitter=None,
+                                      auto_augment=None, re_prob=0.0)
 
 
 def image_loader(root: str, data_config: dict, batch_size: int = 32, max_images: Optional[int] = None,

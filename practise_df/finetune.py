@@ -1,0 +1,263 @@
+"""Finetune a pruned student against its teacher: one training loop, Accelerate does the device work.
+
+Losses:
+- ``mir`` (default): MiR feature mimicking, MSE between the student's and teacher's pre-pooling
+  features with the classifier frozen (the official PRACTISE finetuning).
+- ``kd``: logit distillation, KL divergence at temperature T (baseline).
+- ``ce``: cross-entropy on labels ('BP' in the paper; needs labelled images).
+
+The defaults follow the official code: SGD lr 0.02, momentum 0.9, weight decay 1e-4, StepLR x0.1 at
+40% of the iterations, student BatchNorm in train mode. ``iterations`` counts optimizer steps; each
+step sees ``batch_size`` images per process (x gradient accumulation).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .models import PrePoolFeatures, classifier_parameters
+
+_logger = logging.getLogger(__name__)
+
+LOSSES = ('mir', 'kd', 'ce')
+
+
+@dataclass
+class FinetuneConfig:
+    loss: str = 'mir'
+    iterations: int = 2000
+    batch_size: int = 64  # per process
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    step_at: float = 0.4  # StepLR x0.1 at this fraction of the iterations
+    gradient_accumulation_steps: int = 1
+    kd_temperature: float = 4.0
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed (eval mode) while training
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2
+    eval_every: int = 0
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"Unknown finetuning loss '{self.loss}'; choose from {', '.join(LOSSES)}.")
+        if self.iterations < 1 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError('iterations, batch_size and gradient_accumulation_steps must be at least 1.')
+
+
+class TrainState:
+    """The optimizer-step counter, saved and restored with Accelerate's checkpoints."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self):
+        return {'step': self.step}
+
+    def load_state_dict(self, state):
+        self.step = int(state['step'])
+
+
+class _Objective(nn.Module):
+    """What the loss needs from the student: pre-pooling features (mir) or logits (kd, ce). Wrapping it
+    in one module lets Accelerate prepare (DDP-wrap) exactly the part that is trained."""
+
+    def __init__(self, student: nn.Module, loss: str):
+        super().__init__()
+        self.net = PrePoolFeatures(student) if loss == 'mir' else student
+
+    @property
+    def student(self) -> nn.Module:
+        return self.net.model if isinstance(self.net, PrePoolFeatures) else self.net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+COMPLETE_MARKER = 'practise_df_complete'
+
+
+def latest_checkpoint(output_dir: str) -> Optional[str]:
+    """The newest complete ``checkpoints/checkpoint_N`` under ``output_dir``, or None.
+
+    A checkpoint counts once its marker file is written after Accelerate's ``save_state`` returned,
+    so one cut short by a crash is never resumed from."""
+    root = os.path.join(output_dir, 'checkpoints')
+    if not os.path.isdir(root):
+        return None
+    steps = [d for d in os.listdir(root) if d.startswith('checkpoint_') and d.split('_')[-1].isdigit()
+             and os.path.exists(os.path.join(root, d, COMPLETE_MARKER))]
+    return os.path.join(root, max(steps, key=lambda d: int(d.split('_')[-1]))) if steps else None
+
+
+def _save_checkpoint(accelerator: Accelerator) -> str:
+    path = accelerator.save_state()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        open(os.path.join(path, COMPLETE_MARKER), 'w').close()
+    accelerator.wait_for_everyone()
+    return path
+
+
+def make_accelerator(output_dir: Optional[str] = None, config: Optional[FinetuneConfig] = None,
+                     **kwargs) -> Accelerator:
+    """An Accelerator set up for :func:`finetune`: numbered checkpoints under ``output_dir/checkpoints``
+    and a seedable sampler so a resumed run sees the same batches."""
+    config = config or FinetuneConfig()
+    project = ProjectConfiguration(project_dir=output_dir or '.', automatic_checkpoint_naming=True,
+                                   total_limit=config.keep_checkpoints)
+    return Accelerator(project_config=project, gradient_accumulation_steps=config.gradient_accumulation_steps,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)
+
+
+def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config: FinetuneConfig = FinetuneConfig(),
+             accelerator: Optional[Accelerator] = None, output_dir: Optional[str] = None, resume: bool = False,
+             eval_data: Optional[Dataset] = None, progress: bool = True, on_step=None) -> Dict[str, List]:
+    """Train ``student`` to mimic ``teacher`` on ``train_data`` (a dataset of ``(image, label)``).
+
+    Args:
+        accelerator: made with :func:`make_accelerator` when None. Pass your own to choose
+            ``mixed_precision``, ``log_with`` (trackers) or ``cpu``.
+        output_dir: where checkpoints go (``output_dir/checkpoints/checkpoint_N``); needed for resume.
+        resume: continue from the newest checkpoint in ``output_dir`` (same batches, same RNG state).
+        eval_data: evaluated every ``config.eval_every`` steps and at the end (top-1 when labelled,
+            top-1 agreement with the teacher always).
+        on_step: called as ``on_step(step, loss)`` after every optimizer step (main process).
+
+    Returns:
+        A history dict: ``step``, ``loss`` (every step) and ``eval`` (list of metric dicts).
+        ``student`` is trained in place (unwrapped from any DDP wrapper).
+    """
+    accelerator = accelerator or make_accelerator(output_dir, config)
+    set_seed(config.seed)
+    student.requires_grad_(True)  # a copy of a frozen teacher must still train
+    if config.loss == 'mir':  # the classifier only maps features; MiR keeps it as the teacher left it
+        for p in classifier_parameters(student):
+            p.requires_grad_(False)
+    objective = _Objective(student, config.loss)
+    teacher_features = PrePoolFeatures(teacher) if config.loss == 'mir' else teacher
+    teacher.eval().to(accelerator.device)  # never wrapped or trained; run under no_grad below
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    # Stepped by hand once per optimizer step, so the schedule does not depend on the number of processes.
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, max(1, int(config.step_at * config.iterations)), 0.1)
+    loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True, drop_last=len(train_data) >=
+                        config.batch_size * accelerator.num_processes, num_workers=config.num_workers)
+    objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
+    state = TrainState()
+    accelerator.register_for_checkpointing(scheduler, state)
+
+    if resume:
+        if output_dir is None:
+            raise ValueError('resume=True needs output_dir, where the checkpoints are.')
+        checkpoint = latest_checkpoint(output_dir)
+        if checkpoint is not None:
+            accelerator.load_state(checkpoint)
+            # the next automatic checkpoint number must follow the newest folder, complete or not
+            numbers = [int(d.split('_')[-1]) for d in os.listdir(os.path.dirname(checkpoint))
+                       if d.split('_')[-1].isdigit()]
+            accelerator.project_configuration.iteration = max(numbers) + 1
+            accelerator.print(f'resumed from {checkpoint} at step {state.step}')
+
+    history: Dict[str, List] = {'step': [], 'loss': [], 'eval': []}
+    steps_per_epoch = max(1, len(loader) // config.gradient_accumulation_steps)
+    bar = tqdm(total=config.iterations, initial=state.step, desc=f'finetune ({config.loss})',
+               disable=not (progress and accelerator.is_main_process))
+    last_checkpoint = latest_checkpoint(output_dir) if output_dir else None
+    while state.step < config.iterations:
+        epoch, done_in_epoch = divmod(state.step, steps_per_epoch)
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, done_in_epoch * config.gradient_accumulation_steps) \
+            if done_in_epoch else loader
+        objective.train()
+        if config.freeze_bn:
+            for m in objective.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        for images, labels in batches:
+            with accelerator.accumulate(objective):
+                with torch.no_grad():
+                    target = teacher_features(images)
+                out = objective(images)
+                loss = _loss(config, out, target, labels)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            loss_value = accelerator.gather(loss.detach()[None]).mean().item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(
+                    f'Finetuning loss became {loss_value} at step {state.step}. Last good checkpoint: '
+                    f'{last_checkpoint or "none"}. Lower the learning rate (--lr) and resume from it.')
+            history['step'].append(state.step)
+            history['loss'].append(loss_value)
+            accelerator.log({'train/loss': loss_value, 'train/lr': scheduler.get_last_lr()[0]}, step=state.step)
+            bar.update(1)
+            bar.set_postfix(loss=f'{loss_value:.4g}')
+            if on_step is not None and accelerator.is_main_process:
+                on_step(state.step, loss_value)
+            final = state.step >= config.iterations
+            if output_dir and (final or (config.checkpoint_every and state.step % config.checkpoint_every == 0)):
+                last_checkpoint = _save_checkpoint(accelerator)
+            if eval_data is not None and (final or (config.eval_every and state.step % config.eval_every == 0)):
+                metrics = evaluate_distributed(accelerator, objective, teacher, eval_data, config)
+                metrics['step'] = state.step
+                history['eval'].append(metrics)
+                accelerator.log({f'eval/{k}': v for k, v in metrics.items() if k != 'step'}, step=state.step)
+                objective.train()
+            if final:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    return history
+
+
+def _loss(config: FinetuneConfig, out: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if config.loss == 'mir':
+        return F.mse_loss(out.float(), target.float())
+    if config.loss == 'kd':
+        t = config.kd_temperature
+        return F.kl_div(F.log_softmax(out.float() / t, 1), F.softmax(target.float() / t, 1),
+                        reduction='batchmean') * t * t
+    if (labels < 0).any():
+        raise ValueError("The 'ce' loss needs labelled images (one subfolder per class); these have none. "
+                         "Use 'mir' or 'kd', which learn from the teacher.")
+    return F.cross_entropy(out.float(), labels)
+
+
+@torch.no_grad()
+def evaluate_distributed(accelerator: Accelerator, objective: nn.Module, teacher: nn.Module, data: Dataset,
+                         config: FinetuneConfig) -> Dict[str, float]:
+    """Top-1 (labelled images) and top-1 agreement with the teacher, gathered over all processes."""
+    student = accelerator.unwrap_model(objective).student.eval()
+    loader = accelerator.prepare(DataLoader(data, batch_size=config.batch_size, num_workers=config.num_workers))
+    hits = agree = labelled = total = 0
+    for images, labels in loader:
+        pred = student(images).argmax(1)
+        teacher_pred = teacher(images).argmax(1)
+        pred, teacher_pred, labels = accelerator.gather_for_metrics((pred, teacher_pred, labels))
+        has_label = labels >= 0
+        hits += (pred[has_label] == labels[has_label]).sum().item()
+        labelled += has_label.sum().item()
+        agree += (pred == teacher_pred).sum().item()
+        total += len(pred)
+    metrics = {'agreement': 100.0 * agree / max(total, 1), 'images': total}
+    if labelled:
+        metrics['top1'] = 100.0 * hits / labelled
+    return metrics

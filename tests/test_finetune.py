@@ -1,0 +1,145 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from torch.utils.data import TensorDataset
+
+from practise_df import create_model, drop_blocks
+from practise_df.finetune import FinetuneConfig, finetune, latest_checkpoint, make_accelerator
+
+from conftest import randomize_norms
+
+HERE = os.path.dirname(__file__)
+SCRIPT = os.path.join(HERE, 'scripts', 'finetune_tiny.py')
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def pair():
+    torch.manual_seed(0)
+    teacher = randomize_norms(create_model('timm:resnet18', num_classes=5))
+    return teacher, drop_blocks(teacher, ['layer2.1', 'layer3.1'])
+
+
+def _data(n=16, labels=True):
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 5, (n,), generator=gen) if labels else torch.full((n,), -1)
+    return TensorDataset(torch.randn(n, 3, 32, 32, generator=gen), y)
+
+
+def _run(student, teacher, data, tmp_path=None, **kw):
+    config = FinetuneConfig(batch_size=8, lr=0.01, **kw)
+    acc = make_accelerator(str(tmp_path) if tmp_path else None, config, cpu=True)
+    return finetune(student, teacher, data, config, accelerator=acc,
+                    output_dir=str(tmp_path) if tmp_path else None, progress=False)
+
+
+def test_mir_lowers_the_loss_keeps_classifier_and_teacher(pair):
+    teacher, student = pair
+    head = student.fc.weight.clone()
+    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    history = _run(student, teacher, _data(), iterations=12, freeze_bn=True)
+    assert len(history['loss']) == 12
+    assert sum(history['loss'][-3:]) < 0.8 * sum(history['loss'][:3])
+    assert torch.equal(student.fc.weight, head), 'MiR freezes the classifier'
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_state.items()), 'teacher untouched'
+
+
+@pytest.mark.parametrize('loss', ['kd', 'ce'])
+def test_baselines_train_the_whole_model(pair, loss):
+    teacher, student = pair
+    head = student.fc.weight.clone()
+    history = _run(student, teacher, _data(), iterations=4, loss=loss)
+    assert len(history['loss']) == 4 and all(v >= 0 for v in history['loss'])
+    assert not torch.equal(student.fc.weight, head)
+
+
+def test_ce_without_labels_is_a_clear_error(pair):
+    teacher, student = pair
+    with pytest.raises(ValueError, match="'ce' loss needs labelled images"):
+        _run(student, teacher, _data(labels=False), iterations=2, loss='ce')
+
+
+def test_non_finite_loss_stops_with_the_step_and_last_checkpoint(pair, tmp_path):
+    teacher, student = pair
+    x, y = _data().tensors
+    bad = TensorDataset(torch.full_like(x, float('nan')), y)
+    with pytest.raises(FloatingPointError, match=r'became nan at step 1\. Last good checkpoint: none'):
+        _run(student, teacher, bad, tmp_path, iterations=3)
+
+
+def test_periodic_eval_and_checkpoints(pair, tmp_path):
+    teacher, student = pair
+    config = FinetuneConfig(batch_size=8, lr=0.01, iterations=4, checkpoint_every=2, eval_every=2)
+    acc = make_accelerator(str(tmp_path), config, cpu=True)
+    history = finetune(student, teacher, _data(), config, accelerator=acc, output_dir=str(tmp_path),
+                       eval_data=_data(8), progress=False)
+    assert [e['step'] for e in history['eval']] == [2, 4]
+    assert all(0 <= e['agreement'] <= 100 and e['images'] == 8 and 'top1' in e for e in history['eval'])
+    assert latest_checkpoint(str(tmp_path)).endswith('checkpoint_1')
+
+
+def test_resume_continues_exactly(pair, tmp_path):
+    teacher, student = pair
+    reference = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
+    _run(reference, teacher, _data(), iterations=6)
+
+    config = FinetuneConfig(batch_size=8, lr=0.01, iterations=6, checkpoint_every=2)
+
+    def crash(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt('simulated crash')
+
+    acc = make_accelerator(str(tmp_path), config, cpu=True)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(student, teacher, _data(), config, accelerator=acc, output_dir=str(tmp_path), progress=False,
+                 on_step=crash)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    resumed = drop_blocks(teacher, ['layer2.1', 'layer3.1'])  # a fresh process starts from scratch
+    acc = make_accelerator(str(tmp_path), config, cpu=True)
+    history = finetune(resumed, teacher, _data(), config, accelerator=acc, output_dir=str(tmp_path), resume=True,
+                       progress=False)
+    assert history['step'] == [3, 4, 5, 6]
+    for k, v in reference.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def _launch(out, procs, batch_size, extra=()):
+    """`accelerate launch --multi_gpu` is accelerate's torchrun launcher; on a machine without GPUs it
+    starts CPU processes with the gloo backend. (`--cpu --num_processes 2` starts one process unless
+    an MPI hostfile is configured.)"""
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
+           '--dynamo_backend', 'no', '--num_processes', str(procs)]
+    cmd += ['--multi_gpu'] if procs > 1 else ['--cpu']
+    cmd += [SCRIPT, '--out', str(out), '--batch-size', str(batch_size), *extra]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHONPATH=os.path.dirname(HERE))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(os.path.join(out, 'final.pt'))
+
+
+def test_two_processes_match_one(tmp_path):
+    """Same global batch (1 x 8 vs 2 x 4), same data order: with BatchNorm statistics frozen the result
+    matches to float rounding (tolerance 1e-5 relative). With train-mode BatchNorm each process
+    normalises its own half batch (no SyncBatchNorm), so only the losses are compared, within 10%."""
+    one = _launch(tmp_path / 'one', 1, 8, ['--freeze-bn'])
+    two = _launch(tmp_path / 'two', 2, 4, ['--freeze-bn'])
+    assert one['history']['loss'] == pytest.approx(two['history']['loss'], rel=1e-5)
+    for k, v in one['state_dict'].items():
+        w = two['state_dict'][k].float()
+        assert (v.float() - w).norm() <= 1e-5 * v.float().norm() + 1e-7, k
+    one_bn = _launch(tmp_path / 'one_bn', 1, 8)
+    two_bn = _launch(tmp_path / 'two_bn', 2, 4)
+    assert one_bn['history']['loss'] == pytest.approx(two_bn['history']['loss'], rel=0.1)
