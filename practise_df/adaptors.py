@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Set, Tuple
 import torch
 import torch.nn as nn
 
-from .models import PrePoolFeatures
+from .models import PrePoolFeatures, model_device
 
 _LAYERS = (nn.Conv2d, nn.Linear)
 
@@ -103,7 +103,7 @@ def find_adaptor_sites(model: nn.Module, dropped: Iterable[str],
         if isinstance(module, _LAYERS):
             handles.append(module.register_forward_hook(_recorder(layer_out, layer_in, name)))
     try:
-        x = torch.randn(1, *input_size, requires_grad=True) * 1.0
+        x = torch.randn(1, *input_size, device=model_device(model), requires_grad=True) * 1.0
         with torch.enable_grad():
             features = PrePoolFeatures(model.eval())(x)
     finally:

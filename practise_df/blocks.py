@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .models import resolve_data_config
+from .models import model_device, resolve_data_config
 
 # Autograd nodes a skip connection may pass through: the add itself and the activation some
 # architectures apply after it (ResNet's ReLU), plus shape-free views.
@@ -78,7 +78,7 @@ def trace_residual_modules(model: nn.Module, input_size: Sequence[int]) -> Dict[
     model.eval()
     try:
         # The model's input must carry a grad_fn so that a block at the very start is traceable too.
-        x = torch.randn(1, *input_size, requires_grad=True) * 1.0
+        x = torch.randn(1, *input_size, device=model_device(model), requires_grad=True) * 1.0
         with torch.enable_grad():
             model(x)
     finally:

@@ -4,6 +4,8 @@
     practise-df latency --model SPEC [--drop B1,B2]       -> measure_latency / drop_blocks
     practise-df score   --model SPEC --weights W --data D -> score_blocks / select_blocks / save_compressed
     practise-df eval    --model SPEC|DIR --data D         -> evaluate
+    practise-df synth   --model SPEC --out DIR ...        -> synth.synthesize
+    practise-df compress --model SPEC --drop K ...        -> compress
 """
 from __future__ import annotations
 
@@ -184,6 +186,122 @@ def eval_command(args) -> dict:
             'skipped_files': loader.dataset.skipped}
 
 
+# --- compress ---------------------------------------------------------------------------------------
+
+def add_compress_arguments(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
+    """The arguments of ``practise-df compress``. Recipes add them with their own ``defaults``
+    (argument dest -> value); an argument given a default is no longer required."""
+    g = parser.add_argument_group('teacher')
+    g.add_argument('--model', required=True, help='teacher spec (timm:NAME, torchvision:NAME)')
+    g.add_argument('--weights', '--teacher-weights', dest='weights', default=None,
+                   help="local weights file, 'pretrained' (hub, online) or 'random' (smoke tests)")
+    g.add_argument('--resolution', type=int, default=None, help="square input size (default: the model's)")
+    g = parser.add_argument_group('images')
+    g.add_argument('--images', default=None, help='image folder, hf:NAME[:SPLIT], a save_to_disk directory or '
+                   'crops:PHOTO.jpg; default: synthesise from the teacher (BatchNorm inversion)')
+    g.add_argument('--num-images', type=int, default=256)
+    g.add_argument('--heldout-images', type=int, default=None, help='default: a quarter, at most 64')
+    g.add_argument('--synth-preset', default='fast', choices=['fast', 'reference'])
+    g.add_argument('--synth-resolution', type=int, default=None,
+                   help='synthesise at this size (cheaper), resized to --resolution when used')
+    g.add_argument('--iterations', dest='synth_iterations', type=int, default=None,
+                   help="synthesis steps per batch (default: the preset's)")
+    g.add_argument('--synth-batch-size', type=int, default=32)
+    g = parser.add_argument_group('block selection')
+    g.add_argument('--estimator', default='fast', choices=['fast', 'official'])
+    g.add_argument('--score-images', type=int, default=64, help='tiny set the adaptors are fitted on')
+    sel = g.add_mutually_exclusive_group()
+    sel.add_argument('--drop', type=int, help='number of blocks to drop')
+    sel.add_argument('--latency-reduction', type=float, help='fraction of latency to save, e.g. 0.25')
+    g.add_argument('--latency-batch-size', type=int, default=32)
+    g.add_argument('--latency-device', default=None, help='device latency is measured on (default: training device)')
+    g.add_argument('--latency-repeats', type=int, default=10)
+    g = parser.add_argument_group('finetuning')
+    g.add_argument('--loss', default='mir', choices=['mir', 'kd', 'ce'])
+    g.add_argument('--finetune-iters', type=int, default=2000)
+    g.add_argument('--batch-size', type=int, default=64, help='per process')
+    g.add_argument('--lr', type=float, default=0.02)
+    g.add_argument('--gradient-accumulation-steps', '--gradient_accumulation_steps', type=int, default=1)
+    g.add_argument('--freeze-bn', action='store_true', help='keep BatchNorm statistics fixed while finetuning')
+    g.add_argument('--checkpointing-steps', '--checkpointing_steps', type=int, default=500)
+    g.add_argument('--eval-every', type=int, default=0)
+    g.add_argument('--eval-data', default=None, help='labelled image folder for top-1/top-5 at the end')
+    g.add_argument('--eval-max-images', type=int, default=None)
+    g = parser.add_argument_group('run')
+    g.add_argument('--output-dir', '--output_dir', dest='output_dir', required=True)
+    g.add_argument('--overwrite', action='store_true', help='replace an earlier run in --output-dir')
+    g.add_argument('--resume', '--resume_from_checkpoint', dest='resume', action='store_true',
+                   help='continue the run in --output-dir where it stopped')
+    g.add_argument('--seed', type=int, default=0)
+    g.add_argument('--cpu', action='store_true', help='train on the CPU even if a GPU is present')
+    g.add_argument('--mixed-precision', '--mixed_precision', default=None, choices=['no', 'fp16', 'bf16'])
+    g.add_argument('--log-with', '--with_tracking', dest='log_with', default=None,
+                   help='experiment tracker for Accelerate (tensorboard, wandb, ...)')
+    parser.add_argument('--json', action='store_true', help='print the report as JSON')
+    parser.set_defaults(**defaults)
+    for action in parser._actions:
+        if action.dest in defaults:
+            action.required = False
+    return parser
+
+
+def compress_config_from_args(args):
+    from .compress import CompressConfig
+    from .finetune import FinetuneConfig
+
+    if args.drop is None and args.latency_reduction is None:
+        raise ValueError('Say how much to compress: --drop K (blocks) or --latency-reduction F (e.g. 0.25).')
+    drop = None if args.latency_reduction is not None else args.drop  # a recipe's default --drop yields
+    finetune = FinetuneConfig(loss=args.loss, iterations=args.finetune_iters, batch_size=args.batch_size, lr=args.lr,
+                              gradient_accumulation_steps=args.gradient_accumulation_steps, freeze_bn=args.freeze_bn,
+                              checkpoint_every=args.checkpointing_steps, eval_every=args.eval_every, seed=args.seed)
+    return CompressConfig(
+        model=args.model, output_dir=args.output_dir, weights=args.weights, images=args.images,
+        num_images=args.num_images, heldout_images=args.heldout_images, resolution=args.resolution,
+        synth_resolution=args.synth_resolution, synth_preset=args.synth_preset, synth_iterations=args.synth_iterations,
+        synth_batch_size=args.synth_batch_size, estimator=args.estimator, score_images=args.score_images,
+        drop=drop, latency_reduction=args.latency_reduction, latency_batch_size=args.latency_batch_size,
+        latency_device=args.latency_device, latency_repeats=args.latency_repeats, eval_data=args.eval_data,
+        eval_max_images=args.eval_max_images, finetune=finetune, seed=args.seed)
+
+
+def run_compress(args) -> dict:
+    """Build the config and the Accelerator from parsed arguments and run the pipeline."""
+    from .compress import compress
+    from .finetune import make_accelerator
+
+    config = compress_config_from_args(args)
+    accelerator = make_accelerator(config.output_dir, config.finetune, cpu=args.cpu,
+                                   mixed_precision=args.mixed_precision, log_with=args.log_with)
+    if args.log_with:
+        accelerator.init_trackers('practise-df', config={k: v for k, v in vars(args).items()
+                                                         if isinstance(v, (int, float, str, bool))})
+    report = compress(config, overwrite=args.overwrite, resume=args.resume, accelerator=accelerator,
+                      progress=not args.json)
+    accelerator.end_training()
+    return report
+
+
+def render_report(r: dict) -> str:
+    if not r:  # non-main processes
+        return ''
+    lat = r['latency']
+    rows = [('teacher', lat['teacher_ms'], r['params']['teacher'], r['macs']['teacher'] / 1e6),
+            ('student', lat['student_ms'], r['params']['student'], r['macs']['student'] / 1e6)]
+    text = (f"dropped: {', '.join(r['dropped_blocks'])}\n"
+            + _table(rows, ('model', f"latency ms (batch {lat['batch_size']}, {lat['device']})", 'params', 'MMACs'))
+            + f"\nlatency saved: {lat['saved_pct']:.1f}%   held-out top-1 agreement with the teacher: "
+              f"{r['heldout_agreement']:.1f}%")
+    if 'eval' in r:
+        t, s = r['eval']['teacher'], r['eval']['student']
+        text += (f"\n{r['eval']['data']}: teacher top-1 {t.get('top1', float('nan')):.2f}%, student top-1 "
+                 f"{s.get('top1', float('nan')):.2f}% (agreement {s['agreement']:.1f}%)")
+    return text + f"\ncompressed model: {r['compressed_model']}"
+
+
+register('compress', render_report)(run_compress)
+
+
 # --- parser -----------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--output', help='with --drop/--latency-reduction: save the compressed model (adaptors folded) here')
     p.add_argument('--overwrite', action='store_true', help='replace --output if it exists')
     p.add_argument('--seed', type=int, default=0)
+
+    from synth.cli import add_synth_arguments, render_synth, synth_command  # synth builds on this module
+    register('synth', render_synth)(synth_command)
+    p = sub.add_parser('synth', help='synthesise images from a BatchNorm teacher (DeepInversion)')
+    add_synth_arguments(p)
+
+    p = sub.add_parser('compress', help='the whole pipeline: images -> score -> drop -> finetune -> evaluate')
+    add_compress_arguments(p)
 
     p = sub.add_parser('eval', help='top-1/top-5 accuracy and latency on an image folder')
     add_model_args(p, data=True)

@@ -167,8 +167,10 @@ def resolve_data_config(model: nn.Module, **overrides: Any) -> Dict[str, Any]:
     return config
 
 
-def input_shape(data_config: Dict[str, Any], batch_size: int = 1) -> Tuple[int, int, int, int]:
-    return (batch_size, *data_config['input_size'])
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (CPU for a parameter-free module)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device('cpu')
 
 
 class PrePoolFeatures(nn.Module):

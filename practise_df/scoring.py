@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .adaptors import fold_adaptors, insert_adaptors
 from .blocks import drop_blocks, find_blocks
 from .latency import block_latency_savings, measure_latencies
-from .models import PrePoolFeatures
+from .models import PrePoolFeatures, model_device
 
 _logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _resize(images: torch.Tensor, scale: float) -> torch.Tensor:
 @torch.no_grad()
 def compute_features(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Pre-pooling features of ``model`` for a tensor of preprocessed images, on the model's device."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     extractor = PrePoolFeatures(model.eval())
     return torch.cat([extractor(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
 
@@ -89,7 +89,7 @@ def compute_features(model: nn.Module, images: torch.Tensor, batch_size: int = 6
 @torch.no_grad()
 def feature_mse(model: nn.Module, images: torch.Tensor, target: torch.Tensor, batch_size: int = 64) -> float:
     """Mean squared error between ``model``'s pre-pooling features and ``target``."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     extractor = PrePoolFeatures(model.eval())
     total = 0.0
     for i in range(0, len(images), batch_size):

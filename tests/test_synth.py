@@ -225,6 +225,9 @@ def test_interrupted_run_resumes_to_exactly_n_identical_images(teacher, tmp_path
     assert again['generated'] == 0 and again['num_images'] == 6
     more = run(teacher, out, 8, batch_size=2)  # a larger N extends the set
     assert more['generated'] == 2 and len(png_files(out)) == 8
+    with pytest.raises(ValueError, match='already holds 8'):  # fewer than on disk: refused, nothing deleted
+        run(teacher, out, 6, batch_size=2)
+    assert len(png_files(out)) == 8
 
 
 def test_resume_with_other_settings_is_refused(teacher, tmp_path):
@@ -295,3 +298,24 @@ def test_public_api_surface():
     for name in synth.__all__:
         assert getattr(synth, name) is not None
     assert {'synthesize', 'invert_batch', 'load_images', 'SingleImageCrops', 'PRESETS'} <= set(synth.__all__)
+
+
+def _two_process_run(out):
+    """Body of each process under accelerate's debug_launcher (2 CPU processes, gloo)."""
+    from accelerate import PartialState
+    PartialState._reset_state()  # the fork copied the parent's single-process state (as accelerate's tests do)
+    torch.manual_seed(0)
+    model = randomize_norms(create_model('timm:test_resnet', num_classes=10), seed=1)
+    summary = synth.synthesize(model, out, 5, data_config=DATA_CONFIG, batch_size=2, config=TINY, progress=False)
+    state = PartialState()  # the singleton synthesize() set up
+    assert state.num_processes == 2 and summary['num_images'] == 5
+    assert summary['generated'] == (3 if state.process_index == 0 else 2)  # batches 0, 2 (one image) | 1
+
+
+def test_accelerate_debug_launcher_two_processes(tmp_path):
+    from accelerate import debug_launcher
+    out = str(tmp_path / 'launched')
+    debug_launcher(_two_process_run, args=(out,), num_processes=2)
+    shards = sorted(f for f in os.listdir(out) if f.startswith('metadata-rank'))
+    assert shards == ['metadata-rank0.jsonl', 'metadata-rank1.jsonl']
+    assert len(png_files(out)) == 5 and len(open(os.path.join(out, 'metadata.jsonl')).read().splitlines()) == 5

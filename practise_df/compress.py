@@ -1,0 +1,236 @@
+"""``practise-df compress``: teacher -> images -> score -> drop -> finetune -> evaluate -> save.
+
+Every stage writes its result into the output directory before the next starts, so re-running with
+``resume=True`` skips what is done (synthesised images, block scores, finetuning checkpoints).
+Under ``accelerate launch`` synthesis and finetuning use every process; scoring, latency and the
+final evaluation run on the main process while the others wait.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .blocks import drop_blocks, find_blocks
+from .checkpoint import save_compressed
+from .data import ImageFolderDataset, eval_transform, image_loader, train_transform
+from .evaluate import evaluate
+from .finetune import FinetuneConfig, finetune, make_accelerator
+from .latency import count_macs, count_params, measure_latencies
+from .models import create_model, resolve_data_config
+from .scoring import ESTIMATORS, BlockScore, score_blocks, select_blocks
+
+RUN_FILE = 'run.json'
+
+
+@dataclass
+class CompressConfig:
+    """Everything one compression run needs; saved as ``run.json`` beside its outputs."""
+    model: str
+    output_dir: str
+    weights: Optional[str] = None  # local file, 'pretrained', or None / 'random' for random init
+    images: Optional[str] = None  # image folder / hf:NAME / saved dataset / crops:...; None = synthesise
+    num_images: int = 256
+    heldout_images: Optional[int] = None  # default: a quarter of num_images, at most 64
+    resolution: Optional[int] = None  # square input size for everything (default: the model's)
+    synth_resolution: Optional[int] = None  # synthesise smaller images (cheaper); they are resized on loading
+    synth_preset: str = 'fast'
+    synth_iterations: Optional[int] = None
+    synth_batch_size: int = 32
+    estimator: str = 'fast'
+    score_images: int = 64  # tiny set the adaptors are fitted on
+    drop: Optional[int] = None
+    latency_reduction: Optional[float] = None
+    latency_batch_size: int = 32
+    latency_device: Optional[str] = None  # default: the training device
+    latency_repeats: int = 10
+    eval_data: Optional[str] = None  # labelled image folder for top-1/top-5
+    eval_max_images: Optional[int] = None
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.finetune, dict):
+            self.finetune = FinetuneConfig(**self.finetune)
+        if (self.drop is None) == (self.latency_reduction is None):
+            raise ValueError('Give exactly one of drop (a block count) or latency_reduction (a fraction).')
+        if self.num_images < 2:
+            raise ValueError('num_images must be at least 2: some images are held out to measure recoverability.')
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"Unknown estimator '{self.estimator}'; choose from {sorted(ESTIMATORS)}.")
+
+    @property
+    def num_heldout(self) -> int:
+        n = self.heldout_images if self.heldout_images is not None else min(64, self.num_images // 4)
+        return max(1, min(n, self.num_images - 1))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)  # never a half-written file
+
+
+def prepare_output_dir(config: CompressConfig, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse to mix two runs in one directory; remove an old run only when asked to."""
+    out = config.output_dir
+    run_file = os.path.join(out, RUN_FILE)
+    if os.path.isdir(out) and os.listdir(out):
+        if not os.path.isfile(run_file):
+            raise FileExistsError(f"'{out}' is not empty and holds no {RUN_FILE}, so it is not a practise-df run. "
+                                  "Choose an empty or new --output-dir; nothing was changed.")
+        previous = json.load(open(run_file))
+        if resume:
+            differ = sorted(k for k in set(previous) | set(config.to_dict())
+                            if previous.get(k) != json.loads(json.dumps(config.to_dict())).get(k))
+            if differ:
+                raise ValueError(f"--resume: '{out}' holds a run with different settings ({', '.join(differ)}). "
+                                 "Resume with the same arguments, or use --overwrite to start over.")
+            return
+        if not overwrite:
+            raise FileExistsError(f"'{out}' already holds a practise-df run. Pass --resume to continue it or "
+                                  "--overwrite to replace it.")
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    _write_json(run_file, config.to_dict())
+
+
+def _images(config: CompressConfig, teacher, data_config, accelerator) -> Dataset:
+    """The unlabeled-or-labelled image pool the run learns from, with the eval transform."""
+    if config.images is None:
+        from synth import synthesize
+        synth_dir = os.path.join(config.output_dir, 'synth')
+        accelerator.print(f'[1/5] synthesising {config.num_images} images into {synth_dir}')
+        synthesize(teacher, synth_dir, config.num_images, data_config=data_config,
+                   resolution=config.synth_resolution, iterations=config.synth_iterations, batch_size=config.synth_batch_size, seed=config.seed,
+                   preset=config.synth_preset, device=accelerator.device, progress=accelerator.is_main_process)
+        return ImageFolderDataset(synth_dir, eval_transform(data_config))
+    from synth import load_images
+    accelerator.print(f'[1/5] loading {config.num_images} images from {config.images}')
+    return load_images(config.images, data_config, num_images=config.num_images, seed=config.seed)
+
+
+class _Retransformed(Dataset):
+    """The same images with another transform (training augmentation), for datasets that expose one."""
+
+    def __init__(self, dataset: Dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        original = self.dataset.transform
+        self.dataset.transform = self.transform
+        try:
+            return self.dataset[i]
+        finally:
+            self.dataset.transform = original
+
+
+def _split(pool: Dataset, heldout: int, seed: int):
+    perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[heldout:]), sorted(perm[:heldout])
+
+
+def _stack(dataset: Dataset, indices: List[int]) -> torch.Tensor:
+    return torch.stack([dataset[i][0] for i in indices])
+
+
+def compress(config: CompressConfig, overwrite: bool = False, resume: bool = False,
+             accelerator=None, progress: bool = True) -> Dict[str, Any]:
+    """Run the whole pipeline; returns the report (also written to ``output_dir/report.json``)."""
+    accelerator = accelerator or make_accelerator(config.output_dir, config.finetune)
+    if accelerator.is_main_process:
+        prepare_output_dir(config, overwrite, resume)
+    accelerator.wait_for_everyone()
+    out = config.output_dir
+    torch.manual_seed(config.seed)
+
+    weights = None if config.weights in (None, '', 'random') else config.weights
+    teacher = create_model(config.model, weights)
+    data_config = resolve_data_config(teacher, input_size=config.resolution)
+    input_size = data_config['input_size']
+
+    pool = _images(config, teacher, data_config, accelerator)
+    if len(pool) < 2:
+        raise ValueError(f'Only {len(pool)} image(s) available; compress needs at least 2.')
+    train_idx, held_idx = _split(pool, min(config.num_heldout, len(pool) - 1), config.seed)
+
+    # --- score and select (main process; the others read the result) -----------------------------
+    scores_file = os.path.join(out, 'scores.json')
+    latency_kwargs = dict(input_size=input_size, batch_size=config.latency_batch_size,
+                          device=config.latency_device or str(accelerator.device), repeats=config.latency_repeats)
+    if accelerator.is_main_process and not os.path.isfile(scores_file):
+        accelerator.print(f'[2/5] scoring blocks ({config.estimator} estimator)')
+        tiny = _stack(pool, train_idx[:config.score_images])
+        held = _stack(pool, held_idx)
+        teacher.to(accelerator.device)
+        scores = score_blocks(teacher, tiny, held, estimator=config.estimator, latency_kwargs=latency_kwargs,
+                              seed=config.seed, progress=progress)
+        chosen = select_blocks(scores, drop=config.drop, latency_reduction=config.latency_reduction,
+                               model=teacher, latency_kwargs=latency_kwargs)
+        _write_json(scores_file, {'scores': [s.to_dict() for s in scores], 'selected': chosen})
+    accelerator.wait_for_everyone()
+    selection = json.load(open(scores_file))
+    chosen = selection['selected']
+    accelerator.print(f"[3/5] dropping {len(chosen)} block(s): {', '.join(chosen)}")
+
+    # --- finetune (every process) ------------------------------------------------------------------
+    student = drop_blocks(teacher, chosen)
+    from synth import SingleImageCrops  # its crops are already augmented
+    augmentable = hasattr(pool, 'transform') and not isinstance(pool, SingleImageCrops)
+    train_data = Subset(_Retransformed(pool, train_transform(data_config)) if augmentable else pool, train_idx)
+    accelerator.print(f'[4/5] finetuning ({config.finetune.loss}, {config.finetune.iterations} iterations)')
+    history = finetune(student, teacher, train_data, config.finetune, accelerator=accelerator, output_dir=out,
+                       resume=resume, progress=progress)
+
+    # --- save and evaluate (main process) ---------------------------------------------------------
+    report: Dict[str, Any] = {}
+    if accelerator.is_main_process:
+        accelerator.print('[5/5] saving and evaluating')
+        student = student.to('cpu').eval()
+        teacher = teacher.to('cpu').eval()
+        model_dir = save_compressed(student, os.path.join(out, 'model'), data_config=data_config, overwrite=True,
+                                    extra={'scores': selection['scores']})
+        report = _report(config, teacher, student, chosen, selection['scores'], history, pool, held_idx,
+                         data_config, latency_kwargs, model_dir, progress)
+        _write_json(os.path.join(out, 'report.json'), report)
+    accelerator.wait_for_everyone()
+    return report
+
+
+def _report(config, teacher, student, chosen, scores, history, pool, held_idx, data_config, latency_kwargs,
+            model_dir, progress) -> Dict[str, Any]:
+    size = data_config['input_size']
+    before, after = measure_latencies([teacher, student], **latency_kwargs)
+    device = latency_kwargs['device']
+    report = {
+        'model': config.model, 'weights': config.weights, 'images': config.images or 'synthesized',
+        'dropped_blocks': chosen, 'scores': scores, 'compressed_model': model_dir,
+        'latency': {'device': device, 'batch_size': latency_kwargs['batch_size'], 'input_size': list(size),
+                    'teacher_ms': before.median_ms, 'student_ms': after.median_ms,
+                    'saved_pct': 100 * (1 - after.median_ms / before.median_ms)},
+        'params': {'teacher': count_params(teacher), 'student': count_params(student)},
+        'macs': {'teacher': count_macs(teacher, size), 'student': count_macs(student, size)},
+        'finetune': {'loss': config.finetune.loss, 'iterations': config.finetune.iterations,
+                     'final_loss': history['loss'][-1] if history['loss'] else None},
+    }
+    held = torch.utils.data.DataLoader(Subset(pool, held_idx), batch_size=32)
+    report['heldout_agreement'] = evaluate(student, held, device, teacher=teacher, progress=False)['agreement']
+    if config.eval_data:
+        loader = image_loader(config.eval_data, data_config, batch_size=32, max_images=config.eval_max_images,
+                              seed=config.seed)
+        report['eval'] = {'data': config.eval_data,
+                          'teacher': evaluate(teacher, loader, device, progress=progress),
+                          'student': evaluate(student, loader, device, teacher=teacher, progress=progress)}
+    return report

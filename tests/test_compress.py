@@ -1,0 +1,82 @@
+import json
+import os
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+from practise_df import load_compressed
+from practise_df.compress import CompressConfig, compress
+from practise_df.finetune import FinetuneConfig
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def _config(out, images, **kw):
+    kw.setdefault('drop', 1)
+    return CompressConfig(model='timm:resnet18', output_dir=str(out), images=images, num_images=12,
+                          heldout_images=4, resolution=32, score_images=8, latency_batch_size=2,
+                          latency_repeats=2, eval_data=images,
+                          finetune=FinetuneConfig(iterations=3, batch_size=4, checkpoint_every=2), **kw)
+
+
+def test_compress_on_an_image_folder(tmp_path, image_folder):
+    out = tmp_path / 'run'
+    report = compress(_config(out, image_folder), progress=False)
+    assert sorted(os.listdir(out)) == ['checkpoints', 'model', 'report.json', 'run.json', 'scores.json']
+    assert json.load(open(out / 'report.json')) == json.loads(json.dumps(report))
+    assert len(report['dropped_blocks']) == 1
+    assert report['params']['student'] < report['params']['teacher']
+    assert report['macs']['student'] < report['macs']['teacher']
+    assert {'teacher_ms', 'student_ms', 'saved_pct', 'device'} <= set(report['latency'])
+    assert 0 <= report['heldout_agreement'] <= 100
+    assert report['eval']['student']['images'] == 12 and 'top5' in report['eval']['teacher']
+    scores = json.load(open(out / 'scores.json'))
+    assert scores['selected'] == report['dropped_blocks'] == [min(scores['scores'], key=lambda s: s['score'])['block']]
+    student = load_compressed(str(out / 'model'))
+    assert student(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+
+
+def test_output_dir_is_never_mixed_or_lost(tmp_path, image_folder):
+    foreign = tmp_path / 'mine'
+    foreign.mkdir()
+    (foreign / 'thesis.tex').write_text('precious')
+    with pytest.raises(FileExistsError, match='not a practise-df run'):
+        compress(_config(foreign, image_folder), overwrite=True, progress=False)
+    assert (foreign / 'thesis.tex').read_text() == 'precious'
+
+    out = tmp_path / 'run'
+    compress(_config(out, image_folder), progress=False)
+    with pytest.raises(FileExistsError, match='--resume to continue it or --overwrite'):
+        compress(_config(out, image_folder), progress=False)
+    with pytest.raises(ValueError, match=r'different settings \(drop, latency_reduction\)'):
+        compress(_config(out, image_folder, drop=None, latency_reduction=0.1), resume=True, progress=False)
+    report = compress(_config(out, image_folder, drop=2), overwrite=True, progress=False)
+    assert len(report['dropped_blocks']) == 2
+
+
+def test_resume_reuses_scores_and_checkpoints(tmp_path, image_folder):
+    out = tmp_path / 'run'
+    first = compress(_config(out, image_folder), progress=False)
+    scores_mtime = os.path.getmtime(out / 'scores.json')
+    again = compress(_config(out, image_folder), resume=True, progress=False)
+    assert os.path.getmtime(out / 'scores.json') == scores_mtime, 'scores are not recomputed'
+    assert again['dropped_blocks'] == first['dropped_blocks']
+    a = load_compressed(str(out / 'model')).state_dict()
+    assert all(torch.isfinite(v.float()).all() for v in a.values())
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match='exactly one of drop'):
+        CompressConfig(model='timm:resnet18', output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match='at least 2'):
+        CompressConfig(model='timm:resnet18', output_dir=str(tmp_path), drop=1, num_images=1)
+    with pytest.raises(ValueError, match="Unknown finetuning loss 'bp'"):
+        FinetuneConfig(loss='bp')
