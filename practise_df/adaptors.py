@@ -14,11 +14,12 @@ is linear and sits directly on a conv/linear, it folds exactly: conv(A x) and A 
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Set, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 import torch
 import torch.nn as nn
 
+from ._graph import reaches, walk
 from .models import PrePoolFeatures, model_device
 
 _LAYERS = (nn.Conv2d, nn.Linear)
@@ -111,7 +112,7 @@ def find_adaptor_sites(model: nn.Module, dropped: Iterable[str],
             h.remove()
 
     node_to_layer = {t.grad_fn: n for n, t in layer_out.items() if t.grad_fn is not None}
-    upstream_of_features = _reachable(features.grad_fn)
+    upstream_of_features = set(walk(features.grad_fn, lambda n: True))
     sites: Dict[str, List[bool]] = {}
     for name in dropped:
         stream = streams[name]
@@ -139,46 +140,13 @@ def _recorder(outputs: dict, inputs, name: str):
     return hook
 
 
-def _reachable(start) -> Set:
-    seen, stack = set(), [start]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        stack.extend(n for n, _ in node.next_functions)
-    return seen
-
-
 def _first_layers(start, node_to_layer) -> List[str]:
-    found, seen, stack = [], set(), [start]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if node in node_to_layer:
-            found.append(node_to_layer[node])
-            continue
-        stack.extend(n for n, _ in node.next_functions)
-    return found
+    """Layers met first on every path back from ``start`` (the walk stops at each layer)."""
+    return [node_to_layer[n] for n in walk(start, lambda n: n not in node_to_layer) if n in node_to_layer]
 
 
 def _reaches_without_layer(inp: torch.Tensor, stream: torch.Tensor, node_to_layer) -> bool:
-    if inp is stream:
-        return True
-    target, seen, stack = stream.grad_fn, set(), [inp.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        if node is target:
-            return True
-        seen.add(node)
-        if node in node_to_layer:
-            continue
-        stack.extend(n for n, _ in node.next_functions)
-    return False
+    return inp is stream or reaches(inp.grad_fn, stream.grad_fn, lambda n: n not in node_to_layer)
 
 
 def insert_adaptors(model: nn.Module, dropped: Iterable[str], input_size) -> List[nn.Parameter]:

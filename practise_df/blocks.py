@@ -15,6 +15,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ._graph import reaches
 from .models import model_device, resolve_data_config
 
 # Autograd nodes a skip connection may pass through: the add itself and the activation some
@@ -27,25 +28,6 @@ _SKIP_PATH_NODES = (
 
 def _passes_skip(node) -> bool:
     return type(node).__name__.rstrip('0123456789') in _SKIP_PATH_NODES
-
-
-def _reaches(start, target, max_nodes: int = 10_000) -> bool:
-    """True when ``target`` is reachable from ``start`` through skip-path nodes only."""
-    stack, seen = [start], set()
-    while stack and len(seen) < max_nodes:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        if node is target:
-            return True
-        seen.add(node)
-        if _passes_skip(node):
-            stack.extend(n for n, _ in node.next_functions)
-    return False
-
-
-def _grad_node(t: torch.Tensor):
-    return t.grad_fn
 
 
 def trace_residual_modules(model: nn.Module, input_size: Sequence[int]) -> Dict[str, Tuple[torch.Size, bool]]:
@@ -66,7 +48,7 @@ def trace_residual_modules(model: nn.Module, input_size: Sequence[int]) -> Dict[
             x = inputs.pop(name, None)
             if x is None or not isinstance(output, torch.Tensor) or output.shape != x.shape:
                 return
-            residual = output is not x and output.grad_fn is not None and _reaches(output.grad_fn, _grad_node(x))
+            residual = output is not x and reaches(output.grad_fn, x.grad_fn, expand=_passes_skip)
             records[name] = (output.shape, residual)
         return hook
 

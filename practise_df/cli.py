@@ -13,6 +13,7 @@ import argparse
 import fnmatch
 import json
 import logging
+import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -300,6 +301,26 @@ def render_report(r: dict) -> str:
 
 
 register('compress', render_report)(run_compress)
+
+
+def recipe_main(description: str, argv: Optional[Sequence[str]] = None, prepare=None, **defaults) -> int:
+    """Entry point shared by the scripts in ``recipes/``: the compress arguments with the recipe's
+    ``defaults``, an optional ``prepare(args)`` hook, then the pipeline and its report."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_compress_arguments(parser, **defaults)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
+    name = os.path.basename(sys.argv[0])
+    try:
+        if prepare is not None:
+            prepare(args)
+        report = run_compress(args)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+        print(f'{name}: error: {e}', file=sys.stderr)
+        return 2
+    if report:
+        print(json.dumps(report, indent=2) if args.json else render_report(report))
+    return 0
 
 
 # --- parser -----------------------------------------------------------------------------------------

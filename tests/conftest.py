@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
 from practise_df import create_model
@@ -37,6 +38,16 @@ def randomize_norms(model, seed=0):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
     return model
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each test starts from a clean one."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
 
 
 @pytest.fixture

@@ -3,20 +3,10 @@ import os
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from practise_df import load_compressed
 from practise_df.compress import CompressConfig, compress
 from practise_df.finetune import FinetuneConfig
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def _config(out, images, **kw):

@@ -16,15 +16,6 @@ HERE = os.path.dirname(__file__)
 SCRIPT = os.path.join(HERE, 'scripts', 'finetune_tiny.py')
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 @pytest.fixture
 def pair():
     torch.manual_seed(0)
