@@ -15,25 +15,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from practise_df.cli import add_compress_arguments, render_report, run_compress  # noqa: E402
-
-
-def main(argv=None):
-    import argparse
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_compress_arguments(parser, model='timm:resnet50', weights='pretrained', num_images=500, drop=5,
-                           finetune_iters=2000, batch_size=64, lr=0.02, output_dir='runs/datafree_resnet50')
-    args = parser.parse_args(argv)
-    try:
-        report = run_compress(args)
-    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
-        print(f'datafree_resnet50: error: {e}', file=sys.stderr)
-        return 2
-    if report:
-        import json
-        print(json.dumps(report, indent=2) if args.json else render_report(report))
-    return 0
-
+from practise_df.cli import recipe_main  # noqa: E402
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(recipe_main(__doc__, model='timm:resnet50', weights='pretrained', num_images=500, drop=5,
+                         finetune_iters=2000, batch_size=64, lr=0.02, output_dir='runs/datafree_resnet50'))

@@ -16,35 +16,23 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from practise_df.cli import add_compress_arguments, render_report, run_compress  # noqa: E402
+from practise_df.cli import recipe_main  # noqa: E402
 from practise_df.models import efficientnet_lite0_weights  # noqa: E402
 
 IMAGENET_SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'imagenet-sample')
 
 
-def main(argv=None):
-    import argparse
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_compress_arguments(
-        parser, model='timm:tf_efficientnet_lite0', weights=None, num_images=96, heldout_images=32,
-        synth_resolution=112, synth_batch_size=48, score_images=32, drop=2, latency_batch_size=16,
-        latency_repeats=5, finetune_iters=120, batch_size=32, lr=0.01, checkpointing_steps=60,
-        eval_data=IMAGENET_SAMPLE if os.path.isdir(IMAGENET_SAMPLE) else None, output_dir='runs/quickstart')
-    args = parser.parse_args(argv)
+def _offline_teacher(args):
     if args.weights is None and args.model == 'timm:tf_efficientnet_lite0':
         args.weights = efficientnet_lite0_weights()
-    if args.overwrite is False and args.resume is False and os.path.isdir(args.output_dir):
-        args.overwrite = os.path.isfile(os.path.join(args.output_dir, 'run.json'))  # a demo: rerun replaces it
-    try:
-        report = run_compress(args)
-    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
-        print(f'quickstart: error: {e}', file=sys.stderr)
-        return 2
-    if report:
-        import json
-        print(json.dumps(report, indent=2) if args.json else render_report(report))
-    return 0
+    if not (args.overwrite or args.resume) and os.path.isfile(os.path.join(args.output_dir, 'run.json')):
+        args.overwrite = True  # a demo: running it again replaces the previous quickstart run
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(recipe_main(
+        __doc__, prepare=_offline_teacher, model='timm:tf_efficientnet_lite0', weights=None, num_images=96,
+        heldout_images=32, synth_resolution=112, synth_batch_size=48, score_images=32, drop=2,
+        latency_batch_size=16, latency_repeats=5, finetune_iters=120, batch_size=32, lr=0.01,
+        checkpointing_steps=60, eval_data=IMAGENET_SAMPLE if os.path.isdir(IMAGENET_SAMPLE) else None,
+        output_dir='runs/quickstart'))

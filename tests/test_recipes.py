@@ -1,0 +1,60 @@
+"""The recipes end to end at a tiny scale, as users launch them."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ['--teacher-weights', 'random', '--num-images', '16', '--resolution', '64', '--iterations', '5',
+         '--finetune-iters', '5']
+
+
+def _accelerate_launch(processes, script, args):
+    # On a machine without GPUs, `--multi_gpu` is accelerate's torchrun launcher with the gloo backend;
+    # `--cpu --num_processes 2` would start one process (it needs an MPI hostfile for more).
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
+           '--dynamo_backend', 'no', '--num_processes', str(processes)]
+    cmd += ['--multi_gpu'] if processes > 1 else ['--cpu']
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
+    return subprocess.run(cmd + [os.path.join(ROOT, script), *args], capture_output=True, text=True, env=env,
+                          timeout=1200, cwd=ROOT)
+
+
+@pytest.mark.parametrize('processes', [1, 2])
+def test_datafree_resnet50_smoke(tmp_path, processes):
+    out = tmp_path / 'run'
+    proc = _accelerate_launch(processes, 'recipes/datafree_resnet50.py', SMOKE + ['--output-dir', str(out)])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.load(open(out / 'report.json'))
+    assert len(report['dropped_blocks']) == 5 and report['model'] == 'timm:resnet50'
+    assert report['images'] == 'synthesized'
+    assert len(os.listdir(out / 'synth')) >= 2
+    assert sum(1 for line in open(out / 'synth' / 'metadata.jsonl')) == 16
+    assert report['params']['student'] < report['params']['teacher']
+    assert 'latency saved' in proc.stdout
+
+
+TINY = ['--model', 'timm:resnet18', '--teacher-weights', 'random', '--num-images', '12', '--resolution', '32',
+        '--finetune-iters', '2', '--batch-size', '4', '--drop', '1', '--score-images', '8', '--latency-batch-size',
+        '2', '--latency-repeats', '2']
+
+
+@pytest.mark.parametrize('recipe,extra', [('recipes/ood.py', []), ('recipes/fewshot.py', ['--loss', 'ce'])])
+def test_image_recipes_on_a_local_folder(tmp_path, image_folder, recipe, extra):
+    out = tmp_path / 'run'
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, recipe), *TINY, *extra, '--images', image_folder,
+                           '--output-dir', str(out), '--json'], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout)
+    assert report['images'] == image_folder and len(report['dropped_blocks']) == 1
+    assert os.path.isfile(out / 'model' / 'model.safetensors')
+
+
+def test_recipes_refuse_missing_images(tmp_path):
+    for recipe in ('recipes/ood.py', 'recipes/fewshot.py'):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, recipe), '--output-dir', str(tmp_path / 'x')],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and 'needs --images' in proc.stderr
+        assert not (tmp_path / 'x').exists()
