@@ -7,23 +7,24 @@ final evaluation run on the main process while the others wait.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .blocks import drop_blocks, find_blocks
+from .blocks import drop_blocks
 from .checkpoint import save_compressed
 from .data import ImageFolderDataset, eval_transform, image_loader, train_transform
 from .evaluate import evaluate
 from .finetune import FinetuneConfig, finetune, make_accelerator
 from .latency import count_macs, count_params, measure_latencies
 from .models import create_model, resolve_data_config
-from .scoring import ESTIMATORS, BlockScore, score_blocks, select_blocks
+from .scoring import ESTIMATORS, score_blocks, select_blocks
 
 RUN_FILE = 'run.json'
 
@@ -119,22 +120,11 @@ def _images(config: CompressConfig, teacher, data_config, accelerator) -> Datase
     return load_images(config.images, data_config, num_images=config.num_images, seed=config.seed)
 
 
-class _Retransformed(Dataset):
-    """The same images with another transform (training augmentation), for datasets that expose one."""
-
-    def __init__(self, dataset: Dataset, transform):
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        original = self.dataset.transform
-        self.dataset.transform = self.transform
-        try:
-            return self.dataset[i]
-        finally:
-            self.dataset.transform = original
+def _with_transform(dataset: Dataset, transform) -> Dataset:
+    """A shallow copy of ``dataset`` (same files) that applies ``transform`` instead of its own."""
+    copy_ = copy.copy(dataset)
+    copy_.transform = transform
+    return copy_
 
 
 def _split(pool: Dataset, heldout: int, seed: int):
@@ -189,7 +179,7 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
     student = drop_blocks(teacher, chosen)
     from synth import SingleImageCrops  # its crops are already augmented
     augmentable = hasattr(pool, 'transform') and not isinstance(pool, SingleImageCrops)
-    train_data = Subset(_Retransformed(pool, train_transform(data_config)) if augmentable else pool, train_idx)
+    train_data = Subset(_with_transform(pool, train_transform(data_config)) if augmentable else pool, train_idx)
     accelerator.print(f'[4/5] finetuning ({config.finetune.loss}, {config.finetune.iterations} iterations)')
     history = finetune(student, teacher, train_data, config.finetune, accelerator=accelerator, output_dir=out,
                        resume=resume, progress=progress)

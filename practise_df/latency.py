@@ -5,7 +5,7 @@ import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 import torch
 import torch.nn as nn

@@ -16,11 +16,10 @@ Teacher features are computed once per image set and reused for every block.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch

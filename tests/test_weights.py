@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from practise_df import create_model, load_weights
+from practise_df import create_model
 from practise_df.models import efficientnet_lite0_weights, parse_spec
 
 
