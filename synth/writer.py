@@ -1,0 +1,135 @@
+"""The on-disk layout of a synthesised set, written so an interrupted run can resume.
+
+    out_dir/
+        0000/00000000.png          one subfolder per class: zero-padded class index (sorted = index order)
+        0001/00000001.png          file name = global image index, so a redone batch overwrites, never adds
+        metadata-rank0.jsonl       appended after each finished batch by the process that made it
+        metadata.jsonl             merged by the main process at the end (Hugging Face imagefolder reads it)
+        synth_config.json          the settings; resuming with other settings is refused
+
+Images are written to a temporary name and renamed, so a crash never leaves a half-written PNG, and a
+batch counts as done only once its metadata lines are on disk.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ['ShardWriter', 'image_name', 'read_records', 'merge_metadata', 'class_to_idx', 'write_json_atomic']
+
+_logger = logging.getLogger(__name__)
+
+METADATA = 'metadata.jsonl'
+SHARD_PATTERN = 'metadata-rank{rank}.jsonl'
+CONFIG = 'synth_config.json'
+
+
+def image_name(index: int, target: int, class_width: int = 4) -> str:
+    """Path of image ``index`` relative to the output folder (the ``file_name`` column)."""
+    return f'{target:0{class_width}d}/{index:08d}.png'
+
+
+def class_to_idx(out_dir: str) -> Dict[str, int]:
+    """Class-folder name -> class index of a synthesised set, for
+    ``practise_df.data.ImageFolderDataset(out_dir, class_to_idx=...)`` when not every class is present
+    (with all classes present, sorted folder order already equals the class index)."""
+    return {d: int(d) for d in sorted(os.listdir(out_dir))
+            if d.isdigit() and os.path.isdir(os.path.join(out_dir, d))}
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_png_atomic(pixels: np.ndarray, path: str) -> None:
+    tmp = f'{path}.{os.getpid()}.tmp'
+    Image.fromarray(pixels).save(tmp, format='PNG')
+    os.replace(tmp, path)
+
+
+def _drop_partial_line(path: str) -> None:
+    """A crash while appending can leave a line without its newline; cut it so the next append starts
+    on a fresh line (the batch it belonged to is redone)."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, 'rb+') as f:
+        data = f.read()
+        if data.endswith(b'\n'):
+            return
+        keep = data.rfind(b'\n') + 1
+        f.truncate(keep)
+    _logger.warning("Dropped an unfinished metadata line at the end of '%s' (interrupted write).", path)
+
+
+class ShardWriter:
+    """Writes the images and metadata lines of one process (``rank``); no two ranks share a file."""
+
+    def __init__(self, out_dir: str, rank: int = 0, class_width: int = 4):
+        self.out_dir = out_dir
+        self.class_width = class_width
+        self.metadata_path = os.path.join(out_dir, SHARD_PATTERN.format(rank=rank))
+        os.makedirs(out_dir, exist_ok=True)
+        _drop_partial_line(self.metadata_path)
+
+    def write_batch(self, pixels: torch.Tensor, records: List[dict]) -> None:
+        """Save ``pixels`` (B, C, H, W uint8) as PNGs named by ``records[i]['file_name']``, then append
+        the records. Only the append marks the batch as done."""
+        array = pixels.permute(0, 2, 3, 1).cpu().numpy()
+        if array.shape[-1] == 1:
+            array = array[..., 0]
+        for image, record in zip(array, records):
+            path = os.path.join(self.out_dir, record['file_name'])
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _save_png_atomic(image, path)
+        with open(self.metadata_path, 'a') as f:
+            f.write(''.join(json.dumps(r) + '\n' for r in records))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _iter_lines(path: str) -> Iterable[dict]:
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                _logger.warning("Ignored malformed metadata line %d of '%s'.", n, path)
+
+
+def read_records(out_dir: str) -> List[dict]:
+    """Records of every rank's metadata whose image exists, one per image (sorted by index)."""
+    records: Dict[int, dict] = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, SHARD_PATTERN.format(rank='*')))):
+        for r in _iter_lines(path):
+            if os.path.isfile(os.path.join(out_dir, r['file_name'])):
+                records[r['index']] = r  # a redone batch repeats its lines: keep one
+    return [records[i] for i in sorted(records)]
+
+
+def merge_metadata(out_dir: str, num_images: Optional[int] = None) -> List[dict]:
+    """Write ``metadata.jsonl`` from the rank files (main process only, after every rank finished).
+    With ``num_images``, records beyond it (from an earlier, larger run) are left out."""
+    records = read_records(out_dir)
+    if num_images is not None:
+        records = [r for r in records if r['index'] < num_images]
+    tmp = os.path.join(out_dir, f'{METADATA}.{os.getpid()}.tmp')
+    with open(tmp, 'w') as f:
+        f.write(''.join(json.dumps(r) + '\n' for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(out_dir, METADATA))
+    return records
