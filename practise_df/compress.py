@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -74,6 +75,11 @@ class CompressConfig:
         return asdict(self)
 
 
+def _stage(accelerator, message: str) -> None:
+    """Stage headers go to stderr, beside the progress bars, so stdout holds only the report."""
+    accelerator.print(message, file=sys.stderr, flush=True)
+
+
 def _write_json(path: str, obj) -> None:
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
@@ -110,13 +116,13 @@ def _images(config: CompressConfig, teacher, data_config, accelerator) -> Datase
     if config.images is None:
         from synth import synthesize
         synth_dir = os.path.join(config.output_dir, 'synth')
-        accelerator.print(f'[1/5] synthesising {config.num_images} images into {synth_dir}')
+        _stage(accelerator, f'[1/5] synthesising {config.num_images} images into {synth_dir}')
         synthesize(teacher, synth_dir, config.num_images, data_config=data_config,
                    resolution=config.synth_resolution, iterations=config.synth_iterations, batch_size=config.synth_batch_size, seed=config.seed,
                    preset=config.synth_preset, device=accelerator.device, progress=accelerator.is_main_process)
         return ImageFolderDataset(synth_dir, eval_transform(data_config))
     from synth import load_images
-    accelerator.print(f'[1/5] loading {config.num_images} images from {config.images}')
+    _stage(accelerator, f'[1/5] loading {config.num_images} images from {config.images}')
     return load_images(config.images, data_config, num_images=config.num_images, seed=config.seed)
 
 
@@ -161,7 +167,7 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
     latency_kwargs = dict(input_size=input_size, batch_size=config.latency_batch_size,
                           device=config.latency_device or str(accelerator.device), repeats=config.latency_repeats)
     if accelerator.is_main_process and not os.path.isfile(scores_file):
-        accelerator.print(f'[2/5] scoring blocks ({config.estimator} estimator)')
+        _stage(accelerator, f'[2/5] scoring blocks ({config.estimator} estimator)')
         tiny = _stack(pool, train_idx[:config.score_images])
         held = _stack(pool, held_idx)
         teacher.to(accelerator.device)
@@ -173,21 +179,21 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
     accelerator.wait_for_everyone()
     selection = json.load(open(scores_file))
     chosen = selection['selected']
-    accelerator.print(f"[3/5] dropping {len(chosen)} block(s): {', '.join(chosen)}")
+    _stage(accelerator, f"[3/5] dropping {len(chosen)} block(s): {', '.join(chosen)}")
 
     # --- finetune (every process) ------------------------------------------------------------------
     student = drop_blocks(teacher, chosen)
     from synth import SingleImageCrops  # its crops are already augmented
     augmentable = hasattr(pool, 'transform') and not isinstance(pool, SingleImageCrops)
     train_data = Subset(_with_transform(pool, train_transform(data_config)) if augmentable else pool, train_idx)
-    accelerator.print(f'[4/5] finetuning ({config.finetune.loss}, {config.finetune.iterations} iterations)')
+    _stage(accelerator, f'[4/5] finetuning ({config.finetune.loss}, {config.finetune.iterations} iterations)')
     history = finetune(student, teacher, train_data, config.finetune, accelerator=accelerator, output_dir=out,
                        resume=resume, progress=progress)
 
     # --- save and evaluate (main process) ---------------------------------------------------------
     report: Dict[str, Any] = {}
     if accelerator.is_main_process:
-        accelerator.print('[5/5] saving and evaluating')
+        _stage(accelerator, '[5/5] saving and evaluating')
         student = student.to('cpu').eval()
         teacher = teacher.to('cpu').eval()
         model_dir = save_compressed(student, os.path.join(out, 'model'), data_config=data_config, overwrite=True,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -112,11 +113,21 @@ def _save_checkpoint(accelerator: Accelerator) -> str:
     return path
 
 
+def _no_accelerator() -> bool:
+    return not (torch.cuda.is_available() or (hasattr(torch, 'xpu') and torch.xpu.is_available()))
+
+
 def make_accelerator(output_dir: Optional[str] = None, config: Optional[FinetuneConfig] = None,
                      **kwargs) -> Accelerator:
     """An Accelerator set up for :func:`finetune`: numbered checkpoints under ``output_dir/checkpoints``
-    and a seedable sampler so a resumed run sees the same batches."""
+    and a seedable sampler so a resumed run sees the same batches.
+
+    Launched as several processes on a machine without GPUs, Accelerate forms a (gloo) process group
+    only when asked for the CPU; otherwise every process would run alone as the main process. So the
+    CPU is asked for in that case."""
     config = config or FinetuneConfig()
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and _no_accelerator():
+        kwargs['cpu'] = True
     project = ProjectConfiguration(project_dir=output_dir or '.', automatic_checkpoint_naming=True,
                                    total_limit=config.keep_checkpoints)
     return Accelerator(project_config=project, gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -170,7 +181,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
             numbers = [int(d.split('_')[-1]) for d in os.listdir(os.path.dirname(checkpoint))
                        if d.split('_')[-1].isdigit()]
             accelerator.project_configuration.iteration = max(numbers) + 1
-            accelerator.print(f'resumed from {checkpoint} at step {state.step}')
+            accelerator.print(f'resumed from {checkpoint} at step {state.step}', file=sys.stderr)
 
     history: Dict[str, List] = {'step': [], 'loss': [], 'eval': []}
     steps_per_epoch = max(1, len(loader) // config.gradient_accumulation_steps)

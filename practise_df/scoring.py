@@ -198,8 +198,11 @@ def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images:
         student = drop_blocks(teacher, [block], candidates=candidates)
         mse_dropped = feature_mse(student, held_x, held_t)
         params = insert_adaptors(student, [block], train_x.shape[1:])
-        fit_adaptors(student, params, train_x, train_t, settings, seed)
-        rec = feature_mse(student, held_x, held_t)
+        if mse_dropped == 0.0:  # the block changes nothing (e.g. a zero-initialised branch): nothing to recover
+            rec = 0.0
+        else:
+            fit_adaptors(student, params, train_x, train_t, settings, seed)
+            rec = feature_mse(student, held_x, held_t)
         saved = latency[block]
         # A block whose removal saves no measurable time can never be worth dropping first.
         pct = max(saved['saved_pct'], 1e-3)
