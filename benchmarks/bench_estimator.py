@@ -11,6 +11,7 @@ the PRACTISE score. Resumable: each method's results are saved after every block
     python benchmarks/bench_estimator.py --methods none   # summary once both are complete
 """
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -51,6 +52,8 @@ def main():
     p.add_argument('--latency-batch-size', type=int, default=32)
     p.add_argument('--methods', default='fast,official', help="comma-separated, or 'none' for the summary only")
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
+    p.add_argument('--blocks', default=None,
+                   help='comma-separated subset, in the order to score them (to split a method over processes)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default='benchmarks/results/estimator.json')
     p.add_argument('--remeasure-latency', action='store_true',
@@ -96,21 +99,31 @@ def main():
         path = f'{stem}_{method}.json'
         results[method] = load(path) or {'setup': setup, 'settings': settings[method].__dict__, 'blocks': {},
                                          'overhead_seconds': 0.0}
-        todo = [b for b in blocks if b not in results[method]['blocks']]
+        order = args.blocks.split(',') if args.blocks else blocks
+        todo = [b for b in order if b not in results[method]['blocks']]
         if method not in args.methods.split(',') or not todo:
             continue
         start = time.perf_counter()
 
         def record(score, method=method, path=path):
-            results[method]['blocks'][score.block] = score.to_dict()
-            save(path, results[method])
+            # another process may score other blocks of the same method: merge under a lock
+            with open(path + '.lock', 'w') as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                on_disk = load(path).get('blocks', {})
+                results[method]['blocks'] = {**on_disk, **results[method]['blocks'], score.block: score.to_dict()}
+                save(path, results[method])
 
         score_blocks(teacher, train, held, blocks=todo, settings=settings[method], latency=latency['blocks'],
                      seed=args.seed, on_score=record)
-        # teacher features and model copies, counted once per run
-        results[method]['overhead_seconds'] += time.perf_counter() - start - sum(
-            results[method]['blocks'][b]['seconds'] for b in todo)
-        save(path, results[method])
+        # teacher features and model copies, counted once per process
+        overhead = time.perf_counter() - start - sum(results[method]['blocks'][b]['seconds'] for b in todo)
+        with open(path + '.lock', 'w') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            on_disk = load(path)
+            on_disk.setdefault('blocks', {}).update(results[method]['blocks'])
+            on_disk['overhead_seconds'] = on_disk.get('overhead_seconds', 0.0) + overhead
+            results[method] = on_disk
+            save(path, on_disk)
 
     for method in ('fast', 'official'):  # scores follow the (possibly re-measured) latency
         for b, r in results[method]['blocks'].items():
@@ -125,6 +138,9 @@ def main():
             'rho_recoverability': spearman([f[b]['recoverability'] for b in blocks],
                                            [o[b]['recoverability'] for b in blocks]),
             'rho_score': spearman([f[b]['score'] for b in blocks], [o[b]['score'] for b in blocks]),
+            # for context: ranking by the error right after dropping, with no adaptor fitted at all
+            'rho_drop_mse_vs_official': spearman([o[b]['mse_dropped'] for b in blocks],
+                                                 [o[b]['recoverability'] for b in blocks]),
             'seconds_fast': total['fast'], 'seconds_official': total['official'],
             'speedup': total['official'] / total['fast'],
             'ranking_fast': sorted(blocks, key=lambda b: f[b]['score']),
@@ -133,6 +149,27 @@ def main():
         }
         save(args.out, summary)
         print(json.dumps({k: v for k, v in summary.items() if k not in ('latency', 'fast', 'official')}, indent=2))
+        with open(f'{stem}.md', 'w') as md:
+            md.write(markdown(summary, blocks, results, latency))
+
+
+def markdown(summary, blocks, results, latency):
+    f, o = summary['fast'], summary['official']
+    rows = ['| block | latency saved % | official recoverability | official rank | fast recoverability | '
+            'fast rank | official s | fast s |', '|---|---:|---:|---:|---:|---:|---:|---:|']
+    rank_o = {b: i + 1 for i, b in enumerate(summary['ranking_official'])}
+    rank_f = {b: i + 1 for i, b in enumerate(summary['ranking_fast'])}
+    for b in blocks:
+        rows.append(f"| {b} | {latency['blocks'][b]['saved_pct']:.1f} | {o[b]['recoverability']:.4f} | {rank_o[b]} | "
+                    f"{f[b]['recoverability']:.4f} | {rank_f[b]} | {o[b]['seconds']:.0f} | {f[b]['seconds']:.1f} |")
+    return '\n'.join([
+        f"Spearman rho, recoverability: **{summary['rho_recoverability']:.3f}**; PRACTISE score: "
+        f"**{summary['rho_score']:.3f}**; drop-only MSE vs official recoverability (no adaptors): "
+        f"{summary['rho_drop_mse_vs_official']:.3f}.",
+        f"Total time: official {summary['seconds_official']:.0f} s, fast {summary['seconds_fast']:.0f} s "
+        f"(**{summary['speedup']:.1f}x** less).",
+        f"Ranking (drop first -> last), official: {', '.join(summary['ranking_official'])}",
+        f"Ranking, fast: {', '.join(summary['ranking_fast'])}", '', *rows, ''])
 
 
 if __name__ == '__main__':

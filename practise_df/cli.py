@@ -223,7 +223,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser, **defaults) -> argpa
     g.add_argument('--batch-size', type=int, default=64, help='per process')
     g.add_argument('--lr', type=float, default=0.02)
     g.add_argument('--gradient-accumulation-steps', '--gradient_accumulation_steps', type=int, default=1)
-    g.add_argument('--freeze-bn', action='store_true', help='keep BatchNorm statistics fixed while finetuning')
+    g.add_argument('--freeze-bn', action=argparse.BooleanOptionalAction, default=False,
+                   help='keep BatchNorm statistics fixed while finetuning (needed on synthesized images: train-mode '
+                        'BatchNorm adopts their statistics and the student collapses on real ones)')
     g.add_argument('--checkpointing-steps', '--checkpointing_steps', type=int, default=500)
     g.add_argument('--eval-every', type=int, default=0)
     g.add_argument('--eval-data', default=None, help='labelled image folder for top-1/top-5 at the end')

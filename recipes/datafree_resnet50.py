@@ -8,8 +8,10 @@
 Pipeline: BatchNorm-inversion images at ImageNet scale (synth preset 'fast') -> PRACTISE block
 scores -> drop -> MiR finetuning -> report. Defaults follow the paper's data-free setting and the
 official code: 500 synthetic images (the official tiny-set size), 2000 MiR iterations, SGD lr 0.02,
-momentum 0.9, weight decay 1e-4, batch 64, StepLR x0.1 at 40%. The number of blocks dropped (5 of
-the 12 candidates) is ours. Every default can be overridden by flag (`--help`).
+momentum 0.9, weight decay 1e-4, batch 64, StepLR x0.1 at 40%. Ours: the number of blocks dropped (5 of
+the 12 candidates) and frozen BatchNorm statistics while finetuning (the official code trains BatchNorm
+on real images; on synthesized ones that collapses the student, see BENCHMARKS.md). Every default can
+be overridden by flag (`--help`, e.g. `--no-freeze-bn`).
 """
 import os
 import sys
@@ -19,4 +21,5 @@ from practise_df.cli import recipe_main  # noqa: E402
 
 if __name__ == '__main__':
     sys.exit(recipe_main(__doc__, model='timm:resnet50', weights='pretrained', num_images=500, drop=5,
-                         finetune_iters=2000, batch_size=64, lr=0.02, output_dir='runs/datafree_resnet50'))
+                         freeze_bn=True, finetune_iters=2000, batch_size=64, lr=0.02,
+                         output_dir='runs/datafree_resnet50'))

@@ -31,8 +31,8 @@ def _offline_teacher(args):
 
 if __name__ == '__main__':
     sys.exit(recipe_main(
-        __doc__, prepare=_offline_teacher, model='timm:tf_efficientnet_lite0', weights=None, num_images=96,
-        heldout_images=32, synth_resolution=112, synth_batch_size=48, score_images=32, drop=2,
-        latency_batch_size=16, latency_repeats=5, finetune_iters=120, batch_size=32, lr=0.01,
-        checkpointing_steps=60, eval_data=IMAGENET_SAMPLE if os.path.isdir(IMAGENET_SAMPLE) else None,
+        __doc__, prepare=_offline_teacher, model='timm:tf_efficientnet_lite0', weights=None, num_images=64,
+        heldout_images=16, synth_resolution=112, synth_batch_size=64, synth_iterations=120, score_images=32,
+        drop=2, freeze_bn=True, latency_batch_size=8, latency_repeats=5, finetune_iters=60, batch_size=32, lr=0.005,
+        checkpointing_steps=30, eval_data=IMAGENET_SAMPLE if os.path.isdir(IMAGENET_SAMPLE) else None,
         output_dir='runs/quickstart'))
