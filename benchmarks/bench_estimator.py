@@ -81,9 +81,13 @@ def main():
 
     teacher = create_model('tf_efficientnet_lite0', weights=efficientnet_lite0_weights())
     cfg = resolve_data_config(teacher)
-    images, _ = load_image_tensor(args.data, cfg)
-    train, held = split_tensor(images, args.train_images, seed=args.seed)
     blocks = find_blocks(teacher)
+    split = []  # the images are loaded only when some block is still to be scored
+
+    def images():
+        if not split:
+            split.extend(split_tensor(load_image_tensor(args.data, cfg)[0], args.train_images, seed=args.seed))
+        return split
     latency_file = f'{stem}_latency.json'
     latency = load(latency_file)
     if not latency or args.remeasure_latency:
@@ -113,6 +117,7 @@ def main():
                 results[method]['blocks'] = {**on_disk, **results[method]['blocks'], score.block: score.to_dict()}
                 save(path, results[method])
 
+        train, held = images()
         score_blocks(teacher, train, held, blocks=todo, settings=settings[method], latency=latency['blocks'],
                      seed=args.seed, on_score=record)
         # teacher features and model copies, counted once per process
