@@ -6,6 +6,8 @@ The public API is listed here once; every name is also usable alone.
 from .adaptors import fold_adaptors as fold_adaptors, insert_adaptors as insert_adaptors
 from .blocks import drop_blocks as drop_blocks, dropped_blocks as dropped_blocks, find_blocks as find_blocks
 from .checkpoint import load_compressed as load_compressed, save_compressed as save_compressed
+from .corruptions import (CORRUPTIONS as CORRUPTIONS, SEVERITIES as SEVERITIES, corrupt as corrupt,
+                          parse_corruptions as parse_corruptions, parse_severities as parse_severities)
 from .data import ImageFolderDataset as ImageFolderDataset, image_loader as image_loader
 from .evaluate import evaluate as evaluate
 from .latency import (block_latency_savings as block_latency_savings, count_macs as count_macs,
@@ -25,4 +27,5 @@ __all__ = [
     'score_blocks', 'select_blocks', 'drop_and_recover', 'BlockScore',
     'save_compressed', 'load_compressed',
     'ImageFolderDataset', 'image_loader', 'evaluate',
+    'corrupt', 'CORRUPTIONS', 'SEVERITIES', 'parse_corruptions', 'parse_severities',
 ]
