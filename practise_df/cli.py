@@ -6,6 +6,7 @@
     practise-df eval    --model SPEC|DIR --data D         -> evaluate
     practise-df synth   --model SPEC --out DIR ...        -> synth.synthesize
     practise-df compress --model SPEC --drop K ...        -> compress
+    practise-df robustness --model SPEC|DIR --data D      -> robustness.evaluate_robustness
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torchvision
 
 from . import __version__
 from .blocks import drop_blocks, find_blocks
-from .latency import count_macs, count_params, measure_latencies
+from .latency import block_latency_savings, count_macs, count_params, measure_latencies
 from .models import create_model, resolve_data_config
 
 Command = Callable[[argparse.Namespace], dict]
@@ -98,10 +99,13 @@ def blocks_command(args) -> dict:
 # --- latency ----------------------------------------------------------------------------------------
 
 def _render_latency(r: dict) -> str:
+    head = f"batch {r['batch_size']}, input {tuple(r['input_size'])}, {r['device']}, {r['repeats']} runs\n"
+    if 'blocks' in r:  # --per-block
+        rows = [(b, v['latency_ms'], v['saved_ms'], v['saved_pct']) for b, v in r['blocks'].items()]
+        return head + _table(rows, ('dropped block', 'median ms', 'saved ms', 'saved %'))
     rows = [(v['name'], v['median_ms'], v['p10_ms'], v['p90_ms'], v['params'], v['macs'] / 1e6)
             for v in r['variants']]
-    text = (f"batch {r['batch_size']}, input {tuple(r['input_size'])}, {r['device']}, {r['repeats']} runs\n"
-            + _table(rows, ('model', 'median ms', 'p10 ms', 'p90 ms', 'params', 'MMACs')))
+    text = head + _table(rows, ('model', 'median ms', 'p10 ms', 'p90 ms', 'params', 'MMACs'))
     if 'saved_pct' in r:
         text += f"\nlatency saved: {r['saved_pct']:.1f}%"
     return text
@@ -111,13 +115,18 @@ def _render_latency(r: dict) -> str:
 def latency_command(args) -> dict:
     model, config = load_from_args(args)
     size = config['input_size']
+    if args.per_block:
+        blocks = _parse_blocks(args.drop) or find_blocks(model, size)
+        table = block_latency_savings(model, blocks, size, args.batch_size, args.device, args.warmup, args.repeats)
+        return {'model': args.model, 'batch_size': args.batch_size, 'input_size': list(size), 'device': args.device,
+                'repeats': args.repeats, 'blocks': table}
     variants = [('model', model)]
     if args.drop:
         variants.append((f"dropped {args.drop}", drop_blocks(model, _parse_blocks(args.drop))))
     lats = measure_latencies([m for _, m in variants], size, args.batch_size, args.device, args.warmup, args.repeats)
     out = {'batch_size': args.batch_size, 'input_size': list(size), 'device': args.device, 'repeats': args.repeats,
-           'variants': [{'name': n, **l.to_dict(), 'params': count_params(m), 'macs': count_macs(m, size)}
-                        for (n, m), l in zip(variants, lats)]}
+           'variants': [{'name': n, **lat.to_dict(), 'params': count_params(m), 'macs': count_macs(m, size)}
+                        for (n, m), lat in zip(variants, lats)]}
     if args.drop:
         out['saved_pct'] = 100 * (1 - lats[1].median_ms / lats[0].median_ms)
     return out
@@ -187,6 +196,49 @@ def eval_command(args) -> dict:
             'skipped_files': loader.dataset.skipped}
 
 
+# --- robustness -------------------------------------------------------------------------------------
+
+def _render_robustness(r: dict) -> str:
+    from .robustness import robustness_table
+    text = f"{r['model']} on {r['data']}" + (f" (baseline: teacher {r['teacher']})" if r.get('teacher') else '')
+    text += '\n' + robustness_table(r)
+    for key in ('heatmap', 'output'):
+        if r.get(key):
+            text += f'\n{key}: {r[key]}'
+    return text
+
+
+@register('robustness', _render_robustness)
+def robustness_command(args) -> dict:
+    from torch.utils.data import DataLoader
+
+    from synth import load_images
+
+    from .corruptions import parse_corruptions, parse_severities
+    from .data import eval_transform
+    from .robustness import evaluate_robustness, save_heatmap
+
+    corruptions, severities = parse_corruptions(args.corruptions), parse_severities(args.severities)  # fail early
+    model, config = load_from_args(args)
+    teacher = create_model(args.teacher, args.teacher_weights) if args.teacher else None
+    data = load_images(args.data, config, num_images=args.max_images, seed=args.seed,
+                       transform=eval_transform(config, normalize=False))
+    loader = DataLoader(data, batch_size=args.batch_size, num_workers=args.workers)
+    result = {'model': args.model, 'teacher': args.teacher, 'data': args.data}
+    result.update(evaluate_robustness(model, loader, config['mean'], config['std'], teacher=teacher,
+                                      corruptions=corruptions, severities=severities, seed=args.seed,
+                                      device=args.device, progress=not args.json))
+    if args.heatmap:
+        result['heatmap'] = save_heatmap(result, args.heatmap, title=f"{args.model} on {args.data}")
+    if args.output:
+        result['output'] = args.output
+        tmp = args.output + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, args.output)
+    return result
+
+
 # --- compress ---------------------------------------------------------------------------------------
 
 def add_compress_arguments(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
@@ -217,9 +269,13 @@ def add_compress_arguments(parser: argparse.ArgumentParser, **defaults) -> argpa
     g.add_argument('--latency-batch-size', type=int, default=32)
     g.add_argument('--latency-device', default=None, help='device latency is measured on (default: training device)')
     g.add_argument('--latency-repeats', type=int, default=10)
+    g.add_argument('--block-latency', default=None, metavar='FILE',
+                   help='per-block latency measured elsewhere, e.g. on the deployment device: the output of '
+                        'practise-df latency --per-block --json (default: measured here)')
     g = parser.add_argument_group('finetuning')
     g.add_argument('--loss', default='mir', choices=['mir', 'kd', 'ce'])
-    g.add_argument('--finetune-iters', type=int, default=2000)
+    g.add_argument('--finetune-iters', type=int, default=2000,
+                   help='optimizer steps; 0 keeps the student with only the folded adaptors')
     g.add_argument('--batch-size', type=int, default=64, help='per process')
     g.add_argument('--lr', type=float, default=0.02)
     g.add_argument('--gradient-accumulation-steps', '--gradient_accumulation_steps', type=int, default=1)
@@ -230,6 +286,10 @@ def add_compress_arguments(parser: argparse.ArgumentParser, **defaults) -> argpa
     g.add_argument('--eval-every', type=int, default=0)
     g.add_argument('--eval-data', default=None, help='labelled image folder for top-1/top-5 at the end')
     g.add_argument('--eval-max-images', type=int, default=None)
+    g.add_argument('--robustness', action='store_true',
+                   help='also evaluate teacher and student under ImageNet-C corruptions of --eval-data')
+    g.add_argument('--robustness-corruptions', default=None, help='subset, e.g. noise,fog (default: all 15)')
+    g.add_argument('--robustness-severities', default=None, help="e.g. '1,5' (default: 1-5)")
     g = parser.add_argument_group('run')
     g.add_argument('--output-dir', '--output_dir', dest='output_dir', required=True)
     g.add_argument('--overwrite', action='store_true', help='replace an earlier run in --output-dir')
@@ -264,7 +324,9 @@ def compress_config_from_args(args):
         synth_resolution=args.synth_resolution, synth_preset=args.synth_preset, synth_iterations=args.synth_iterations,
         synth_batch_size=args.synth_batch_size, estimator=args.estimator, score_images=args.score_images,
         drop=drop, latency_reduction=args.latency_reduction, latency_batch_size=args.latency_batch_size,
-        latency_device=args.latency_device, latency_repeats=args.latency_repeats, eval_data=args.eval_data,
+        latency_device=args.latency_device, latency_repeats=args.latency_repeats,
+        block_latency=args.block_latency, eval_data=args.eval_data, robustness=args.robustness,
+        robustness_corruptions=args.robustness_corruptions, robustness_severities=args.robustness_severities,
         eval_max_images=args.eval_max_images, finetune=finetune, seed=args.seed)
 
 
@@ -299,6 +361,10 @@ def render_report(r: dict) -> str:
         t, s = r['eval']['teacher'], r['eval']['student']
         text += (f"\n{r['eval']['data']}: teacher top-1 {t.get('top1', float('nan')):.2f}%, student top-1 "
                  f"{s.get('top1', float('nan')):.2f}% (agreement {s['agreement']:.1f}%)")
+        if 'before_finetune' in r['eval']:
+            b = r['eval']['before_finetune']
+            text += (f"\n  before finetuning (adaptors folded): top-1 {b.get('top1', float('nan')):.2f}% "
+                     f"(agreement {b['agreement']:.1f}%)")
     return text + f"\ncompressed model: {r['compressed_model']}"
 
 
@@ -341,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('latency', help='measure latency, params and MACs (optionally with blocks dropped)')
     add_model_args(p)
     p.add_argument('--drop', help='comma-separated blocks to drop, e.g. layer1.1,layer3.2')
+    p.add_argument('--per-block', action='store_true',
+                   help='latency saved by dropping each block alone (every candidate, or those in --drop); '
+                        'the --json output is what compress --block-latency reads')
     p.add_argument('--batch-size', type=int, default=1)
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--repeats', type=int, default=20)
@@ -368,6 +437,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('compress', help='the whole pipeline: images -> score -> drop -> finetune -> evaluate')
     add_compress_arguments(p)
+
+    p = sub.add_parser('robustness', help='accuracy under the 15 ImageNet-C corruptions, with the teacher as baseline')
+    add_model_args(p, data=True)
+    p.add_argument('--data', required=True, help='labelled image folder, hf:NAME[:SPLIT] or a save_to_disk dataset')
+    p.add_argument('--teacher', help='baseline model for CE / mCE and agreement (spec or compressed directory)')
+    p.add_argument('--teacher-weights')
+    p.add_argument('--corruptions', default='all',
+                   help="comma list of names or groups (noise, blur, weather, digital); default all 15")
+    p.add_argument('--severities', default='1-5', help="e.g. '1,5' or '1-5'")
+    p.add_argument('--max-images', type=int, help='evaluate a seeded subset of this many images')
+    p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--workers', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0, help='same seed, same corrupted images')
+    p.add_argument('--heatmap', metavar='PNG', help='write a corruption x severity heatmap (needs matplotlib)')
+    p.add_argument('--output', metavar='JSON', help='also write the result to this file')
 
     p = sub.add_parser('eval', help='top-1/top-5 accuracy and latency on an image folder')
     add_model_args(p, data=True)

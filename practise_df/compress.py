@@ -18,16 +18,20 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .blocks import drop_blocks
-from .checkpoint import save_compressed
+from .blocks import find_blocks
+from .checkpoint import load_compressed, save_compressed
 from .data import ImageFolderDataset, eval_transform, image_loader, train_transform
 from .evaluate import evaluate
 from .finetune import FinetuneConfig, finetune, make_accelerator
-from .latency import count_macs, count_params, measure_latencies
+from .latency import block_latency_savings, count_macs, count_params, measure_latencies
 from .models import create_model, resolve_data_config
-from .scoring import ESTIMATORS, score_blocks, select_blocks
+from .scoring import ESTIMATORS, BlockScore, drop_and_recover, score_blocks, select_blocks
 
 RUN_FILE = 'run.json'
+SCORES_FILE = 'scores.json'
+PARTIAL_SCORES_FILE = 'scores.partial.jsonl'  # one line per scored block, so an interrupted scoring resumes
+LATENCY_FILE = 'block_latency.json'
+RECOVERED_DIR = 'recovered'  # blocks dropped and adaptors folded, before finetuning
 
 
 @dataclass
@@ -51,8 +55,12 @@ class CompressConfig:
     latency_batch_size: int = 32
     latency_device: Optional[str] = None  # default: the training device
     latency_repeats: int = 10
+    block_latency: Optional[str] = None  # JSON of per-block savings measured elsewhere (e.g. the target device)
     eval_data: Optional[str] = None  # labelled image folder for top-1/top-5
     eval_max_images: Optional[int] = None
+    robustness: bool = False  # also evaluate under ImageNet-C corruptions of eval_data
+    robustness_corruptions: Optional[str] = None  # e.g. 'noise,fog'; default all 15
+    robustness_severities: Optional[str] = None  # e.g. '1,5'; default 1-5
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: int = 0
 
@@ -63,6 +71,12 @@ class CompressConfig:
             raise ValueError('Give exactly one of drop (a block count) or latency_reduction (a fraction).')
         if self.num_images < 2:
             raise ValueError('num_images must be at least 2: some images are held out to measure recoverability.')
+        if self.robustness:
+            if not self.eval_data:
+                raise ValueError('robustness needs eval_data (--eval-data): a labelled image folder to corrupt.')
+            from .corruptions import parse_corruptions, parse_severities
+            parse_corruptions(self.robustness_corruptions)  # bad names fail now, not after hours of work
+            parse_severities(self.robustness_severities)
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"Unknown estimator '{self.estimator}'; choose from {sorted(ESTIMATORS)}.")
 
@@ -78,6 +92,10 @@ class CompressConfig:
 def _stage(accelerator, message: str) -> None:
     """Stage headers go to stderr, beside the progress bars, so stdout holds only the report."""
     accelerator.print(message, file=sys.stderr, flush=True)
+
+
+def _stage_print(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _write_json(path: str, obj) -> None:
@@ -118,8 +136,9 @@ def _images(config: CompressConfig, teacher, data_config, accelerator) -> Datase
         synth_dir = os.path.join(config.output_dir, 'synth')
         _stage(accelerator, f'[1/5] synthesising {config.num_images} images into {synth_dir}')
         synthesize(teacher, synth_dir, config.num_images, data_config=data_config,
-                   resolution=config.synth_resolution, iterations=config.synth_iterations, batch_size=config.synth_batch_size, seed=config.seed,
-                   preset=config.synth_preset, device=accelerator.device, progress=accelerator.is_main_process)
+                   resolution=config.synth_resolution, iterations=config.synth_iterations,
+                   batch_size=config.synth_batch_size, seed=config.seed, preset=config.synth_preset,
+                   device=accelerator.device, progress=accelerator.is_main_process)
         return ImageFolderDataset(synth_dir, eval_transform(data_config))
     from synth import load_images
     _stage(accelerator, f'[1/5] loading {config.num_images} images from {config.images}')
@@ -140,6 +159,77 @@ def _split(pool: Dataset, heldout: int, seed: int):
 
 def _stack(dataset: Dataset, indices: List[int]) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in indices])
+
+
+def _block_latency(config: CompressConfig, teacher, blocks: List[str], latency_kwargs: dict) -> Dict[str, dict]:
+    """Latency saved per block: the user's file, the one measured earlier in this run, or measured now."""
+    path = config.block_latency or os.path.join(config.output_dir, LATENCY_FILE)
+    if os.path.isfile(path):
+        table = read_block_latency(path)
+        missing = [b for b in blocks if b not in table]
+        if missing:
+            raise ValueError(f"{path} has no latency for block(s) {', '.join(missing)}; measure every candidate, "
+                             f"e.g. practise-df latency --model {config.model} --per-block --json > FILE")
+        return table
+    if config.block_latency:
+        raise FileNotFoundError(f'--block-latency {path} does not exist.')
+    table = block_latency_savings(teacher, blocks, **latency_kwargs)
+    _write_json(path, {'blocks': table, **{k: latency_kwargs[k] for k in ('batch_size', 'device')},
+                       'input_size': list(latency_kwargs['input_size'])})
+    return table
+
+
+def read_block_latency(path: str) -> Dict[str, dict]:
+    """Per-block savings from ``practise-df latency --per-block --json`` (or a plain {block: {...}} mapping)."""
+    with open(path) as f:
+        data = json.load(f)
+    table = data.get('blocks', data) if isinstance(data, dict) else None
+    if not isinstance(table, dict) or not all(isinstance(v, dict) and 'saved_pct' in v for v in table.values()):
+        raise ValueError(f'{path} is not a per-block latency file: expected {{"blocks": {{BLOCK: {{"saved_ms": ..., '
+                         '"saved_pct": ...}}}}}} as written by practise-df latency --per-block --json.')
+    return table
+
+
+def _read_partial_scores(path: str) -> Dict[str, BlockScore]:
+    done: Dict[str, BlockScore] = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    score = BlockScore(**json.loads(line))
+                except (json.JSONDecodeError, TypeError):
+                    break  # a line cut short by a crash; its block is scored again
+                done[score.block] = score
+    return done
+
+
+def _score(config: CompressConfig, teacher, pool, train_idx, held_idx, latency_kwargs, progress) -> List[BlockScore]:
+    """Score every candidate, appending each result to a journal so an interrupted run continues."""
+    candidates = find_blocks(teacher, latency_kwargs['input_size'])
+    latency = _block_latency(config, teacher, candidates, latency_kwargs)
+    journal = os.path.join(config.output_dir, PARTIAL_SCORES_FILE)
+    done = _read_partial_scores(journal)
+    todo = [b for b in candidates if b not in done]
+    if done:
+        _stage_print(f'      {len(done)} block(s) already scored in {journal}; scoring {len(todo)}')
+    # Rewrite the journal without a possibly cut-off last line before appending to it.
+    with open(journal + '.tmp', 'w') as f:
+        f.writelines(json.dumps(s.to_dict()) + '\n' for s in done.values())
+    os.replace(journal + '.tmp', journal)
+
+    def record(score: BlockScore):
+        with open(journal, 'a') as f:
+            f.write(json.dumps(score.to_dict()) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
+
+    new = []
+    if todo:
+        tiny = _stack(pool, train_idx[:config.score_images])
+        held = _stack(pool, held_idx)
+        new = score_blocks(teacher, tiny, held, blocks=todo, estimator=config.estimator, latency=latency,
+                           seed=config.seed, progress=progress, on_score=record)
+    return sorted(list(done.values()) + new, key=lambda s: s.score)
 
 
 def compress(config: CompressConfig, overwrite: bool = False, resume: bool = False,
@@ -163,32 +253,41 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
     train_idx, held_idx = _split(pool, min(config.num_heldout, len(pool) - 1), config.seed)
 
     # --- score and select (main process; the others read the result) -----------------------------
-    scores_file = os.path.join(out, 'scores.json')
+    scores_file = os.path.join(out, SCORES_FILE)
     latency_kwargs = dict(input_size=input_size, batch_size=config.latency_batch_size,
                           device=config.latency_device or str(accelerator.device), repeats=config.latency_repeats)
     if accelerator.is_main_process and not os.path.isfile(scores_file):
         _stage(accelerator, f'[2/5] scoring blocks ({config.estimator} estimator)')
-        tiny = _stack(pool, train_idx[:config.score_images])
-        held = _stack(pool, held_idx)
         teacher.to(accelerator.device)
-        scores = score_blocks(teacher, tiny, held, estimator=config.estimator, latency_kwargs=latency_kwargs,
-                              seed=config.seed, progress=progress)
+        scores = _score(config, teacher, pool, train_idx, held_idx, latency_kwargs, progress)
         chosen = select_blocks(scores, drop=config.drop, latency_reduction=config.latency_reduction,
                                model=teacher, latency_kwargs=latency_kwargs)
         _write_json(scores_file, {'scores': [s.to_dict() for s in scores], 'selected': chosen})
     accelerator.wait_for_everyone()
     selection = json.load(open(scores_file))
     chosen = selection['selected']
-    _stage(accelerator, f"[3/5] dropping {len(chosen)} block(s): {', '.join(chosen)}")
+
+    # --- drop, fit adaptors around the gaps and fold them (main process; the others load it) ---------
+    recovered_dir = os.path.join(out, RECOVERED_DIR)
+    if accelerator.is_main_process and not os.path.isfile(os.path.join(recovered_dir, 'model.safetensors')):
+        _stage(accelerator, f"[3/5] dropping {len(chosen)} block(s) and fitting adaptors: {', '.join(chosen)}")
+        tiny = _stack(pool, train_idx[:config.score_images]).to(accelerator.device)
+        recovered = drop_and_recover(teacher.to(accelerator.device), chosen, tiny,
+                                     settings=ESTIMATORS[config.estimator], seed=config.seed)
+        save_compressed(recovered.to('cpu'), recovered_dir, data_config=data_config, overwrite=True,
+                        extra={'stage': 'blocks dropped, adaptors folded, before finetuning'})
+    accelerator.wait_for_everyone()
+    student = load_compressed(recovered_dir)
 
     # --- finetune (every process) ------------------------------------------------------------------
-    student = drop_blocks(teacher, chosen)
     from synth import SingleImageCrops  # its crops are already augmented
     augmentable = hasattr(pool, 'transform') and not isinstance(pool, SingleImageCrops)
     train_data = Subset(_with_transform(pool, train_transform(data_config)) if augmentable else pool, train_idx)
-    _stage(accelerator, f'[4/5] finetuning ({config.finetune.loss}, {config.finetune.iterations} iterations)')
-    history = finetune(student, teacher, train_data, config.finetune, accelerator=accelerator, output_dir=out,
-                       resume=resume, progress=progress)
+    history: Dict[str, list] = {'loss': []}
+    if config.finetune.iterations > 0:
+        _stage(accelerator, f'[4/5] finetuning ({config.finetune.loss}, {config.finetune.iterations} iterations)')
+        history = finetune(student, teacher, train_data, config.finetune, accelerator=accelerator, output_dir=out,
+                           resume=resume, progress=progress)
 
     # --- save and evaluate (main process) ---------------------------------------------------------
     report: Dict[str, Any] = {}
@@ -203,6 +302,22 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
         _write_json(os.path.join(out, 'report.json'), report)
     accelerator.wait_for_everyone()
     return report
+
+
+def _robustness(config, teacher, student, data_config, device, progress) -> Dict[str, Any]:
+    from .robustness import evaluate_robustness, save_heatmap
+    data = ImageFolderDataset(config.eval_data, eval_transform(data_config, normalize=False),
+                              max_images=config.eval_max_images, seed=config.seed)
+    result = evaluate_robustness(student, torch.utils.data.DataLoader(data, batch_size=32), data_config['mean'],
+                                 data_config['std'], teacher=teacher, corruptions=config.robustness_corruptions,
+                                 severities=config.robustness_severities, seed=config.seed, device=device,
+                                 progress=progress)
+    try:
+        result['heatmap'] = save_heatmap(result, os.path.join(config.output_dir, 'robustness.png'),
+                                         title=f'{config.model}: student vs teacher')
+    except ImportError as e:  # the numbers are in the report either way
+        result['heatmap'] = f'not drawn: {e}'
+    return result
 
 
 def _report(config, teacher, student, chosen, scores, history, pool, held_idx, data_config, latency_kwargs,
@@ -226,7 +341,14 @@ def _report(config, teacher, student, chosen, scores, history, pool, held_idx, d
     if config.eval_data:
         loader = image_loader(config.eval_data, data_config, batch_size=32, max_images=config.eval_max_images,
                               seed=config.seed)
-        report['eval'] = {'data': config.eval_data,
-                          'teacher': evaluate(teacher, loader, device, progress=progress),
-                          'student': evaluate(student, loader, device, teacher=teacher, progress=progress)}
+        teacher_eval = evaluate(teacher, loader, device, progress=progress, return_predictions=True)
+        predictions = teacher_eval.pop('predictions')  # agreement without running the teacher twice more
+        report['eval'] = {'data': config.eval_data, 'teacher': teacher_eval,
+                          'student': evaluate(student, loader, device, teacher=predictions, progress=progress)}
+        if config.finetune.iterations > 0:  # what finetuning added over the folded adaptors alone
+            recovered = load_compressed(os.path.join(config.output_dir, RECOVERED_DIR))
+            report['eval']['before_finetune'] = evaluate(recovered, loader, device, teacher=predictions,
+                                                         progress=progress)
+    if config.robustness:
+        report['robustness'] = _robustness(config, teacher, student, data_config, device, progress)
     return report

@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import timm.data
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision import transforms
 from torch.utils.data import DataLoader, Dataset
 
 _logger = logging.getLogger(__name__)
@@ -101,11 +102,15 @@ def subsample(items: Sequence, n: int, seed: int = 0) -> list:
     return [items[i] for i in keep]
 
 
-def eval_transform(data_config: dict) -> Callable:
-    """timm's eval transform for a data config (resize, center crop, normalise)."""
+def eval_transform(data_config: dict, normalize: bool = True) -> Callable:
+    """timm's eval transform for a data config (resize, center crop, normalise). With
+    ``normalize=False`` images stay in [0, 1] (e.g. to corrupt them before normalising)."""
     cfg = {k: data_config[k] for k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
            if k in data_config}
-    return timm.data.create_transform(**cfg, is_training=False)
+    transform = timm.data.create_transform(**cfg, is_training=False)
+    if not normalize:
+        transform.transforms = [t for t in transform.transforms if not isinstance(t, transforms.Normalize)]
+    return transform
 
 
 def train_transform(data_config: dict, scale=(0.25, 1.0)) -> Callable:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -55,8 +57,9 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown finetuning loss '{self.loss}'; choose from {', '.join(LOSSES)}.")
-        if self.iterations < 1 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise ValueError('iterations, batch_size and gradient_accumulation_steps must be at least 1.')
+        if self.iterations < 0 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError('batch_size and gradient_accumulation_steps must be at least 1, and iterations '
+                             'at least 0 (0 = no finetuning).')
 
 
 class TrainState:
@@ -89,6 +92,38 @@ class _Objective(nn.Module):
 
 
 COMPLETE_MARKER = 'practise_df_complete'
+
+
+class SeededSamples(Dataset):
+    """``dataset`` with the randomness of item ``index`` in epoch ``epoch`` fixed by ``(seed, epoch, index)``
+    (torch, Python ``random`` and NumPy generators, restored afterwards).
+
+    Random augmentations then no longer depend on the global RNG stream, which Accelerate's loader
+    advances one batch ahead: without this, a run resumed from a checkpoint would augment the batches
+    after it differently than the uninterrupted run did. Also makes augmentations independent of the
+    number of processes and loader workers."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index) % 2**32
+        py_state, np_state = random.getstate(), np.random.get_state()  # timm's crops draw from `random`
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed)
+                return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def latest_checkpoint(output_dir: str) -> Optional[str]:
@@ -165,6 +200,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     # Stepped by hand once per optimizer step, so the schedule does not depend on the number of processes.
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, max(1, int(config.step_at * config.iterations)), 0.1)
+    train_data = SeededSamples(train_data, config.seed)
     loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True, drop_last=len(train_data) >=
                         config.batch_size * accelerator.num_processes, num_workers=config.num_workers)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
@@ -191,6 +227,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
     while state.step < config.iterations:
         epoch, done_in_epoch = divmod(state.step, steps_per_epoch)
         loader.set_epoch(epoch)
+        train_data.set_epoch(epoch)  # Accelerate does not pass it on when the sampler takes it
         batches = accelerator.skip_first_batches(loader, done_in_epoch * config.gradient_accumulation_steps) \
             if done_in_epoch else loader
         objective.train()

@@ -88,9 +88,9 @@ def block_latency_savings(model: nn.Module, blocks: Iterable[str], input_size: S
     variants = [model] + [drop_blocks(model, [b], candidates=blocks) for b in blocks]
     lat = measure_latencies(variants, input_size, batch_size, device, warmup, repeats)
     base = lat[0].median_ms
-    return {b: {'latency_ms': l.median_ms, 'saved_ms': base - l.median_ms,
-                'saved_pct': 100.0 * (base - l.median_ms) / base, 'base_ms': base}
-            for b, l in zip(blocks, lat[1:])}
+    return {b: {'latency_ms': lat_b.median_ms, 'saved_ms': base - lat_b.median_ms,
+                'saved_pct': 100.0 * (base - lat_b.median_ms) / base, 'base_ms': base}
+            for b, lat_b in zip(blocks, lat[1:])}
 
 
 def count_params(model: nn.Module) -> int:

@@ -2,8 +2,8 @@
 
 One call inverts one batch: Adam on the image (its pixels, or a multi-scale pyramid: synth/param.py), a
 cosine schedule per resolution phase, fresh kornia augmentations every step, pixels clamped to the valid
-range after every step, and the lowest-loss snapshot of each image of the final-resolution phase kept. :func:`synth.synthesize` splits a data set
-into such batches and writes them to disk.
+range after every step, and the lowest-loss snapshot of each image of the final-resolution phase kept.
+:func:`synth.synthesize` splits a data set into such batches and writes them to disk.
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,19 @@ from PIL import Image
 from practise_df import create_model
 
 SMALL = (3, 64, 64)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def accelerate_launch(script, args=(), processes=2, timeout=900, env=None):
+    """Run ``script`` under ``accelerate launch`` as users do. On a machine without GPUs ``--multi_gpu``
+    is accelerate's torchrun launcher with the gloo backend: real CPU processes. (``--cpu
+    --num_processes 2`` starts one process unless an MPI hostfile is configured.)"""
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
+           '--dynamo_backend', 'no', '--num_processes', str(processes)]
+    cmd += ['--multi_gpu'] if processes > 1 else ['--cpu']
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHONPATH=ROOT, **(env or {}))
+    return subprocess.run(cmd + [os.path.join(ROOT, script), *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=ROOT)
 
 
 def make_image_folder(root, classes=('a', 'b'), per_class=3, size=48, flat=0, seed=0, fmt='png'):

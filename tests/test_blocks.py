@@ -75,7 +75,8 @@ def test_mobilenet_v2_gives_the_official_candidates():
 
 
 def test_non_candidate_is_a_clear_error(tiny_resnet):
-    with pytest.raises(ValueError, match=r"Not droppable: layer2\.0.*Candidate blocks of this model are: layer1\.0, layer1\.1"):
+    with pytest.raises(ValueError,
+                       match=r"Not droppable: layer2\.0.*Candidate blocks of this model are: layer1\.0, layer1\.1"):
         drop_blocks(tiny_resnet, ['layer2.0'])
     with pytest.raises(ValueError, match='Not droppable: nonexistent'):
         drop_blocks(tiny_resnet, ['nonexistent'])

@@ -37,6 +37,21 @@ def test_latency_with_drop(capsys):
     assert full['median_ms'] > 0 and 'saved_pct' in r
 
 
+def test_latency_per_block_is_what_compress_reads(capsys, tmp_path):
+    code, out, _ = run(capsys, 'latency', '--model', 'timm:resnet18', '--input-size', 32, '--per-block',
+                       '--repeats', 2, '--warmup', 1, '--json')
+    assert code == 0
+    path = tmp_path / 'lat.json'
+    path.write_text(out)
+    from practise_df.compress import read_block_latency
+    table = read_block_latency(str(path))
+    assert sorted(table) == ['layer1.0', 'layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
+    assert all({'saved_ms', 'saved_pct', 'latency_ms'} <= set(v) for v in table.values())
+    code, out, _ = run(capsys, 'latency', '--model', 'timm:resnet18', '--input-size', 32, '--per-block',
+                       '--drop', 'layer4.1', '--repeats', 2, '--warmup', 1)
+    assert code == 0 and 'layer4.1' in out and 'layer1.1' not in out and 'saved %' in out
+
+
 def test_bad_input_exits_2_with_a_message(capsys):
     code, _, err = run(capsys, 'latency', '--model', 'timm:resnet18', '--drop', 'layer2.0', '--input-size', 64)
     assert code == 2 and 'Not droppable: layer2.0' in err and 'layer1.1' in err

@@ -31,7 +31,8 @@ def finished_run(tmp_path_factory):
 
 def test_compress_writes_every_artefact(finished_run):
     out, _, report = finished_run
-    assert sorted(os.listdir(out)) == ['checkpoints', 'model', 'report.json', 'run.json', 'scores.json']
+    assert sorted(os.listdir(out)) == ['block_latency.json', 'checkpoints', 'model', 'recovered', 'report.json',
+                                       'run.json', 'scores.json', 'scores.partial.jsonl']
     assert json.load(open(out / 'report.json')) == json.loads(json.dumps(report))
     assert len(report['dropped_blocks']) == 1
     assert report['params']['student'] < report['params']['teacher']
@@ -39,6 +40,8 @@ def test_compress_writes_every_artefact(finished_run):
     assert {'teacher_ms', 'student_ms', 'saved_pct', 'device'} <= set(report['latency'])
     assert 0 <= report['heldout_agreement'] <= 100
     assert report['eval']['student']['images'] == 12 and 'top5' in report['eval']['teacher']
+    assert report['eval']['before_finetune']['images'] == 12
+    assert 'predictions' not in report['eval']['teacher']
     scores = json.load(open(out / 'scores.json'))
     assert scores['selected'] == report['dropped_blocks'] == [min(scores['scores'], key=lambda s: s['score'])['block']]
     student = load_compressed(str(out / 'model'))

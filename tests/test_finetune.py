@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,7 +8,7 @@ from torch.utils.data import TensorDataset
 from practise_df import create_model, drop_blocks
 from practise_df.finetune import FinetuneConfig, finetune, latest_checkpoint, make_accelerator
 
-from conftest import randomize_norms
+from conftest import accelerate_launch, randomize_norms
 
 HERE = os.path.dirname(__file__)
 SCRIPT = os.path.join(HERE, 'scripts', 'finetune_tiny.py')
@@ -108,15 +106,7 @@ def test_resume_continues_exactly(pair, tmp_path):
 
 
 def _launch(out, procs, batch_size, extra=()):
-    """`accelerate launch --multi_gpu` is accelerate's torchrun launcher; on a machine without GPUs it
-    starts CPU processes with the gloo backend. (`--cpu --num_processes 2` starts one process unless
-    an MPI hostfile is configured.)"""
-    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
-           '--dynamo_backend', 'no', '--num_processes', str(procs)]
-    cmd += ['--multi_gpu'] if procs > 1 else ['--cpu']
-    cmd += [SCRIPT, '--out', str(out), '--batch-size', str(batch_size), *extra]
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHONPATH=os.path.dirname(HERE))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = accelerate_launch(SCRIPT, ['--out', out, '--batch-size', batch_size, *extra], processes=procs, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(os.path.join(out, 'final.pt'))
 
@@ -131,3 +121,31 @@ def test_two_processes_match_one(tmp_path):
     for k, v in one['state_dict'].items():
         w = two['state_dict'][k].float()
         assert (v.float() - w).norm() <= 1e-5 * v.float().norm() + 1e-7, k
+
+
+def test_seeded_samples_fix_augmentation_by_seed_epoch_and_index():
+    """A resumed run re-loads batches the uninterrupted run loaded one step ahead: their random
+    augmentation must not depend on the global RNG streams (torch, `random`, NumPy)."""
+    import random
+
+    import numpy as np
+
+    from practise_df.finetune import SeededSamples
+
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(1).item() + random.random() + np.random.rand(), i
+
+    data = SeededSamples(Noisy(), seed=3)
+    first = [data[i][0] for i in range(4)]
+    torch.manual_seed(123)
+    random.seed(5)
+    state = random.getstate()
+    assert [data[i][0] for i in range(4)] == first
+    assert random.getstate() == state, 'the global stream is left as it was'
+    data.set_epoch(1)
+    assert [data[i][0] for i in range(4)] != first
+    assert len(set(first)) == 4

@@ -6,26 +6,16 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, accelerate_launch
+
 SMOKE = ['--teacher-weights', 'random', '--num-images', '16', '--resolution', '64', '--iterations', '5',
          '--finetune-iters', '5']
-
-
-def _accelerate_launch(processes, script, args):
-    # On a machine without GPUs, `--multi_gpu` is accelerate's torchrun launcher with the gloo backend;
-    # `--cpu --num_processes 2` would start one process (it needs an MPI hostfile for more).
-    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
-           '--dynamo_backend', 'no', '--num_processes', str(processes)]
-    cmd += ['--multi_gpu'] if processes > 1 else ['--cpu']
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    return subprocess.run(cmd + [os.path.join(ROOT, script), *args], capture_output=True, text=True, env=env,
-                          timeout=1200, cwd=ROOT)
 
 
 @pytest.mark.parametrize('processes', [1, 2])
 def test_datafree_resnet50_smoke(tmp_path, processes):
     out = tmp_path / 'run'
-    proc = _accelerate_launch(processes, 'recipes/datafree_resnet50.py', SMOKE + ['--output-dir', str(out)])
+    proc = accelerate_launch('recipes/datafree_resnet50.py', SMOKE + ['--output-dir', out], processes, 1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.load(open(out / 'report.json'))
     assert len(report['dropped_blocks']) == 5 and report['model'] == 'timm:resnet50'

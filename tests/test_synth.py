@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from conftest import randomize_norms
+from conftest import accelerate_launch, randomize_norms
 from practise_df import create_model
 from practise_df.data import ImageFolderDataset
 import synth
@@ -303,14 +303,8 @@ def test_public_api_surface():
 def test_two_processes_under_accelerate_launch(tmp_path):
     """Two real ranks (accelerate's torchrun launcher; gloo on a machine without GPUs). A forked
     ``debug_launcher`` can deadlock once the test process has started its OpenMP threads."""
-    import subprocess
-    import sys
     out = str(tmp_path / 'launched')
-    script = os.path.join(os.path.dirname(__file__), 'scripts', 'synth_two_ranks.py')
-    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
-           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', script, out]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=''))
+    proc = accelerate_launch('tests/scripts/synth_two_ranks.py', [out], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shards = sorted(f for f in os.listdir(out) if f.startswith('metadata-rank'))
     assert shards == ['metadata-rank0.jsonl', 'metadata-rank1.jsonl']

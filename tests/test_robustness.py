@@ -1,0 +1,126 @@
+"""Robustness evaluation: accuracy under corruptions, CE / mCE against the teacher, CLI and compress."""
+import json
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import make_image_folder
+from practise_df import drop_blocks, resolve_data_config
+from practise_df.cli import main
+from practise_df.compress import CompressConfig, compress
+from practise_df.data import ImageFolderDataset, eval_transform
+from practise_df.finetune import FinetuneConfig
+from practise_df.robustness import _summary, evaluate_robustness, robustness_table, save_heatmap
+
+SUBSET = dict(corruptions='gaussian_noise,fog,jpeg_compression', severities='1,5')
+
+
+@pytest.fixture
+def loader(tmp_path, tiny_resnet):
+    folder = make_image_folder(str(tmp_path / 'images'), classes=('a', 'b', 'c'), per_class=3, size=48)
+    config = resolve_data_config(tiny_resnet, input_size=48)
+    data = ImageFolderDataset(folder, eval_transform(config, normalize=False))
+    return DataLoader(data, batch_size=4), config
+
+
+def test_teacher_against_itself_is_the_baseline(loader, tiny_resnet):
+    batches, config = loader
+    r = evaluate_robustness(tiny_resnet, batches, config['mean'], config['std'], teacher=tiny_resnet,
+                            progress=False, **SUBSET)
+    assert r['images'] == 9 and r['severities'] == [1, 5]
+    assert list(r['corruptions']) == ['gaussian_noise', 'fog', 'jpeg_compression']
+    for by_severity in r['corruptions'].values():
+        for v in by_severity.values():
+            assert v['agreement'] == 100.0 and v['top1'] == v['teacher_top1']
+    s = r['summary']
+    assert s['mean_corruption_agreement'] == 100.0
+    assert s['mean_corruption_top1'] == s['teacher_mean_corruption_top1']
+    assert all(ce == pytest.approx(100.0) for ce in s['ce'].values()) and s['mce'] == pytest.approx(100.0)
+    text = robustness_table(r)
+    assert 'gaussian_noise' in text and 'mCE vs teacher: 100.0%' in text
+
+
+def test_same_seed_same_result_and_student_differs(loader, tiny_resnet):
+    batches, config = loader
+    student = drop_blocks(tiny_resnet, ['layer2.1', 'layer3.1'])
+    runs = [evaluate_robustness(student, batches, config['mean'], config['std'], teacher=tiny_resnet, seed=seed,
+                                progress=False, **SUBSET) for seed in (0, 0)]
+    assert runs[0] == runs[1]
+    agreement = [v['agreement'] for c in runs[0]['corruptions'].values() for v in c.values()]
+    assert min(agreement) < 100.0, 'a student with two blocks dropped disagrees somewhere'
+
+
+def test_ce_and_relative_ce_follow_the_definitions():
+    result = {'labelled': 10, 'clean': {'top1': 90.0, 'teacher_top1': 95.0, 'agreement': 90.0},
+              'corruptions': {'fog': {'1': {'top1': 70.0, 'teacher_top1': 80.0, 'agreement': 80.0},
+                                      '5': {'top1': 30.0, 'teacher_top1': 55.0, 'agreement': 50.0}}}}
+    s = _summary(result, with_teacher=True)
+    assert s['ce']['fog'] == pytest.approx(100 * (30 + 70) / (20 + 45))
+    assert s['relative_ce']['fog'] == pytest.approx(100 * ((30 - 10) + (70 - 10)) / ((20 - 5) + (45 - 5)))
+    assert s['mean_corruption_top1'] == 50.0 and s['teacher_mean_corruption_top1'] == 67.5
+    assert s['mean_corruption_agreement'] == 65.0
+
+
+def test_unlabelled_images_give_agreement_only(tmp_path, tiny_resnet):
+    folder = make_image_folder(str(tmp_path / 'flat'), classes=(), flat=4, size=48)
+    config = resolve_data_config(tiny_resnet, input_size=48)
+    batches = DataLoader(ImageFolderDataset(folder, eval_transform(config, normalize=False)), batch_size=4)
+    r = evaluate_robustness(tiny_resnet, batches, config['mean'], config['std'], teacher=tiny_resnet,
+                            corruptions='contrast', severities='3', progress=False)
+    assert 'top1' not in r['clean'] and r['summary'] == {'mean_corruption_agreement': 100.0}
+    assert 'agreement' in robustness_table(r)
+
+
+def test_normalised_images_are_refused(loader, tiny_resnet):
+    _, config = loader
+    with pytest.raises(ValueError, match=r'normalize=False'):
+        evaluate_robustness(tiny_resnet, [(torch.randn(2, 3, 48, 48) * 3, torch.zeros(2))], config['mean'],
+                            config['std'], corruptions='contrast', severities='1', progress=False)
+
+
+def test_heatmap_png(loader, tiny_resnet, tmp_path):
+    batches, config = loader
+    r = evaluate_robustness(drop_blocks(tiny_resnet, ['layer3.1']), batches, config['mean'], config['std'],
+                            teacher=tiny_resnet, progress=False, corruptions='brightness,pixelate', severities='1-2')
+    path = save_heatmap(r, str(tmp_path / 'heat.png'), title='test')
+    from PIL import Image
+    with Image.open(path) as im:
+        assert im.size[0] > 200 and im.size[1] > 100
+
+
+def test_cli_json_table_heatmap_and_bad_names(tmp_path, capsys):
+    folder = make_image_folder(str(tmp_path / 'images'), classes=('a', 'b'), per_class=2, size=40)
+    args = ['robustness', '--model', 'timm:resnet18', '--teacher', 'timm:resnet18', '--data', folder,
+            '--input-size', '40', '--corruptions', 'gaussian_noise,fog', '--severities', '1,5']
+    heat, out = str(tmp_path / 'heat.png'), str(tmp_path / 'r.json')
+    assert main(args + ['--json', '--heatmap', heat, '--output', out]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r['corruptions']) == {'gaussian_noise', 'fog'} and r['images'] == 4
+    assert os.path.isfile(heat) and json.load(open(out))['summary'] == r['summary']
+    assert main(args) == 0
+    assert 'mean corruption top-1' in capsys.readouterr().out
+    assert main(args[:-4] + ['--corruptions', 'gausian_noise']) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'gaussian_noise'" in err and 'jpeg_compression' in err
+    assert main(args[:-2] + ['--severities', '0,6']) == 2
+    assert 'valid severities: 1, 2, 3, 4, 5' in capsys.readouterr().err
+
+
+def test_compress_adds_robustness_to_the_report(tmp_path):
+    images = make_image_folder(str(tmp_path / 'images'), classes=('a', 'b'), per_class=4, size=40)
+    config = CompressConfig(model='timm:resnet18', output_dir=str(tmp_path / 'run'), images=images, num_images=8,
+                            heldout_images=2, resolution=32, score_images=4, latency_batch_size=2, latency_repeats=2,
+                            drop=1, eval_data=images, robustness=True, robustness_corruptions='shot_noise',
+                            robustness_severities='2', finetune=FinetuneConfig(iterations=1, batch_size=4))
+    report = compress(config, progress=False)
+    r = report['robustness']
+    assert list(r['corruptions']) == ['shot_noise'] and 'mce' in r['summary']
+    assert os.path.isfile(r['heatmap'])
+    assert json.load(open(tmp_path / 'run' / 'report.json'))['robustness']['summary'] == r['summary']
+    with pytest.raises(ValueError, match='robustness needs eval_data'):
+        CompressConfig(model='timm:resnet18', output_dir='x', drop=1, robustness=True)
+    with pytest.raises(ValueError, match='Unknown corruption'):
+        CompressConfig(model='timm:resnet18', output_dir='x', drop=1, robustness=True, eval_data=images,
+                       robustness_corruptions='rain')
