@@ -68,8 +68,11 @@ def main():
     p.add_argument('--iterations', type=int, default=12)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument('--out', default='benchmarks/results/finetune_overhead.json')
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     teacher = create_model('timm:tf_efficientnet_lite0')
@@ -83,7 +86,8 @@ def main():
             rates[name].append(loop(student, teacher, data, config, args.warmup))
             print(name, f'{rates[name][-1]:.2f} images/s', flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    result = {'machine': f'{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}',
+    result = {'machine': f'{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, '
+                         f'{torch.get_num_threads()} thread(s)',
               'date': time.strftime('%Y-%m-%d'), 'args': vars(args), 'images_per_s': rates,
               'median_images_per_s': med, 'overhead_pct': 100 * (1 - med['practise_df'] / med['bare'])}
     with open(args.out, 'w') as f:
