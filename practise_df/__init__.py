@@ -4,6 +4,10 @@ the customer's data.
 The public API is listed here once; every name is also usable alone.
 """
 from .adaptors import fold_adaptors as fold_adaptors, insert_adaptors as insert_adaptors
+from .baselines import (filter_prune as filter_prune, filter_prune_to_latency as filter_prune_to_latency,
+                        first_blocks as first_blocks, grow_to_latency as grow_to_latency,
+                        output_difference as output_difference, output_difference_scores as output_difference_scores,
+                        random_blocks as random_blocks)
 from .blocks import drop_blocks as drop_blocks, dropped_blocks as dropped_blocks, find_blocks as find_blocks
 from .checkpoint import load_compressed as load_compressed, save_compressed as save_compressed
 from .corruptions import (CORRUPTIONS as CORRUPTIONS, SEVERITIES as SEVERITIES, corrupt as corrupt,
@@ -27,5 +31,7 @@ __all__ = [
     'score_blocks', 'select_blocks', 'drop_and_recover', 'BlockScore',
     'save_compressed', 'load_compressed',
     'ImageFolderDataset', 'image_loader', 'evaluate',
+    'first_blocks', 'random_blocks', 'output_difference', 'output_difference_scores', 'grow_to_latency',
+    'filter_prune', 'filter_prune_to_latency',
     'corrupt', 'CORRUPTIONS', 'SEVERITIES', 'parse_corruptions', 'parse_severities',
 ]
