@@ -67,7 +67,8 @@ def render_markdown(results) -> str:
         '',
         f"Command: `{s['command']}`",
         '',
-        '| preset | teacher passes / image | images / s | top-1 = target | mean target prob | BN loss (clean) | wall s |',
+        '| preset | teacher passes / image | images / s | top-1 = target | mean target prob | BN loss (clean) '
+        '| wall s |',
         '|---|---:|---:|---:|---:|---:|---:|',
     ]
     for name, r in results['methods'].items():

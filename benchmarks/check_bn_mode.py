@@ -15,7 +15,8 @@ from practise_df.finetune import FinetuneConfig, finetune, make_accelerator
 torch.set_num_threads(1)
 t = create_model('timm:tf_efficientnet_lite0', weights=efficientnet_lite0_weights())
 cfg = resolve_data_config(t)
-ev = image_loader(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'imagenet-sample'), cfg, batch_size=50, max_images=200, seed=0)
+SAMPLE = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'imagenet-sample')
+ev = image_loader(SAMPLE, cfg, batch_size=50, max_images=200, seed=0)
 s0 = drop_blocks(t, ['blocks.2.1', 'blocks.4.1'])
 print('no finetune', evaluate(s0, ev, progress=False), flush=True)
 train = ImageFolderDataset(sys.argv[1] if len(sys.argv) > 1 else 'runs/quickstart/synth', train_transform(cfg))
@@ -26,4 +27,5 @@ for freeze, lr in [(True, 0.005), (False, 0.005)]:
     finetune(s, t, train, c, accelerator=make_accelerator(None, c, cpu=True), progress=False)
     print('freeze', freeze, 'lr', lr, evaluate(s, ev, progress=False), f'{time.time()-st:.0f}s', flush=True)
     from accelerate.state import AcceleratorState, GradientState
-    AcceleratorState._reset_state(True); GradientState._reset_state()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
