@@ -520,7 +520,10 @@ def main():
             continue
         start = time.perf_counter()
         print(f'[{datetime.datetime.now():%H:%M:%S}] {key}', flush=True)
-        results['rows'][key] = track.run_row(row)
+        try:
+            results['rows'][key] = track.run_row(row)
+        except FloatingPointError as e:  # a diverged finetuning is a result, not a reason to stop the matrix
+            results['rows'][key] = {**row, 'status': f'failed: {e}'}
         r = results['rows'][key]
         print(f"    {r['status']} top1 {r.get('top1', float('nan')):.2f} saved {r.get('saved_pct', float('nan')):.1f}% "
               f"blocks {r.get('blocks')} ratio {r.get('ratio')} ({time.perf_counter() - start:.0f}s)", flush=True)
