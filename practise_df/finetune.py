@@ -210,13 +210,16 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
     if resume:
         if output_dir is None:
             raise ValueError('resume=True needs output_dir, where the checkpoints are.')
+        # The next automatic checkpoint number must follow the newest folder, complete or not: a run
+        # killed while writing its first checkpoint leaves checkpoint_0 and nothing to resume from.
+        root = os.path.join(output_dir, 'checkpoints')
+        numbers = [int(d.split('_')[-1]) for d in (os.listdir(root) if os.path.isdir(root) else [])
+                   if d.split('_')[-1].isdigit()]
+        if numbers:
+            accelerator.project_configuration.iteration = max(numbers) + 1
         checkpoint = latest_checkpoint(output_dir)
         if checkpoint is not None:
             accelerator.load_state(checkpoint)
-            # the next automatic checkpoint number must follow the newest folder, complete or not
-            numbers = [int(d.split('_')[-1]) for d in os.listdir(os.path.dirname(checkpoint))
-                       if d.split('_')[-1].isdigit()]
-            accelerator.project_configuration.iteration = max(numbers) + 1
             accelerator.print(f'resumed from {checkpoint} at step {state.step}', file=sys.stderr)
 
     history: Dict[str, List] = {'step': [], 'loss': [], 'eval': []}

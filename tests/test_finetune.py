@@ -105,6 +105,20 @@ def test_resume_continues_exactly(pair, tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
+def test_resume_after_a_crash_inside_the_first_checkpoint(pair, tmp_path):
+    """Killed while writing checkpoint_0 (no completion marker): resume starts from step 0 and numbers
+    its checkpoints after the broken folder instead of refusing to overwrite it."""
+    teacher, _ = pair
+    (tmp_path / 'checkpoints' / 'checkpoint_0').mkdir(parents=True)
+    (tmp_path / 'checkpoints' / 'checkpoint_0' / 'model.safetensors').write_bytes(b'cut short')
+    config = FinetuneConfig(batch_size=8, lr=0.01, iterations=2, checkpoint_every=2)
+    student = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
+    history = finetune(student, teacher, _data(), config, accelerator=make_accelerator(str(tmp_path), config, cpu=True),
+                       output_dir=str(tmp_path), resume=True, progress=False)
+    assert history['step'] == [1, 2]
+    assert latest_checkpoint(str(tmp_path)).endswith('checkpoint_1')
+
+
 def _launch(out, procs, batch_size, extra=()):
     proc = accelerate_launch(SCRIPT, ['--out', out, '--batch-size', batch_size, *extra], processes=procs, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
