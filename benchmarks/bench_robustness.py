@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, 'benchmarks')]
 from practise_df import create_model, drop_and_recover, load_compressed, save_compressed  # noqa: E402
+from practise_df._io import write_json_atomic  # noqa: E402
 from practise_df.data import ImageFolderDataset, eval_transform  # noqa: E402
 from practise_df.finetune import FinetuneConfig, finetune  # noqa: E402
 from practise_df.latency import measure_latencies  # noqa: E402
@@ -37,12 +38,6 @@ from practise_df.robustness import evaluate_robustness, save_heatmap  # noqa: E4
 
 SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'imagenet-sample')
 SOURCES = ('synth', 'ood', 'real')
-
-
-def _write_json(path, obj):
-    with open(path + '.tmp', 'w') as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + '.tmp', path)
 
 
 def recovery_images(source, teacher, data_config, sample, train_idx, args):
@@ -76,7 +71,7 @@ def student_for(source, teacher, data_config, sample, train_idx, args):
     history = finetune(student, teacher, TensorDataset(images, torch.full((len(images),), -1)), config)
     timing = {'recover_s': time.perf_counter() - start, 'final_loss': history['loss'][-1]}
     save_compressed(student.cpu(), path, data_config=data_config, overwrite=True)
-    _write_json(os.path.join(path, 'timing.json'), timing)
+    write_json_atomic(os.path.join(path, 'timing.json'), timing)
     return student, timing
 
 
@@ -139,7 +134,7 @@ def main():
                                     title=f'lite0 minus {len(args.blocks)} blocks, recovered on {source} images')
         results['students'][source] = r
         results['date'] = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
-        _write_json(args.out, results)
+        write_json_atomic(args.out, results)
     write_markdown(results, os.path.splitext(args.out)[0] + '.md')
 
 

@@ -214,6 +214,7 @@ def robustness_command(args) -> dict:
 
     from synth import load_images
 
+    from ._io import write_json_atomic
     from .corruptions import parse_corruptions, parse_severities
     from .data import eval_transform
     from .robustness import evaluate_robustness, save_heatmap
@@ -232,10 +233,7 @@ def robustness_command(args) -> dict:
         result['heatmap'] = save_heatmap(result, args.heatmap, title=f"{args.model} on {args.data}")
     if args.output:
         result['output'] = args.output
-        tmp = args.output + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.output)
+        write_json_atomic(args.output, result)
     return result
 
 

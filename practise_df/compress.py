@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ._io import append_jsonl, drop_partial_line, write_json_atomic
 from .blocks import find_blocks
 from .checkpoint import load_compressed, save_compressed
 from .data import ImageFolderDataset, eval_transform, image_loader, train_transform
@@ -94,16 +95,6 @@ def _stage(accelerator, message: str) -> None:
     accelerator.print(message, file=sys.stderr, flush=True)
 
 
-def _stage_print(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)  # never a half-written file
-
 
 def prepare_output_dir(config: CompressConfig, overwrite: bool = False, resume: bool = False) -> None:
     """Refuse to mix two runs in one directory; remove an old run only when asked to."""
@@ -126,7 +117,7 @@ def prepare_output_dir(config: CompressConfig, overwrite: bool = False, resume: 
                                   "--overwrite to replace it.")
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
-    _write_json(run_file, config.to_dict())
+    write_json_atomic(run_file, config.to_dict())
 
 
 def _images(config: CompressConfig, teacher, data_config, accelerator) -> Dataset:
@@ -174,7 +165,7 @@ def _block_latency(config: CompressConfig, teacher, blocks: List[str], latency_k
     if config.block_latency:
         raise FileNotFoundError(f'--block-latency {path} does not exist.')
     table = block_latency_savings(teacher, blocks, **latency_kwargs)
-    _write_json(path, {'blocks': table, **{k: latency_kwargs[k] for k in ('batch_size', 'device')},
+    write_json_atomic(path, {'blocks': table, **{k: latency_kwargs[k] for k in ('batch_size', 'device')},
                        'input_size': list(latency_kwargs['input_size'])})
     return table
 
@@ -191,6 +182,7 @@ def read_block_latency(path: str) -> Dict[str, dict]:
 
 
 def _read_partial_scores(path: str) -> Dict[str, BlockScore]:
+    drop_partial_line(path)  # a line cut short by a crash: its block is scored again
     done: Dict[str, BlockScore] = {}
     if os.path.isfile(path):
         with open(path) as f:
@@ -198,7 +190,7 @@ def _read_partial_scores(path: str) -> Dict[str, BlockScore]:
                 try:
                     score = BlockScore(**json.loads(line))
                 except (json.JSONDecodeError, TypeError):
-                    break  # a line cut short by a crash; its block is scored again
+                    break  # not a score line (edited by hand?): the blocks from here on are scored again
                 done[score.block] = score
     return done
 
@@ -211,24 +203,15 @@ def _score(config: CompressConfig, teacher, pool, train_idx, held_idx, latency_k
     done = _read_partial_scores(journal)
     todo = [b for b in candidates if b not in done]
     if done:
-        _stage_print(f'      {len(done)} block(s) already scored in {journal}; scoring {len(todo)}')
-    # Rewrite the journal without a possibly cut-off last line before appending to it.
-    with open(journal + '.tmp', 'w') as f:
-        f.writelines(json.dumps(s.to_dict()) + '\n' for s in done.values())
-    os.replace(journal + '.tmp', journal)
-
-    def record(score: BlockScore):
-        with open(journal, 'a') as f:
-            f.write(json.dumps(score.to_dict()) + '\n')
-            f.flush()
-            os.fsync(f.fileno())
+        print(f'      {len(done)} block(s) already scored in {journal}; scoring {len(todo)}', file=sys.stderr)
 
     new = []
     if todo:
         tiny = _stack(pool, train_idx[:config.score_images])
         held = _stack(pool, held_idx)
         new = score_blocks(teacher, tiny, held, blocks=todo, estimator=config.estimator, latency=latency,
-                           seed=config.seed, progress=progress, on_score=record)
+                           seed=config.seed, progress=progress,
+                           on_score=lambda score: append_jsonl(journal, [score.to_dict()]))
     return sorted(list(done.values()) + new, key=lambda s: s.score)
 
 
@@ -262,7 +245,7 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
         scores = _score(config, teacher, pool, train_idx, held_idx, latency_kwargs, progress)
         chosen = select_blocks(scores, drop=config.drop, latency_reduction=config.latency_reduction,
                                model=teacher, latency_kwargs=latency_kwargs)
-        _write_json(scores_file, {'scores': [s.to_dict() for s in scores], 'selected': chosen})
+        write_json_atomic(scores_file, {'scores': [s.to_dict() for s in scores], 'selected': chosen})
     accelerator.wait_for_everyone()
     selection = json.load(open(scores_file))
     chosen = selection['selected']
@@ -299,7 +282,7 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
                                     extra={'scores': selection['scores']})
         report = _report(config, teacher, student, chosen, selection['scores'], history, pool, held_idx,
                          data_config, latency_kwargs, model_dir, progress)
-        _write_json(os.path.join(out, 'report.json'), report)
+        write_json_atomic(os.path.join(out, 'report.json'), report)
     accelerator.wait_for_everyone()
     return report
 

@@ -153,6 +153,7 @@ def _fmt(value: Optional[float]) -> str:
 
 def robustness_table(result: Dict) -> str:
     """A readable table: one row per corruption, top-1 per severity (student / teacher when both)."""
+    from .cli import _table  # the table layout of every practise-df command
     sev = result['severities']
     with_teacher = 'agreement' in result['clean']
     has_top1 = 'top1' in result['clean']
@@ -170,13 +171,10 @@ def robustness_table(result: Dict) -> str:
         if 'ce' in result['summary']:
             row.append(_fmt(result['summary']['ce'][name]))
         rows.append(row)
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    lines = ['  '.join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
-    lines.insert(1, '  '.join('-' * w for w in widths))
     what = 'top-1 % (student/teacher)' if has_top1 and with_teacher else \
         ('top-1 %' if has_top1 else 'agreement with the teacher %')
     s = result['summary']
-    text = [f"{result['images']} images, {what}; clean: " + cell(result['clean'])] + lines
+    text = [f"{result['images']} images, {what}; clean: " + cell(result['clean']), _table(rows, header)]
     if 'mean_corruption_top1' in s:
         line = f"mean corruption top-1: {s['mean_corruption_top1']:.2f}%"
         if 'mce' in s:

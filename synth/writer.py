@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from practise_df._io import append_jsonl, drop_partial_line, write_json_atomic
+
 __all__ = ['ShardWriter', 'image_name', 'read_records', 'merge_metadata', 'class_to_idx', 'write_json_atomic']
 
 _logger = logging.getLogger(__name__)
@@ -44,33 +46,10 @@ def class_to_idx(out_dir: str) -> Dict[str, int]:
             if d.isdigit() and os.path.isdir(os.path.join(out_dir, d))}
 
 
-def write_json_atomic(path: str, obj) -> None:
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _save_png_atomic(pixels: np.ndarray, path: str) -> None:
-    tmp = f'{path}.{os.getpid()}.tmp'
+    tmp = path + '.tmp'  # one writer per file: a crash's leftover is replaced by the next write
     Image.fromarray(pixels).save(tmp, format='PNG')
     os.replace(tmp, path)
-
-
-def _drop_partial_line(path: str) -> None:
-    """A crash while appending can leave a line without its newline; cut it so the next append starts
-    on a fresh line (the batch it belonged to is redone)."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, 'rb+') as f:
-        data = f.read()
-        if data.endswith(b'\n'):
-            return
-        keep = data.rfind(b'\n') + 1
-        f.truncate(keep)
-    _logger.warning("Dropped an unfinished metadata line at the end of '%s' (interrupted write).", path)
 
 
 class ShardWriter:
@@ -81,7 +60,7 @@ class ShardWriter:
         self.class_width = class_width
         self.metadata_path = os.path.join(out_dir, SHARD_PATTERN.format(rank=rank))
         os.makedirs(out_dir, exist_ok=True)
-        _drop_partial_line(self.metadata_path)
+        drop_partial_line(self.metadata_path)
 
     def write_batch(self, pixels: torch.Tensor, records: List[dict]) -> None:
         """Save ``pixels`` (B, C, H, W uint8) as PNGs named by ``records[i]['file_name']``, then append
@@ -93,10 +72,7 @@ class ShardWriter:
             path = os.path.join(self.out_dir, record['file_name'])
             os.makedirs(os.path.dirname(path), exist_ok=True)
             _save_png_atomic(image, path)
-        with open(self.metadata_path, 'a') as f:
-            f.write(''.join(json.dumps(r) + '\n' for r in records))
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.metadata_path, records)
 
 
 def _iter_lines(path: str) -> Iterable[dict]:
@@ -126,7 +102,7 @@ def merge_metadata(out_dir: str, num_images: Optional[int] = None) -> List[dict]
     records = read_records(out_dir)
     if num_images is not None:
         records = [r for r in records if r['index'] < num_images]
-    tmp = os.path.join(out_dir, f'{METADATA}.{os.getpid()}.tmp')
+    tmp = os.path.join(out_dir, METADATA + '.tmp')
     with open(tmp, 'w') as f:
         f.write(''.join(json.dumps(r) + '\n' for r in records))
         f.flush()
