@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Any, Dict, Optional
 
 import torch.nn as nn
@@ -45,18 +44,23 @@ def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str,
                         for k, v in (data_config or resolve_data_config(model)).items()},
         **(extra or {}),
     }
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.tmp-', dir=parent)
+    target = os.path.abspath(path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = target + '.tmp'  # one writer per model: a crash's leftover is replaced by the next save
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
     try:
         # safetensors refuses shared storage; contiguous clones are what a reload needs anyway.
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, os.path.join(tmp, 'model.safetensors'), metadata={'format': FORMAT})
         with open(os.path.join(tmp, 'config.json'), 'w') as f:
             json.dump(config, f, indent=2)
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        old = target + '.old'  # the model being replaced stays whole until the new one is in place
+        if os.path.exists(target):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import random
 import sys
 from dataclasses import dataclass
@@ -139,6 +140,24 @@ def latest_checkpoint(output_dir: str) -> Optional[str]:
     return os.path.join(root, max(steps, key=lambda d: int(d.split('_')[-1]))) if steps else None
 
 
+def _discard_incomplete_checkpoints(accelerator: Accelerator, output_dir: str) -> None:
+    """Remove checkpoint folders a crash cut short, and number new checkpoints after the newest folder.
+
+    A cut-short folder would otherwise count towards ``keep_checkpoints`` and push the last complete
+    checkpoint out of the rotation; its number is never reused, so Accelerate does not refuse to write."""
+    root = os.path.join(output_dir, 'checkpoints')
+    folders = [d for d in (os.listdir(root) if os.path.isdir(root) else [])
+               if d.startswith('checkpoint_') and d.split('_')[-1].isdigit()]
+    accelerator.wait_for_everyone()  # every rank has listed the folders before any is removed
+    if accelerator.is_main_process:
+        for d in folders:
+            if not os.path.exists(os.path.join(root, d, COMPLETE_MARKER)):
+                shutil.rmtree(os.path.join(root, d))
+    accelerator.wait_for_everyone()
+    if folders:
+        accelerator.project_configuration.iteration = max(int(d.split('_')[-1]) for d in folders) + 1
+
+
 def _save_checkpoint(accelerator: Accelerator) -> str:
     path = accelerator.save_state()
     accelerator.wait_for_everyone()
@@ -210,13 +229,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
     if resume:
         if output_dir is None:
             raise ValueError('resume=True needs output_dir, where the checkpoints are.')
-        # The next automatic checkpoint number must follow the newest folder, complete or not: a run
-        # killed while writing its first checkpoint leaves checkpoint_0 and nothing to resume from.
-        root = os.path.join(output_dir, 'checkpoints')
-        numbers = [int(d.split('_')[-1]) for d in (os.listdir(root) if os.path.isdir(root) else [])
-                   if d.split('_')[-1].isdigit()]
-        if numbers:
-            accelerator.project_configuration.iteration = max(numbers) + 1
+        _discard_incomplete_checkpoints(accelerator, output_dir)
         checkpoint = latest_checkpoint(output_dir)
         if checkpoint is not None:
             accelerator.load_state(checkpoint)

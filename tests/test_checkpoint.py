@@ -32,6 +32,15 @@ def test_round_trip_is_bit_equal(tmp_path, spec):
         assert torch.equal(again(x), pruned(x))
 
 
+def test_a_crashed_save_leftover_is_replaced(tmp_path, tiny_resnet):
+    out = tmp_path / 'm'
+    (tmp_path / 'm.tmp').mkdir()  # what a save killed mid-write leaves
+    (tmp_path / 'm.tmp' / 'model.safetensors').write_bytes(b'cut short')
+    save_compressed(tiny_resnet, str(out))
+    assert sorted(os.listdir(tmp_path)) == ['m']
+    assert read_config(str(out))['dropped_blocks'] == []
+
+
 def test_refuses_to_overwrite_and_rejects_foreign_dirs(tmp_path, tiny_resnet):
     out = str(tmp_path / 'm')
     save_compressed(tiny_resnet, out)
@@ -39,7 +48,7 @@ def test_refuses_to_overwrite_and_rejects_foreign_dirs(tmp_path, tiny_resnet):
         save_compressed(tiny_resnet, out)
     save_compressed(drop_blocks(tiny_resnet, ['layer1.1']), out, overwrite=True)
     assert read_config(out)['dropped_blocks'] == ['layer1.1']
-    assert not [f for f in os.listdir(tmp_path) if f.startswith('.tmp')]
+    assert os.listdir(tmp_path) == ['m'], 'no temporary or replaced copy left behind'
     with pytest.raises(ValueError, match='carries its own weights'):
         create_model(out, weights='x.pth')
     other = tmp_path / 'other'

@@ -1,4 +1,5 @@
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -117,6 +118,29 @@ def test_resume_after_a_crash_inside_the_first_checkpoint(pair, tmp_path):
                        output_dir=str(tmp_path), resume=True, progress=False)
     assert history['step'] == [1, 2]
     assert latest_checkpoint(str(tmp_path)).endswith('checkpoint_1')
+
+
+def test_resume_discards_a_cut_short_checkpoint_so_the_rotation_keeps_a_complete_one(pair, tmp_path):
+    """Complete checkpoint_1 plus a checkpoint_2 cut short by a crash: resume loads checkpoint_1 and
+    removes checkpoint_2; otherwise the broken folder would count towards keep_checkpoints and the next
+    save would delete checkpoint_1, leaving nothing complete while checkpoint_3 is written."""
+    teacher, _ = pair
+    config = FinetuneConfig(batch_size=8, lr=0.01, iterations=4, checkpoint_every=2, keep_checkpoints=2)
+    student = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
+    run = dict(output_dir=str(tmp_path), progress=False)
+    finetune(student, teacher, _data(), replace(config, iterations=2),
+             accelerator=make_accelerator(str(tmp_path), config, cpu=True), **run)
+    root = tmp_path / 'checkpoints'
+    assert sorted(os.listdir(root)) == ['checkpoint_0']  # the step-2 (= final) checkpoint
+    (root / 'checkpoint_0').rename(root / 'checkpoint_1')
+    (root / 'checkpoint_2').mkdir()
+    (root / 'checkpoint_2' / 'model.safetensors').write_bytes(b'cut short')
+    student = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
+    history = finetune(student, teacher, _data(), config, accelerator=make_accelerator(str(tmp_path), config, cpu=True),
+                       resume=True, **run)
+    assert history['step'] == [3, 4]
+    assert sorted(os.listdir(root)) == ['checkpoint_1', 'checkpoint_3']
+    assert latest_checkpoint(str(tmp_path)).endswith('checkpoint_3')
 
 
 def _launch(out, procs, batch_size, extra=()):

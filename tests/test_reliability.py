@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from conftest import ROOT, accelerate_launch, make_image_folder, randomize_norms
 from practise_df import create_model, find_blocks, load_compressed
 from practise_df.compress import CompressConfig, compress
-from practise_df.finetune import FinetuneConfig
+from practise_df.finetune import COMPLETE_MARKER, FinetuneConfig
 
 SIZE = 32
 
@@ -64,8 +64,11 @@ def _count(out, stage):
     if stage == 'scoring':
         journal = os.path.join(out, 'scores.partial.jsonl')
         return sum(1 for _ in open(journal)) if os.path.isfile(journal) else 0
-    d = os.path.join(out, 'checkpoints')  # old checkpoints are pruned: count by the newest number
-    numbers = [int(n.rsplit('_', 1)[-1]) for n in os.listdir(d)] if os.path.isdir(d) else []
+    # Old checkpoints are pruned: count by the newest complete one (a kill before the first is
+    # complete rightly leaves nothing to resume from).
+    d = os.path.join(out, 'checkpoints')
+    numbers = [int(n.rsplit('_', 1)[-1]) for n in (os.listdir(d) if os.path.isdir(d) else [])
+               if os.path.exists(os.path.join(d, n, COMPLETE_MARKER))]
     return max(numbers) + 1 if numbers else 0
 
 
@@ -129,7 +132,7 @@ def test_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path, t
         assert torch.allclose(a[k].float(), v.float(), rtol=1e-5, atol=1e-7), k
     assert json.loads(proc.stdout)['dropped_blocks'] == want['selected']
     assert {p: _sha256(p) for p in teacher_files} == inputs, 'the teacher weights file was modified'
-    leftovers = [os.path.join(r, f) for r, _, fs in os.walk(out) for f in fs if f.endswith('.tmp')]
+    leftovers = [os.path.join(r, f) for r, ds, fs in os.walk(out) for f in ds + fs if f.endswith(('.tmp', '.old'))]
     assert not leftovers, f'temporary files left behind: {leftovers}'
 
 
