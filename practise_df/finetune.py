@@ -246,11 +246,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
         train_data.set_epoch(epoch)  # Accelerate does not pass it on when the sampler takes it
         batches = accelerator.skip_first_batches(loader, done_in_epoch * config.gradient_accumulation_steps) \
             if done_in_epoch else loader
-        objective.train()
-        if config.freeze_bn:
-            for m in objective.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        _train_mode(objective, config.freeze_bn)
         for images, labels in batches:
             with accelerator.accumulate(objective):
                 with torch.no_grad():
@@ -284,12 +280,21 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
                 metrics['step'] = state.step
                 history['eval'].append(metrics)
                 accelerator.log({f'eval/{k}': v for k, v in metrics.items() if k != 'step'}, step=state.step)
-                objective.train()
+                _train_mode(objective, config.freeze_bn)
             if final:
                 break
     bar.close()
     accelerator.wait_for_everyone()
     return history
+
+
+def _train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """Training mode, with BatchNorm statistics kept fixed (eval mode) when ``freeze_bn``."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def _loss(config: FinetuneConfig, out: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

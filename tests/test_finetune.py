@@ -28,10 +28,10 @@ def _data(n=16, labels=True):
     return TensorDataset(torch.randn(n, 3, 32, 32, generator=gen), y)
 
 
-def _run(student, teacher, data, tmp_path=None, **kw):
+def _run(student, teacher, data, tmp_path=None, eval_data=None, **kw):
     config = FinetuneConfig(batch_size=8, lr=0.01, **kw)
     acc = make_accelerator(str(tmp_path) if tmp_path else None, config, cpu=True)
-    return finetune(student, teacher, data, config, accelerator=acc,
+    return finetune(student, teacher, data, config, accelerator=acc, eval_data=eval_data,
                     output_dir=str(tmp_path) if tmp_path else None, progress=False)
 
 
@@ -44,6 +44,16 @@ def test_mir_lowers_the_loss_keeps_classifier_and_teacher(pair):
     assert sum(history['loss'][-3:]) < 0.8 * sum(history['loss'][:3])
     assert torch.equal(student.fc.weight, head), 'MiR freezes the classifier'
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_state.items()), 'teacher untouched'
+
+
+def test_freeze_bn_holds_through_evaluation_inside_an_epoch(pair):
+    """freeze_bn keeps every BatchNorm's running statistics as they were, also after an evaluation
+    in the middle of an epoch (which puts the model in eval mode and back)."""
+    teacher, student = pair
+    stats = {k: v.clone() for k, v in student.state_dict().items() if 'running_' in k}
+    history = _run(student, teacher, _data(32), iterations=4, freeze_bn=True, eval_every=1, eval_data=_data(8))
+    assert len(history['eval']) == 4  # 4 steps in one epoch of 32 images, batch 8
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in stats.items())
 
 
 @pytest.mark.parametrize('loss', ['kd', 'ce'])
