@@ -1,0 +1,103 @@
+"""Does MiR finetuning on synthesized images help or hurt an ImageNet student, and what does it depend on?
+
+    python benchmarks/bench_mir_data.py --run runs/quickstart_final [--variants NAME,...] [--threads 2]
+
+Starts every variant from the same adaptor-folded student (``RUN/recovered``, written by a quickstart or
+compress run), finetunes it by MiR (BatchNorm frozen, batch 32) on one image folder, and reports top-1 on
+all of ../shared/data/imagenet-sample. Rows are cached in ``--out`` and skipped on a re-run, so a killed
+run resumes. Synthesize the larger pools first, e.g.
+``practise-df synth --model timm:tf_efficientnet_lite0 --weights W --out runs/mir_data/synth256
+--num-images 256 --resolution 112 --iterations 120 --batch-size 64``.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import torch
+from torch.utils.data import Subset
+
+from practise_df import create_model, load_compressed
+from practise_df._io import write_json_atomic
+from practise_df.data import ImageFolderDataset, eval_transform, subsample, train_transform
+from practise_df.finetune import FinetuneConfig, finetune
+from practise_df.models import efficientnet_lite0_weights, resolve_data_config
+
+IMAGENET_SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'imagenet-sample')
+
+# name: (image folder relative to the repo, images used, augmentation, iterations, lr)
+VARIANTS = {
+    'synth64_rrc': ('{run}/synth', 64, 'rrc', 40, 0.005),  # what the quickstart does
+    'synth64_noaug': ('{run}/synth', 64, 'none', 40, 0.005),
+    'reference32_noaug': ('runs/bench_synth/reference', 32, 'none', 40, 0.005),
+    'fast32_noaug': ('runs/bench_synth/fast', 32, 'none', 40, 0.005),
+    'synth256_noaug': ('runs/mir_data/synth256', 256, 'none', 40, 0.005),
+    'synth256_noaug_120it': ('runs/mir_data/synth256', 256, 'none', 120, 0.005),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--run', default='runs/quickstart_final', help='a compress/quickstart output directory')
+    parser.add_argument('--variants', default=','.join(VARIANTS), help=f'comma list of: {", ".join(VARIANTS)}')
+    parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results', 'mir_data.json'))
+    parser.add_argument('--threads', type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    unknown = [v for v in args.variants.split(',') if v not in VARIANTS]
+    if unknown:
+        parser.error(f'unknown variants {unknown}; choose from {", ".join(VARIANTS)}')
+    if not os.path.isdir(IMAGENET_SAMPLE):
+        parser.error(f'{IMAGENET_SAMPLE} not found: this benchmark evaluates on the imagenet-sample images')
+
+    teacher = create_model('timm:tf_efficientnet_lite0', weights=efficientnet_lite0_weights()).eval()
+    cfg = resolve_data_config(teacher)
+    test = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(cfg))
+    images, labels = map(torch.stack, zip(*[(x, torch.tensor(y)) for x, y in test]))
+
+    @torch.no_grad()
+    def top1(model):
+        model.eval()
+        hits = sum((model(images[i:i + 100]).argmax(1) == labels[i:i + 100]).sum().item()
+                   for i in range(0, len(images), 100))
+        return round(100 * hits / len(images), 1)
+
+    results = json.load(open(args.out)) if os.path.isfile(args.out) else {'rows': {}}
+    rows = results['rows']
+    recovered = os.path.join(args.run, 'recovered')
+    if 'adaptors_only' not in rows:
+        rows['adaptors_only'] = {'top1': top1(load_compressed(recovered)), 'images': 0}
+    for name in args.variants.split(','):
+        if name in rows:
+            print(f'{name}: cached {rows[name]["top1"]}')
+            continue
+        folder, n, aug, iterations, lr = VARIANTS[name]
+        folder = os.path.join(ROOT, folder.format(run=args.run))
+        if not os.path.isdir(folder):
+            print(f'{name}: skipped, {folder} does not exist (see the docstring)', file=sys.stderr)
+            continue
+        pool = ImageFolderDataset(folder, train_transform(cfg) if aug == 'rrc' else eval_transform(cfg))
+        if len(pool) < n:
+            raise SystemExit(f'{folder} holds {len(pool)} images, {name} needs {n}')
+        data = Subset(pool, [pool.samples.index(s) for s in subsample(pool.samples, n, seed=0)])
+        student = load_compressed(recovered)
+        start = time.time()
+        history = finetune(student, teacher, data, FinetuneConfig(loss='mir', iterations=iterations, batch_size=32,
+                                                                 lr=lr, freeze_bn=True, seed=0), progress=False)
+        rows[name] = {'top1': top1(student), 'images': n, 'augmentation': aug, 'iterations': iterations, 'lr': lr,
+                      'folder': os.path.relpath(folder, ROOT), 'final_loss': history['loss'][-1],
+                      'seconds': round(time.time() - start)}
+        print(f'{name}: {rows[name]}', flush=True)
+        if os.path.isfile(args.out):  # keep rows another run of this script wrote meanwhile
+            rows.update({k: v for k, v in json.load(open(args.out))['rows'].items() if k not in rows})
+        results.update(run=args.run, date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), threads=args.threads,
+                       test_images=len(images))
+        write_json_atomic(args.out, results)
+    print(f'adaptors only: {rows["adaptors_only"]["top1"]}')
+
+
+if __name__ == '__main__':
+    main()
