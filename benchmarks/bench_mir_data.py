@@ -7,7 +7,8 @@ compress run), finetunes it by MiR (BatchNorm frozen, batch 32) on one image fol
 all of ../shared/data/imagenet-sample. Rows are cached in ``--out`` and skipped on a re-run, so a killed
 run resumes. Synthesize the larger pools first, e.g.
 ``practise-df synth --model timm:tf_efficientnet_lite0 --weights W --out runs/mir_data/synth256
---num-images 256 --resolution 112 --iterations 120 --batch-size 64``.
+--num-images 256 --resolution 112 --iterations 120 --batch-size 64``, and ``runs/mir_data/synth224px``
+with ``--num-images 64 --resolution 224 --iterations 120 --batch-size 32``.
 """
 import argparse
 import json
@@ -36,6 +37,7 @@ VARIANTS = {
     'fast32_noaug': ('runs/bench_synth/fast', 32, 'none', 40, 0.005),
     'synth256_noaug': ('runs/mir_data/synth256', 256, 'none', 40, 0.005),
     'synth256_noaug_120it': ('runs/mir_data/synth256', 256, 'none', 120, 0.005),
+    'synth224px64_noaug': ('runs/mir_data/synth224px', 64, 'none', 40, 0.005),  # synthesized at full resolution
 }
 
 
