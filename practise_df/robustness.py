@@ -13,7 +13,7 @@ All are in percent; 100 means "as robust as the teacher".
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -56,13 +56,15 @@ class _Counts:
 
 
 @torch.no_grad()
-def evaluate_robustness(model: nn.Module, loader: Iterable, mean: Sequence[float], std: Sequence[float],
-                        teacher: Optional[nn.Module] = None, corruptions: Optional[Sequence[str]] = None,
-                        severities: Optional[Sequence[int]] = None, seed: int = 0, device: str = 'cpu',
-                        progress: bool = True) -> Dict:
+def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader: Iterable, mean: Sequence[float],
+                        std: Sequence[float], teacher: Optional[nn.Module] = None,
+                        corruptions: Optional[Sequence[str]] = None, severities: Optional[Sequence[int]] = None,
+                        seed: int = 0, device: str = 'cpu', progress: bool = True) -> Dict:
     """Clean and corrupted accuracy of ``model`` (and ``teacher``) on ``loader``.
 
     Args:
+        model: one model, or a mapping ``{name: model}`` to evaluate several (e.g. students recovered
+            in different ways) on the same corrupted images, corrupting and running the teacher once.
         loader: batches ``(images, labels)`` with images as float tensors in [0, 1], resized and
             cropped but NOT normalised (:func:`practise_df.data.eval_transform` with
             ``normalize=False``); labels of -1 count as unknown (agreement still works).
@@ -72,45 +74,55 @@ def evaluate_robustness(model: nn.Module, loader: Iterable, mean: Sequence[float
 
     Returns:
         ``{'clean': {...}, 'corruptions': {name: {severity: {...}}}, 'summary': {...}}`` where each
-        leaf holds ``top1`` (with labels), ``teacher_top1`` and ``agreement`` (with a teacher).
+        leaf holds ``top1`` (with labels), ``teacher_top1`` and ``agreement`` (with a teacher); for a
+        mapping of models, ``{name: that dict}``.
     """
     corruptions = parse_corruptions(corruptions if corruptions is None or isinstance(corruptions, str)
                                     else ','.join(corruptions))
     severities = parse_severities(severities)
-    model = model.eval().to(device)
+    models = dict(model) if isinstance(model, Mapping) else {None: model}
+    if not models:
+        raise ValueError('No model to evaluate: pass a model or a non-empty {name: model} mapping.')
+    models = {name: m.eval().to(device) for name, m in models.items()}
     if teacher is not None:
         teacher = teacher.eval().to(device)
     mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
 
-    def run(images, labels, counts):
+    def run(images, labels, key):
         x = (images - mean_t) / std_t
-        counts.add(model(x), labels, teacher(x) if teacher is not None else None)
+        teacher_logits = teacher(x) if teacher is not None else None
+        for name, m in models.items():
+            counts[name][key].add(m(x), labels, teacher_logits)
 
-    clean = _Counts()
-    counts = {(c, s): _Counts() for c in corruptions for s in severities}
+    keys = ['clean'] + [(c, s) for c in corruptions for s in severities]
+    counts = {name: {k: _Counts() for k in keys} for name in models}
     bar = tqdm(desc='robustness', total=None, unit='batch', disable=not progress)
     for batch, (images, labels) in enumerate(loader):
         images, labels = images.to(device), torch.as_tensor(labels).to(device)
         if images.min() < 0 or images.max() > 1:
             raise ValueError('Images must be in [0, 1] before corrupting; build the loader with '
                              'eval_transform(data_config, normalize=False).')
-        run(images, labels, clean)
+        run(images, labels, 'clean')
         for c in corruptions:
             for s in severities:
                 gen = torch.Generator(device=images.device).manual_seed(_seed(seed, c, s, batch))
-                run(corrupt(images, c, s, gen), labels, counts[c, s])
+                run(corrupt(images, c, s, gen), labels, (c, s))
         bar.update(1)
     bar.close()
-    if clean.n == 0:
-        raise ValueError('The loader yielded no images.')
     with_teacher = teacher is not None
-    result = {'images': clean.n, 'labelled': clean.labelled, 'seed': seed, 'severities': list(severities),
-              'clean': clean.result(with_teacher),
-              'corruptions': {c: {str(s): counts[c, s].result(with_teacher) for s in severities}
-                              for c in corruptions}}
-    result['summary'] = _summary(result, with_teacher)
-    return result
+    results = {}
+    for name, per_key in counts.items():
+        clean = per_key['clean']
+        if clean.n == 0:
+            raise ValueError('The loader yielded no images.')
+        result = {'images': clean.n, 'labelled': clean.labelled, 'seed': seed, 'severities': list(severities),
+                  'clean': clean.result(with_teacher),
+                  'corruptions': {c: {str(s): per_key[c, s].result(with_teacher) for s in severities}
+                                  for c in corruptions}}
+        result['summary'] = _summary(result, with_teacher)
+        results[name] = result
+    return results if isinstance(model, Mapping) else results[None]
 
 
 def _mean(values: List[Optional[float]]) -> Optional[float]:

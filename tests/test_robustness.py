@@ -52,6 +52,22 @@ def test_same_seed_same_result_and_student_differs(loader, tiny_resnet):
     assert min(agreement) < 100.0, 'a student with two blocks dropped disagrees somewhere'
 
 
+def test_several_models_in_one_pass_match_separate_runs(loader, tiny_resnet):
+    """A {name: model} mapping sees the same corrupted images as one call per model would."""
+    batches, config = loader
+    students = {'one': drop_blocks(tiny_resnet, ['layer2.1']),
+                'two': drop_blocks(tiny_resnet, ['layer2.1', 'layer3.1'])}
+    together = evaluate_robustness(students, batches, config['mean'], config['std'], teacher=tiny_resnet,
+                                   progress=False, **SUBSET)
+    assert set(together) == {'one', 'two'}
+    for name, student in students.items():
+        alone = evaluate_robustness(student, batches, config['mean'], config['std'], teacher=tiny_resnet,
+                                    progress=False, **SUBSET)
+        assert together[name] == alone, name
+    with pytest.raises(ValueError, match='No model to evaluate'):
+        evaluate_robustness({}, batches, config['mean'], config['std'], progress=False, **SUBSET)
+
+
 def test_ce_and_relative_ce_follow_the_definitions():
     result = {'labelled': 10, 'clean': {'top1': 90.0, 'teacher_top1': 95.0, 'agreement': 90.0},
               'corruptions': {'fog': {'1': {'top1': 70.0, 'teacher_top1': 80.0, 'agreement': 80.0},
