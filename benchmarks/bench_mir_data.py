@@ -5,7 +5,8 @@
 Starts every variant from the same adaptor-folded student (``RUN/recovered``, written by a quickstart or
 compress run), finetunes it by MiR (BatchNorm frozen, batch 32) on one image folder, and reports top-1 on
 all of ../shared/data/imagenet-sample. Rows are cached in ``--out`` and skipped on a re-run, so a killed
-run resumes. Synthesize the larger pools first, e.g.
+run resumes. The control ``real64_noaug`` runs MiR on 64 real imagenet-sample images and is scored on
+the other 936, against the adaptor-only student on the same 936. Synthesize the larger pools first, e.g.
 ``practise-df synth --model timm:tf_efficientnet_lite0 --weights W --out runs/mir_data/synth256
 --num-images 256 --resolution 112 --iterations 120 --batch-size 64``, and ``runs/mir_data/synth224px``
 with ``--num-images 64 --resolution 224 --iterations 120 --batch-size 32``.
@@ -38,6 +39,8 @@ VARIANTS = {
     'synth256_noaug': ('runs/mir_data/synth256', 256, 'none', 40, 0.005),
     'synth256_noaug_120it': ('runs/mir_data/synth256', 256, 'none', 120, 0.005),
     'synth224px64_noaug': ('runs/mir_data/synth224px', 64, 'none', 40, 0.005),  # synthesized at full resolution
+    # control: 64 real images, scored on the other 936 (with the adaptor-only student on the same 936)
+    'real64_noaug': ('{imagenet}', 64, 'none', 40, 0.005),
 }
 
 
@@ -61,11 +64,12 @@ def main():
     images, labels = map(torch.stack, zip(*[(x, torch.tensor(y)) for x, y in test]))
 
     @torch.no_grad()
-    def top1(model):
+    def top1(model, keep=None):
+        """Top-1 in percent on the test images, or on those whose index is in ``keep``."""
         model.eval()
-        hits = sum((model(images[i:i + 100]).argmax(1) == labels[i:i + 100]).sum().item()
-                   for i in range(0, len(images), 100))
-        return round(100 * hits / len(images), 1)
+        index = torch.tensor(sorted(keep)) if keep is not None else torch.arange(len(images))
+        hits = sum((model(images[i]).argmax(1) == labels[i]).sum().item() for i in index.split(100))
+        return round(100 * hits / len(index), 1)
 
     results = json.load(open(args.out)) if os.path.isfile(args.out) else {'rows': {}}
     rows = results['rows']
@@ -77,7 +81,7 @@ def main():
             print(f'{name}: cached {rows[name]["top1"]}')
             continue
         folder, n, aug, iterations, lr = VARIANTS[name]
-        folder = os.path.join(ROOT, folder.format(run=args.run))
+        folder = os.path.join(ROOT, folder.format(run=args.run, imagenet=IMAGENET_SAMPLE))
         if not os.path.isdir(folder):
             print(f'{name}: skipped, {folder} does not exist (see the docstring)', file=sys.stderr)
             continue
@@ -92,6 +96,10 @@ def main():
         rows[name] = {'top1': top1(student), 'images': n, 'augmentation': aug, 'iterations': iterations, 'lr': lr,
                       'folder': os.path.relpath(folder, ROOT), 'final_loss': history['loss'][-1],
                       'seconds': round(time.time() - start)}
+        if os.path.samefile(folder, IMAGENET_SAMPLE):  # trained on test images: score the rest only
+            heldout = set(range(len(test))) - set(data.indices)
+            rows[name].update(top1_heldout=top1(student, heldout), heldout_images=len(heldout),
+                              adaptors_only_top1_heldout=top1(load_compressed(recovered), heldout))
         print(f'{name}: {rows[name]}', flush=True)
         if os.path.isfile(args.out):  # keep rows another run of this script wrote meanwhile
             rows.update({k: v for k, v in json.load(open(args.out))['rows'].items() if k not in rows})
