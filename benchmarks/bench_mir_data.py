@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 import torch
 from torch.utils.data import Subset
 
-from practise_df import create_model, load_compressed
+from practise_df import create_model, evaluate, load_compressed
 from practise_df._io import write_json_atomic
 from practise_df.data import ImageFolderDataset, eval_transform, subsample, train_transform
 from practise_df.finetune import FinetuneConfig, finetune
@@ -63,13 +63,11 @@ def main():
     test = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(cfg))
     images, labels = map(torch.stack, zip(*[(x, torch.tensor(y)) for x, y in test]))
 
-    @torch.no_grad()
     def top1(model, keep=None):
         """Top-1 in percent on the test images, or on those whose index is in ``keep``."""
-        model.eval()
         index = torch.tensor(sorted(keep)) if keep is not None else torch.arange(len(images))
-        hits = sum((model(images[i]).argmax(1) == labels[i]).sum().item() for i in index.split(100))
-        return round(100 * hits / len(index), 1)
+        batches = [(images[i], labels[i]) for i in index.split(100)]
+        return round(evaluate(model, batches, progress=False)['top1'], 1)
 
     results = json.load(open(args.out)) if os.path.isfile(args.out) else {'rows': {}}
     rows = results['rows']

@@ -10,14 +10,19 @@ from typing import Iterable
 _logger = logging.getLogger(__name__)
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """Write ``obj`` as JSON; readers see the old file or the whole new one, never half of it."""
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text``; readers see the old file or the whole new one, never half of it."""
     tmp = path + '.tmp'  # one writer per file: a crash's leftover is replaced by the next write
     with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write ``obj`` as JSON, atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def append_jsonl(path: str, records: Iterable[dict]) -> None:

@@ -22,6 +22,7 @@ import timm
 import torchvision
 
 from . import __version__
+from ._format import format_table
 from .blocks import drop_blocks, find_blocks
 from .latency import block_latency_savings, count_macs, count_params, measure_latencies
 from .models import create_model, resolve_data_config
@@ -62,14 +63,6 @@ def register(name: str, render: Callable[[dict], str]):
     return wrap
 
 
-def _table(rows: Sequence[Sequence], header: Sequence[str]) -> str:
-    cells = [[str(c) for c in header]] + [[f'{c:.4g}' if isinstance(c, float) else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, '  '.join('-' * w for w in widths))
-    return '\n'.join(lines)
-
-
 def _parse_blocks(text: Optional[str]) -> List[str]:
     return [b.strip() for b in (text or '').split(',') if b.strip()]
 
@@ -80,7 +73,7 @@ def _render_blocks(r: dict) -> str:
     if 'models' in r:
         return '\n'.join(r['models'])
     rows = [(b['name'], b['type'], b['params']) for b in r['blocks']]
-    return f"{r['model']}: {len(rows)} droppable blocks\n" + _table(rows, ('block', 'type', 'params'))
+    return f"{r['model']}: {len(rows)} droppable blocks\n" + format_table(rows, ('block', 'type', 'params'))
 
 
 @register('blocks', _render_blocks)
@@ -102,10 +95,10 @@ def _render_latency(r: dict) -> str:
     head = f"batch {r['batch_size']}, input {tuple(r['input_size'])}, {r['device']}, {r['repeats']} runs\n"
     if 'blocks' in r:  # --per-block
         rows = [(b, v['latency_ms'], v['saved_ms'], v['saved_pct']) for b, v in r['blocks'].items()]
-        return head + _table(rows, ('dropped block', 'median ms', 'saved ms', 'saved %'))
+        return head + format_table(rows, ('dropped block', 'median ms', 'saved ms', 'saved %'))
     rows = [(v['name'], v['median_ms'], v['p10_ms'], v['p90_ms'], v['params'], v['macs'] / 1e6)
             for v in r['variants']]
-    text = head + _table(rows, ('model', 'median ms', 'p10 ms', 'p90 ms', 'params', 'MMACs'))
+    text = head + format_table(rows, ('model', 'median ms', 'p10 ms', 'p90 ms', 'params', 'MMACs'))
     if 'saved_pct' in r:
         text += f"\nlatency saved: {r['saved_pct']:.1f}%"
     return text
@@ -136,7 +129,7 @@ def latency_command(args) -> dict:
 
 def _render_score(r: dict) -> str:
     rows = [(s['block'], s['recoverability'], s['mse_dropped'], s['saved_pct'], s['score']) for s in r['scores']]
-    text = f"{r['model']} ({r['estimator']} estimator, lower score = drop first)\n" + _table(
+    text = f"{r['model']} ({r['estimator']} estimator, lower score = drop first)\n" + format_table(
         rows, ('block', 'recoverability', 'mse dropped', 'saved %', 'score'))
     if r.get('selected'):
         text += f"\nselected: {', '.join(r['selected'])}"
@@ -178,7 +171,8 @@ def score_command(args) -> dict:
 def _render_eval(r: dict) -> str:
     keys = [k for k in ('top1', 'top5', 'agreement') if k in r]
     rows = [[r['model'], r['images']] + [r[k] for k in keys] + [r['latency_ms']]]
-    return _table(rows, ['model', 'images'] + [k + ' %' for k in keys] + [f"latency ms (batch {r['batch_size']})"])
+    header = ['model', 'images'] + [k + ' %' for k in keys] + [f"latency ms (batch {r['batch_size']})"]
+    return format_table(rows, header)
 
 
 @register('eval', _render_eval)
@@ -352,7 +346,8 @@ def render_report(r: dict) -> str:
     rows = [('teacher', lat['teacher_ms'], r['params']['teacher'], r['macs']['teacher'] / 1e6),
             ('student', lat['student_ms'], r['params']['student'], r['macs']['student'] / 1e6)]
     text = (f"dropped: {', '.join(r['dropped_blocks'])}\n"
-            + _table(rows, ('model', f"latency ms (batch {lat['batch_size']}, {lat['device']})", 'params', 'MMACs'))
+            + format_table(rows, ('model', f"latency ms (batch {lat['batch_size']}, {lat['device']})", 'params',
+                                  'MMACs'))
             + f"\nlatency saved: {lat['saved_pct']:.1f}%   held-out top-1 agreement with the teacher: "
               f"{r['heldout_agreement']:.1f}%")
     if 'eval' in r:

@@ -95,7 +95,6 @@ def _stage(accelerator, message: str) -> None:
     accelerator.print(message, file=sys.stderr, flush=True)
 
 
-
 def prepare_output_dir(config: CompressConfig, overwrite: bool = False, resume: bool = False) -> None:
     """Refuse to mix two runs in one directory; remove an old run only when asked to."""
     out = config.output_dir

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import random
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -132,12 +132,17 @@ def latest_checkpoint(output_dir: str) -> Optional[str]:
 
     A checkpoint counts once its marker file is written after Accelerate's ``save_state`` returned,
     so one cut short by a crash is never resumed from."""
+    complete = {n: path for n, path in _checkpoint_folders(output_dir).items()
+                if os.path.exists(os.path.join(path, COMPLETE_MARKER))}
+    return complete[max(complete)] if complete else None
+
+
+def _checkpoint_folders(output_dir: str) -> Dict[int, str]:
+    """Every ``checkpoints/checkpoint_N`` folder under ``output_dir``, complete or not, by N."""
     root = os.path.join(output_dir, 'checkpoints')
-    if not os.path.isdir(root):
-        return None
-    steps = [d for d in os.listdir(root) if d.startswith('checkpoint_') and d.split('_')[-1].isdigit()
-             and os.path.exists(os.path.join(root, d, COMPLETE_MARKER))]
-    return os.path.join(root, max(steps, key=lambda d: int(d.split('_')[-1]))) if steps else None
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return {int(d.split('_')[-1]): os.path.join(root, d) for d in names
+            if d.startswith('checkpoint_') and d.split('_')[-1].isdigit()}
 
 
 def _discard_incomplete_checkpoints(accelerator: Accelerator, output_dir: str) -> None:
@@ -145,17 +150,15 @@ def _discard_incomplete_checkpoints(accelerator: Accelerator, output_dir: str) -
 
     A cut-short folder would otherwise count towards ``keep_checkpoints`` and push the last complete
     checkpoint out of the rotation; its number is never reused, so Accelerate does not refuse to write."""
-    root = os.path.join(output_dir, 'checkpoints')
-    folders = [d for d in (os.listdir(root) if os.path.isdir(root) else [])
-               if d.startswith('checkpoint_') and d.split('_')[-1].isdigit()]
+    folders = _checkpoint_folders(output_dir)
     accelerator.wait_for_everyone()  # every rank has listed the folders before any is removed
     if accelerator.is_main_process:
-        for d in folders:
-            if not os.path.exists(os.path.join(root, d, COMPLETE_MARKER)):
-                shutil.rmtree(os.path.join(root, d))
+        for path in folders.values():
+            if not os.path.exists(os.path.join(path, COMPLETE_MARKER)):
+                shutil.rmtree(path)
     accelerator.wait_for_everyone()
     if folders:
-        accelerator.project_configuration.iteration = max(int(d.split('_')[-1]) for d in folders) + 1
+        accelerator.project_configuration.iteration = max(folders) + 1
 
 
 def _save_checkpoint(accelerator: Accelerator) -> str:

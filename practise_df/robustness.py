@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ._format import format_table
 from .corruptions import CORRUPTIONS, corrupt, parse_corruptions, parse_severities
 
 __all__ = ['evaluate_robustness', 'robustness_table', 'save_heatmap']
@@ -165,7 +166,6 @@ def _fmt(value: Optional[float]) -> str:
 
 def robustness_table(result: Dict) -> str:
     """A readable table: one row per corruption, top-1 per severity (student / teacher when both)."""
-    from .cli import _table  # the table layout of every practise-df command
     sev = result['severities']
     with_teacher = 'agreement' in result['clean']
     has_top1 = 'top1' in result['clean']
@@ -186,7 +186,7 @@ def robustness_table(result: Dict) -> str:
     what = 'top-1 % (student/teacher)' if has_top1 and with_teacher else \
         ('top-1 %' if has_top1 else 'agreement with the teacher %')
     s = result['summary']
-    text = [f"{result['images']} images, {what}; clean: " + cell(result['clean']), _table(rows, header)]
+    text = [f"{result['images']} images, {what}; clean: " + cell(result['clean']), format_table(rows, header)]
     if 'mean_corruption_top1' in s:
         line = f"mean corruption top-1: {s['mean_corruption_top1']:.2f}%"
         if 'mce' in s:

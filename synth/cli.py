@@ -63,7 +63,7 @@ def synth_command(args: argparse.Namespace) -> dict:
 
 
 def render_synth(r: dict) -> str:
-    from practise_df.cli import _table
+    from practise_df._format import format_table
     rows = [
         ('images in folder', r['num_images']),
         ('generated now', f"{r['generated']} ({r['skipped_batches']} batch(es) already on disk)"),
@@ -74,4 +74,4 @@ def render_synth(r: dict) -> str:
         ('mean target probability', r['mean_teacher_prob']),
         ('BatchNorm loss (clean)', r['bn_loss']),
     ]
-    return f"synthesised {r['out_dir']}\n" + _table(rows, ('', 'value'))
+    return f"synthesised {r['out_dir']}\n" + format_table(rows, ('', 'value'))

@@ -20,12 +20,13 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from practise_df._io import write_json_atomic
 from practise_df.models import resolve_data_config
 
 from .inversion import evaluate_images, invert_batch, quantize
 from .losses import batchnorm_layers
 from .presets import InversionConfig, get_preset
-from .writer import CONFIG, ShardWriter, image_name, merge_metadata, read_records, write_json_atomic
+from .writer import CONFIG, ShardWriter, image_name, merge_metadata, read_records
 
 __all__ = ['synthesize', 'synthesize_shard', 'process_state', 'batch_seed', 'class_targets']
 

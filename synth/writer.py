@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from practise_df._io import append_jsonl, drop_partial_line, write_json_atomic
+from practise_df._io import append_jsonl, drop_partial_line, write_text_atomic
 
-__all__ = ['ShardWriter', 'image_name', 'read_records', 'merge_metadata', 'class_to_idx', 'write_json_atomic']
+__all__ = ['ShardWriter', 'image_name', 'read_records', 'merge_metadata', 'class_to_idx']
 
 _logger = logging.getLogger(__name__)
 
@@ -102,10 +102,5 @@ def merge_metadata(out_dir: str, num_images: Optional[int] = None) -> List[dict]
     records = read_records(out_dir)
     if num_images is not None:
         records = [r for r in records if r['index'] < num_images]
-    tmp = os.path.join(out_dir, METADATA + '.tmp')
-    with open(tmp, 'w') as f:
-        f.write(''.join(json.dumps(r) + '\n' for r in records))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(out_dir, METADATA))
+    write_text_atomic(os.path.join(out_dir, METADATA), ''.join(json.dumps(r) + '\n' for r in records))
     return records
