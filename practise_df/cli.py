@@ -255,6 +255,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser, **defaults) -> argpa
     g = parser.add_argument_group('block selection')
     g.add_argument('--estimator', default='fast', choices=['fast', 'official'])
     g.add_argument('--score-images', type=int, default=64, help='tiny set the adaptors are fitted on')
+    g.add_argument('--adaptors', action=argparse.BooleanOptionalAction, default=True,
+                   help='fit adaptors around the dropped blocks and fold them before finetuning (--no-adaptors: '
+                        'keep the dropped model as is; better on lite0 with synthesized images, BENCHMARKS.md)')
     sel = g.add_mutually_exclusive_group()
     sel.add_argument('--drop', type=int, help='number of blocks to drop')
     sel.add_argument('--latency-reduction', type=float, help='fraction of latency to save, e.g. 0.25')
@@ -267,7 +270,7 @@ def add_compress_arguments(parser: argparse.ArgumentParser, **defaults) -> argpa
     g = parser.add_argument_group('finetuning')
     g.add_argument('--loss', default='mir', choices=['mir', 'kd', 'ce'])
     g.add_argument('--finetune-iters', type=int, default=2000,
-                   help='optimizer steps; 0 keeps the student with only the folded adaptors')
+                   help='optimizer steps; 0 keeps the student as recovered (blocks dropped, adaptors folded)')
     g.add_argument('--batch-size', type=int, default=64, help='per process')
     g.add_argument('--lr', type=float, default=0.02)
     g.add_argument('--gradient-accumulation-steps', '--gradient_accumulation_steps', type=int, default=1)
@@ -315,6 +318,7 @@ def compress_config_from_args(args):
         num_images=args.num_images, heldout_images=args.heldout_images, resolution=args.resolution,
         synth_resolution=args.synth_resolution, synth_preset=args.synth_preset, synth_iterations=args.synth_iterations,
         synth_batch_size=args.synth_batch_size, estimator=args.estimator, score_images=args.score_images,
+        adaptors=args.adaptors,
         drop=drop, latency_reduction=args.latency_reduction, latency_batch_size=args.latency_batch_size,
         latency_device=args.latency_device, latency_repeats=args.latency_repeats,
         block_latency=args.block_latency, eval_data=args.eval_data, robustness=args.robustness,
@@ -345,7 +349,8 @@ def render_report(r: dict) -> str:
     lat = r['latency']
     rows = [('teacher', lat['teacher_ms'], r['params']['teacher'], r['macs']['teacher'] / 1e6),
             ('student', lat['student_ms'], r['params']['student'], r['macs']['student'] / 1e6)]
-    text = (f"dropped: {', '.join(r['dropped_blocks'])}\n"
+    text = (f"dropped: {', '.join(r['dropped_blocks'])}"
+            f"{' (adaptors fitted and folded)' if r.get('adaptors', True) else ' (no adaptors)'}\n"
             + format_table(rows, ('model', f"latency ms (batch {lat['batch_size']}, {lat['device']})", 'params',
                                   'MMACs'))
             + f"\nlatency saved: {lat['saved_pct']:.1f}%   held-out top-1 agreement with the teacher: "
@@ -356,7 +361,7 @@ def render_report(r: dict) -> str:
                  f"{s.get('top1', float('nan')):.2f}% (agreement {s['agreement']:.1f}%)")
         if 'before_finetune' in r['eval']:
             b = r['eval']['before_finetune']
-            text += (f"\n  before finetuning (adaptors folded): top-1 {b.get('top1', float('nan')):.2f}% "
+            text += (f"\n  before finetuning: top-1 {b.get('top1', float('nan')):.2f}% "
                      f"(agreement {b['agreement']:.1f}%)")
     return text + f"\ncompressed model: {r['compressed_model']}"
 

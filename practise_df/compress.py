@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ._io import append_jsonl, drop_partial_line, write_json_atomic
-from .blocks import find_blocks
+from .blocks import drop_blocks, find_blocks
 from .checkpoint import load_compressed, save_compressed
 from .data import ImageFolderDataset, eval_transform, image_loader, train_transform
 from .evaluate import evaluate
@@ -32,7 +32,7 @@ RUN_FILE = 'run.json'
 SCORES_FILE = 'scores.json'
 PARTIAL_SCORES_FILE = 'scores.partial.jsonl'  # one line per scored block, so an interrupted scoring resumes
 LATENCY_FILE = 'block_latency.json'
-RECOVERED_DIR = 'recovered'  # blocks dropped and adaptors folded, before finetuning
+RECOVERED_DIR = 'recovered'  # blocks dropped (and adaptors folded), before finetuning
 
 
 @dataclass
@@ -51,6 +51,10 @@ class CompressConfig:
     synth_batch_size: int = 32
     estimator: str = 'fast'
     score_images: int = 64  # tiny set the adaptors are fitted on
+    # Fit adaptors around the gaps (on the tiny set) and fold them before finetuning. False keeps the dropped
+    # model as is: on tf_efficientnet_lite0 adaptors fitted on synthesized images lowered real top-1
+    # (benchmarks/bench_recovery.py).
+    adaptors: bool = True
     drop: Optional[int] = None
     latency_reduction: Optional[float] = None
     latency_batch_size: int = 32
@@ -252,12 +256,17 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
     # --- drop, fit adaptors around the gaps and fold them (main process; the others load it) ---------
     recovered_dir = os.path.join(out, RECOVERED_DIR)
     if accelerator.is_main_process and not os.path.isfile(os.path.join(recovered_dir, 'model.safetensors')):
-        _stage(accelerator, f"[3/5] dropping {len(chosen)} block(s) and fitting adaptors: {', '.join(chosen)}")
-        tiny = _stack(pool, train_idx[:config.score_images]).to(accelerator.device)
-        recovered = drop_and_recover(teacher.to(accelerator.device), chosen, tiny,
-                                     settings=ESTIMATORS[config.estimator], seed=config.seed)
+        if config.adaptors:
+            _stage(accelerator, f"[3/5] dropping {len(chosen)} block(s) and fitting adaptors: {', '.join(chosen)}")
+            tiny = _stack(pool, train_idx[:config.score_images]).to(accelerator.device)
+            recovered = drop_and_recover(teacher.to(accelerator.device), chosen, tiny,
+                                         settings=ESTIMATORS[config.estimator], seed=config.seed)
+            stage = 'blocks dropped, adaptors folded, before finetuning'
+        else:
+            _stage(accelerator, f"[3/5] dropping {len(chosen)} block(s), no adaptors: {', '.join(chosen)}")
+            recovered, stage = drop_blocks(teacher, chosen), 'blocks dropped, before finetuning'
         save_compressed(recovered.to('cpu'), recovered_dir, data_config=data_config, overwrite=True,
-                        extra={'stage': 'blocks dropped, adaptors folded, before finetuning'})
+                        extra={'stage': stage})
     accelerator.wait_for_everyone()
     student = load_compressed(recovered_dir)
 
@@ -309,7 +318,7 @@ def _report(config, teacher, student, chosen, scores, history, pool, held_idx, d
     device = latency_kwargs['device']
     report = {
         'model': config.model, 'weights': config.weights, 'images': config.images or 'synthesized',
-        'dropped_blocks': chosen, 'scores': scores, 'compressed_model': model_dir,
+        'dropped_blocks': chosen, 'adaptors': config.adaptors, 'scores': scores, 'compressed_model': model_dir,
         'latency': {'device': device, 'batch_size': latency_kwargs['batch_size'], 'input_size': list(size),
                     'teacher_ms': before.median_ms, 'student_ms': after.median_ms,
                     'saved_pct': 100 * (1 - after.median_ms / before.median_ms)},
@@ -327,7 +336,7 @@ def _report(config, teacher, student, chosen, scores, history, pool, held_idx, d
         predictions = teacher_eval.pop('predictions')  # agreement without running the teacher twice more
         report['eval'] = {'data': config.eval_data, 'teacher': teacher_eval,
                           'student': evaluate(student, loader, device, teacher=predictions, progress=progress)}
-        if config.finetune.iterations > 0:  # what finetuning added over the folded adaptors alone
+        if config.finetune.iterations > 0:  # what finetuning added over the recovered (dropped) model alone
             recovered = load_compressed(os.path.join(config.output_dir, RECOVERED_DIR))
             report['eval']['before_finetune'] = evaluate(recovered, loader, device, teacher=predictions,
                                                          progress=progress)

@@ -87,3 +87,16 @@ def test_score_select_save_then_eval(capsys, tmp_path, image_folder):
 def test_console_script_is_installed():
     proc = subprocess.run([sys.executable, '-m', 'practise_df.cli', '--version'], capture_output=True, text=True)
     assert proc.returncode == 0 and 'practise-df' in proc.stdout
+
+
+def test_compress_adaptors_flag_reaches_the_config():
+    import argparse
+
+    from practise_df.cli import add_compress_arguments, compress_config_from_args
+    parser = add_compress_arguments(argparse.ArgumentParser())
+    base = ['--model', 'timm:resnet18', '--output-dir', 'x', '--drop', '1']
+    assert compress_config_from_args(parser.parse_args(base)).adaptors is True
+    assert compress_config_from_args(parser.parse_args(base + ['--no-adaptors'])).adaptors is False
+    quick = add_compress_arguments(argparse.ArgumentParser(), adaptors=False)  # a recipe's default
+    assert compress_config_from_args(quick.parse_args(base)).adaptors is False
+    assert compress_config_from_args(quick.parse_args(base + ['--adaptors'])).adaptors is True

@@ -8,7 +8,7 @@ from practise_df import load_compressed
 from practise_df.compress import CompressConfig, compress
 from practise_df.finetune import FinetuneConfig
 
-from conftest import make_image_folder
+from conftest import make_image_folder, randomize_norms
 
 
 def _config(out, images, **kw):
@@ -90,3 +90,27 @@ def test_config_errors(tmp_path):
         CompressConfig(model='timm:resnet18', output_dir=str(tmp_path), drop=1, num_images=1)
     with pytest.raises(ValueError, match="Unknown finetuning loss 'bp'"):
         FinetuneConfig(loss='bp')
+
+
+@pytest.mark.parametrize('adaptors', [True, False])
+def test_adaptors_switch_decides_what_the_recovered_student_is(tmp_path, image_folder, adaptors):
+    """--no-adaptors keeps the teacher's weights around the gaps; adaptors change the convs next to them."""
+    from safetensors.torch import save_file
+
+    from practise_df import create_model
+    torch.manual_seed(0)
+    teacher = randomize_norms(create_model('timm:resnet18'))  # timm zero-initialises the last norm of each block
+    weights = tmp_path / 'teacher.safetensors'
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(weights))
+    out = tmp_path / 'run'
+    config = _config(out, image_folder, weights=str(weights), adaptors=adaptors)
+    config.finetune.iterations = 0
+    report = compress(config, progress=False)
+    assert report['adaptors'] is adaptors
+    assert json.load(open(out / 'recovered' / 'config.json'))['stage'].startswith('blocks dropped')
+    recovered = load_compressed(str(out / 'recovered')).state_dict()
+    dropped = report['dropped_blocks'][0]
+    kept = {k: v for k, v in teacher.state_dict().items() if not k.startswith(dropped + '.')}
+    assert set(recovered) == set(kept)
+    changed = [k for k, v in kept.items() if not torch.equal(v, recovered[k])]
+    assert (len(changed) > 0) is adaptors, changed
