@@ -17,18 +17,17 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 import torch
+from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher, sample_images, top1
 from torch.utils.data import Subset
 
-from practise_df import create_model, evaluate, load_compressed
+from practise_df import load_compressed
 from practise_df._io import write_json_atomic
 from practise_df.data import ImageFolderDataset, eval_transform, subsample, train_transform
 from practise_df.finetune import FinetuneConfig, finetune
-from practise_df.models import efficientnet_lite0_weights, resolve_data_config
-
-IMAGENET_SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'imagenet-sample')
 
 # name: (image folder relative to the repo, images used, augmentation, iterations, lr)
 VARIANTS = {
@@ -55,25 +54,15 @@ def main():
     unknown = [v for v in args.variants.split(',') if v not in VARIANTS]
     if unknown:
         parser.error(f'unknown variants {unknown}; choose from {", ".join(VARIANTS)}')
-    if not os.path.isdir(IMAGENET_SAMPLE):
-        parser.error(f'{IMAGENET_SAMPLE} not found: this benchmark evaluates on the imagenet-sample images')
-
-    teacher = create_model('timm:tf_efficientnet_lite0', weights=efficientnet_lite0_weights()).eval()
-    cfg = resolve_data_config(teacher)
-    test = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(cfg))
-    images, labels = map(torch.stack, zip(*[(x, torch.tensor(y)) for x, y in test]))
-
-    def top1(model, keep=None):
-        """Top-1 in percent on the test images, or on those whose index is in ``keep``."""
-        index = torch.tensor(sorted(keep)) if keep is not None else torch.arange(len(images))
-        batches = [(images[i], labels[i]) for i in index.split(100)]
-        return round(evaluate(model, batches, progress=False)['top1'], 1)
+    teacher, cfg = lite0_teacher()
+    images, labels = sample_images(cfg)
+    test_size = len(images)
 
     results = json.load(open(args.out)) if os.path.isfile(args.out) else {'rows': {}}
     rows = results['rows']
     recovered = os.path.join(args.run, 'recovered')
     if 'adaptors_only' not in rows:
-        rows['adaptors_only'] = {'top1': top1(load_compressed(recovered)), 'images': 0}
+        rows['adaptors_only'] = {'top1': top1(load_compressed(recovered), images, labels), 'images': 0}
     for name in args.variants.split(','):
         if name in rows:
             print(f'{name}: cached {rows[name]["top1"]}')
@@ -91,13 +80,15 @@ def main():
         start = time.time()
         history = finetune(student, teacher, data, FinetuneConfig(loss='mir', iterations=iterations, batch_size=32,
                                                                  lr=lr, freeze_bn=True, seed=0), progress=False)
-        rows[name] = {'top1': top1(student), 'images': n, 'augmentation': aug, 'iterations': iterations, 'lr': lr,
+        rows[name] = {'top1': top1(student, images, labels), 'images': n, 'augmentation': aug, 'iterations': iterations,
+                      'lr': lr,
                       'folder': os.path.relpath(folder, ROOT), 'final_loss': history['loss'][-1],
                       'seconds': round(time.time() - start)}
         if os.path.samefile(folder, IMAGENET_SAMPLE):  # trained on test images: score the rest only
-            heldout = set(range(len(test))) - set(data.indices)
-            rows[name].update(top1_heldout=top1(student, heldout), heldout_images=len(heldout),
-                              adaptors_only_top1_heldout=top1(load_compressed(recovered), heldout))
+            heldout = set(range(test_size)) - set(data.indices)
+            rows[name].update(top1_heldout=top1(student, images, labels, heldout), heldout_images=len(heldout),
+                              adaptors_only_top1_heldout=top1(load_compressed(recovered), images, labels,
+                                                              heldout))
         print(f'{name}: {rows[name]}', flush=True)
         if os.path.isfile(args.out):  # keep rows another run of this script wrote meanwhile
             rows.update({k: v for k, v in json.load(open(args.out))['rows'].items() if k not in rows})
