@@ -29,3 +29,12 @@ def top1(model, images: torch.Tensor, labels: torch.Tensor, keep=None) -> float:
     """Top-1 (%) on the images, or on those whose index is in ``keep``, rounded to 0.1."""
     index = torch.tensor(sorted(keep)) if keep is not None else torch.arange(len(images))
     return round(evaluate(model, [(images[i], labels[i]) for i in index.split(100)], progress=False)['top1'], 1)
+
+
+def chosen_variants(parser, text: str, variants) -> list:
+    """The comma list ``text`` of variant names, each checked against ``variants`` (parser error otherwise)."""
+    names = [v for v in text.split(',') if v]
+    unknown = [v for v in names if v not in variants]
+    if unknown:
+        parser.error(f'unknown variants {unknown}; choose from {", ".join(variants)}')
+    return names

@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import torch
-from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher, sample_images, top1
+from _sample import IMAGENET_SAMPLE, ROOT, chosen_variants, lite0_teacher, sample_images, top1
 from torch.utils.data import Subset
 
 from practise_df import load_compressed
@@ -51,9 +51,7 @@ def main():
     parser.add_argument('--threads', type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    unknown = [v for v in args.variants.split(',') if v not in VARIANTS]
-    if unknown:
-        parser.error(f'unknown variants {unknown}; choose from {", ".join(VARIANTS)}')
+    variants = chosen_variants(parser, args.variants, VARIANTS)
     teacher, cfg = lite0_teacher()
     images, labels = sample_images(cfg)
     test_size = len(images)
@@ -63,7 +61,7 @@ def main():
     recovered = os.path.join(args.run, 'recovered')
     if 'adaptors_only' not in rows:
         rows['adaptors_only'] = {'top1': top1(load_compressed(recovered), images, labels), 'images': 0}
-    for name in args.variants.split(','):
+    for name in variants:
         if name in rows:
             print(f'{name}: cached {rows[name]["top1"]}')
             continue

@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import torch
-from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher, sample_images, top1
+from _sample import IMAGENET_SAMPLE, ROOT, chosen_variants, lite0_teacher, sample_images, top1
 
 from practise_df import drop_and_recover, drop_blocks, find_blocks
 from practise_df._io import write_json_atomic
@@ -54,9 +54,7 @@ def main():
     parser.add_argument('--threads', type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    unknown = [v for v in args.variants.split(',') if v not in VARIANTS]
-    if unknown:
-        parser.error(f'unknown variants {unknown}; choose from {", ".join(VARIANTS)}')
+    variants = chosen_variants(parser, args.variants, VARIANTS)
 
     teacher, cfg = lite0_teacher()
     images, labels = sample_images(cfg)
@@ -74,7 +72,7 @@ def main():
     if 'teacher' not in rows:
         save('teacher', {'top1': top1(teacher, images, labels)})
     for blocks in [b.split(',') for b in args.blocks.split(';')]:
-        for name in args.variants.split(','):
+        for name in variants:
             key = f"{','.join(blocks)}|{name}"
             if key in rows:
                 continue
