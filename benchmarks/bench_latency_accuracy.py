@@ -134,6 +134,24 @@ class Track:
             return out
         return self.cached(key, compute)
 
+    def remeasure_latency(self, rows, repeats):
+        """Time the teacher and every distinct student of the finished rows again, interleaved in one run (meant
+        for an idle machine), and store the saving as ``saved_pct_idle`` in the choices and the rows."""
+        choices = {}
+        for r in rows.values():
+            if r['status'] == 'done':
+                choices.setdefault(json.dumps([r.get('blocks'), r.get('ratio')]), []).append(r)
+        keys = list(choices)
+        students = [self.build({'blocks': json.loads(k)[0]} if json.loads(k)[0] else {'ratio': json.loads(k)[1]})
+                    for k in keys]
+        lat = measure_latencies([self.teacher] + students, **{**self.lat_kw, 'repeats': repeats, 'warmup': 2})
+        base = lat[0].median_ms
+        for k, student_lat in zip(keys, lat[1:]):
+            for r in choices[k]:
+                r['saved_pct_idle'] = 100 * (1 - student_lat.median_ms / base)
+        return {'teacher_ms': base, 'repeats': repeats, 'students': len(students),
+                'date': datetime.datetime.now().isoformat(timespec='minutes')}
+
     def build(self, choice):
         if 'ratio' in choice:
             return pdf.filter_prune(self.teacher, choice['ratio'], self.input_size)
@@ -166,16 +184,27 @@ class Track:
         choice = self.choice(row['method'], row['data'], row['target'], row['seed'])
         if 'error' in choice:
             return {**row, 'status': f"not run: {choice['error']}"}
-        student = self.build(choice)
         ft_s = 0.0
-        if row['finetune'] != 'none':
-            cfg = FinetuneConfig(loss=row['finetune'], iterations=self.ft_iters, batch_size=self.ft_batch,
+        steps = row['finetune'].split('+')  # 'adaptors' / 'adaptors+mir': fit and fold adaptors first (compress does)
+        if steps[0] == 'adaptors':
+            if 'blocks' not in choice:
+                return {**row, 'status': 'not run: adaptors need dropped blocks'}
+            start = time.perf_counter()
+            tiny, _ = self.score_images(row['data'], row['seed'])
+            student = pdf.drop_and_recover(self.teacher, choice['blocks'], tiny, settings=self.score_settings(),
+                                           seed=row['seed'])
+            ft_s += time.perf_counter() - start
+            steps = steps[1:]
+        else:
+            student = self.build(choice)
+        if steps and steps[0] != 'none':
+            cfg = FinetuneConfig(loss=steps[0], iterations=self.ft_iters, batch_size=self.ft_batch,
                                  lr=self.ft_lr, freeze_bn=True, seed=row['seed'])
             start = time.perf_counter()
             finetune(student, self.teacher, self.train_data(row['data'], row['seed']), cfg,
                      accelerator=self.accelerator, progress=False)
             self.accelerator.free_memory()
-            ft_s = time.perf_counter() - start
+            ft_s += time.perf_counter() - start
         start = time.perf_counter()
         metrics = self.evaluate(student.eval())
         scoring_s = 0.0
@@ -272,6 +301,10 @@ class TrackA(Track):
         add('practise', 'ood', 'none', t_hi)
         add('practise', 'ood', 'mir', t_hi)
         add('random', '-', 'none', t_hi, 1)
+        # recovery as compress does it: adaptors fitted on the scoring images and folded, then MiR
+        for m in ('practise', 'first-k'):
+            add(m, 'synth', 'adaptors', t_hi)
+        add('practise', 'synth', 'adaptors+mir', t_hi)
         for m in ('practise', 'output-diff'):
             add(m, 'synth', 'none', t_lo)
         for m in ('first-k', 'filter-l1'):
@@ -285,6 +318,9 @@ class TrackA(Track):
         add('first-k', 'ood', 'mir', t_hi)
         add('practise', 'ood', 'kd', t_hi)
         add('filter-l1', 'synth', 'kd', t_hi)
+        for m in ('practise', 'first-k'):
+            add(m, 'synth', 'adaptors', t_lo)
+        add('practise', 'ood', 'adaptors', t_hi)
         return rows
 
 
@@ -336,14 +372,17 @@ class TrackB(Track):
         return self._dataset(data, seed, train_transform(self.dc))
 
     def rows(self):
-        """No finetuning first, then the data-free rows (synthesized), then out-of-domain; seeds innermost."""
+        """No finetuning first, then the data-free recoveries, MiR on out-of-domain images, KD last; seeds
+        innermost."""
         rows = []
-        for ft, data in (('none', 'synth'), ('none', 'ood'), ('mir', 'synth'), ('kd', 'synth'), ('mir', 'ood'),
-                         ('kd', 'ood')):
+        for ft, data in (('none', 'synth'), ('none', 'ood'), ('adaptors', 'synth'), ('mir', 'synth'),
+                         ('adaptors+mir', 'synth'), ('mir', 'ood'), ('kd', 'synth'), ('kd', 'ood')):
             for t in self.args.targets[::-1]:
                 for m in METHODS:
                     if ft == 'none' and data == 'ood' and m not in SCORED:
                         continue  # choice and model do not depend on the images
+                    if ft.startswith('adaptors') and m == 'filter-l1':
+                        continue  # no dropped blocks to put adaptors around
                     for seed in self.args.seeds:
                         d = data if (ft != 'none' or m in SCORED) else '-'
                         rows.append({'method': m, 'data': d, 'finetune': ft, 'target': t, 'seed': seed})
@@ -371,12 +410,16 @@ def write_markdown(results, path, track_name):
              (f"Machine: {setup['machine']}; torch threads {setup['threads']}; date {setup['date']}; "
               f"command `{setup['command']}`."),
              (f"Latency: CPU, batch {setup['latency']['batch_size']}, input {setup['latency']['input_size']}, "
-              f"median of {setup['latency']['repeats']} interleaved runs. Finetuning: {setup['finetune']}."), '',
+              f"median of {setup['latency']['repeats']} interleaved runs. Finetuning: {setup['finetune']}."),
+             *([f"Idle re-run of the latency (`{idle['command']}`, {idle['date']}): the teacher and all "
+                f"{idle['students']} distinct students timed interleaved, median of {idle['repeats']} runs each; "
+                "compare rows by this column, the saving measured during the run had other jobs beside it."]
+               if (idle := results.get('latency_idle')) else []), '',
              (f"Teacher: top-1 {teacher['top1']:.1f}%, top-5 {teacher['top5']:.1f}%, "
               f"params {teacher['params'] / 1e6:.2f}M, MACs {teacher['macs'] / 1e6:.0f}M."), '',
-             ('| method | data | finetune | target | seeds | latency saved % | params M | MACs M | top-1 | top-5 '
-              '| agreement | blocks / ratio | compute s |'),
-             '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|']
+             ('| method | data | finetune | target | seeds | latency saved % | saved %, idle re-run | params M '
+              '| MACs M | top-1 | top-5 | agreement | blocks / ratio | compute s |'),
+             '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|']
     groups = {}
     for r in rows.values():
         groups.setdefault((r['method'], r['data'], r['finetune'], r['target']), []).append(r)
@@ -392,6 +435,7 @@ def write_markdown(results, path, track_name):
             choice = ','.join(done[0]['blocks']) if done[0].get('blocks') else f"ratio {done[0]['ratio']:.3f}"
         lines.append(f"| {m} | {d} | {ft} | {100 * t:.0f}% | {len(done)} | "
                      f"{_ms([r['saved_pct'] for r in done])} | "
+                     f"{_ms([r['saved_pct_idle'] for r in done if 'saved_pct_idle' in r])} | "
                      f"{statistics.mean(r['params'] for r in done) / 1e6:.2f} | "
                      f"{statistics.mean(r['macs'] for r in done) / 1e6:.0f} | {_ms([r['top1'] for r in done])} | "
                      f"{_ms([r['top5'] for r in done])} | {_ms([r['agreement'] for r in done])} | {choice} | "
@@ -405,7 +449,7 @@ def write_markdown(results, path, track_name):
 
 COLORS = {'practise': 'tab:red', 'first-k': 'tab:blue', 'random': 'tab:gray', 'output-diff': 'tab:green',
           'filter-l1': 'tab:purple'}
-MARKERS = {'none': 'o', 'mir': 's', 'kd': '^'}
+MARKERS = {'none': 'o', 'adaptors': 'D', 'mir': 's', 'adaptors+mir': 'P', 'kd': '^'}
 
 
 def plot(results, track, latency_png, recover_png):
@@ -421,7 +465,7 @@ def plot(results, track, latency_png, recover_png):
     from matplotlib.lines import Line2D
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for (m, d, ft, _), rs in sorted(groups.items()):
-        x = [r['saved_pct'] for r in rs]
+        x = [r.get('saved_pct_idle', r['saved_pct']) for r in rs]  # the idle re-run where there is one
         y = [r['top1'] for r in rs]
         ax.errorbar(statistics.mean(x), statistics.mean(y), yerr=statistics.stdev(y) if len(y) > 1 else None,
                     xerr=statistics.stdev(x) if len(x) > 1 else None, color=COLORS[m], marker=MARKERS[ft],
@@ -432,7 +476,7 @@ def plot(results, track, latency_png, recover_png):
     handles += [Line2D([], [], color='k', marker='o', mfc='none', ls='none', label='out-of-domain images'),
                 Line2D([], [], color='k', ls='--', lw=0.8, label='teacher')]
     ax.legend(handles=handles, fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
-    ax.set_xlabel('latency saved on this CPU (%)')
+    ax.set_xlabel('latency saved on this CPU (%)' + (', idle re-run' if 'latency_idle' in results else ''))
     ax.set_ylabel('top-1 (%)')
     n_seeds = max(len(rs) for rs in groups.values())
     ax.set_title(f"Track {track.name}: top-1 vs measured latency saved"
@@ -464,11 +508,11 @@ def plot(results, track, latency_png, recover_png):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--track', choices=('A', 'B'), required=True)
-    p.add_argument('--quick', action='store_true', help='tiny sizes for a smoke run (results under runs/, plots '
-                   'with a _quick suffix)')
+    p.add_argument('--quick', action='store_true', help='tiny sizes for a smoke run (results and plots under '
+                   'runs/)')
     p.add_argument('--out', default=None, help='default: benchmarks/results/latency_accuracy_{A,B}.json')
     p.add_argument('--cache', default=None, help='default: runs/bench_latency_accuracy_{A,B}')
-    p.add_argument('--docs', default=os.path.join(HERE, '..', 'docs'))
+    p.add_argument('--docs', default=None, help='where the plots go (default: docs/, --quick: the cache folder)')
     p.add_argument('--targets', default='0.15,0.25', help='latency saving targets (fractions)')
     p.add_argument('--seeds', default=None, help='Track B seeds (default 0,1,2)')
     p.add_argument('--images', type=int, default=256, help='Track B: synthesized / out-of-domain images per seed')
@@ -482,14 +526,18 @@ def main():
                    'synth/ and scores.json are reused')
     p.add_argument('--deadline', default=None, help='HH:MM (local time): start no row after it')
     p.add_argument('--report-only', action='store_true', help='rewrite the table and plots from --out')
+    p.add_argument('--remeasure-latency', type=int, default=0, metavar='REPEATS',
+                   help='time every finished row\'s student again, interleaved, REPEATS runs each (on an idle '
+                        'machine), and report that saving beside the one measured during the run')
     p.add_argument('--threads', type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     suffix = args.track + ('_quick' if args.quick else '')
     args.cache = args.cache or os.path.join('runs', f'bench_latency_accuracy_{suffix}')
-    # smoke runs never write into benchmarks/results
+    # smoke runs never write into benchmarks/results or docs
     args.out = args.out or os.path.join(args.cache if args.quick else os.path.join(HERE, 'results'),
                                         f'latency_accuracy_{suffix}.json')
+    args.docs = args.docs or (args.cache if args.quick else os.path.join(HERE, '..', 'docs'))
     args.targets = [float(t) for t in args.targets.split(',')]
     args.seeds = [int(s) for s in (args.seeds or ('0' if args.quick else '0,1,2')).split(',')]
     os.makedirs(args.cache, exist_ok=True)
@@ -500,13 +548,15 @@ def main():
     if 'teacher' not in results:
         results['teacher'] = {**track.teacher_metrics, 'params': pdf.count_params(track.teacher),
                               'macs': pdf.count_macs(track.teacher, track.input_size)}
-    results['setup'] = {'machine': f'{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), '
-                        f'torch {torch.__version__}', 'threads': args.threads,
-                        'date': datetime.date.today().isoformat(), 'command': ' '.join(['python'] + sys.argv),
-                        'latency': {k: (list(v) if isinstance(v, tuple) else v) for k, v in track.lat_kw.items()},
-                        'finetune': f'{track.ft_iters} iterations, batch {track.ft_batch}, SGD lr {track.ft_lr}, '
-                                    'StepLR x0.1 at 40%, BatchNorm statistics frozen',
-                        'candidates': track.candidates}
+    setup = {'machine': f'{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), '
+             f'torch {torch.__version__}', 'threads': args.threads,
+             'date': datetime.date.today().isoformat(), 'command': ' '.join(['python'] + sys.argv),
+             'latency': {k: (list(v) if isinstance(v, tuple) else v) for k, v in track.lat_kw.items()},
+             'finetune': f'{track.ft_iters} iterations, batch {track.ft_batch}, SGD lr {track.ft_lr}, '
+                         'StepLR x0.1 at 40%, BatchNorm statistics frozen',
+             'candidates': track.candidates}
+    if not (args.report_only or args.remeasure_latency) or 'setup' not in results:  # the run's setup stays
+        results['setup'] = setup
     deadline = None
     if args.deadline:
         h, m = map(int, args.deadline.split(':'))
@@ -529,6 +579,9 @@ def main():
               f"blocks {r.get('blocks')} ratio {r.get('ratio')} ({time.perf_counter() - start:.0f}s)", flush=True)
         results['scores'] = {k: v for k, v in track.cache.items() if k.startswith('scores|')}
         _write_json(args.out, results)
+    if args.remeasure_latency:
+        results['latency_idle'] = {**track.remeasure_latency(results['rows'], args.remeasure_latency),
+                                   'command': ' '.join(['python'] + sys.argv)}
     results['scores'] = {k: v for k, v in track.cache.items() if k.startswith('scores|')}
     results['choices'] = {k: v for k, v in track.cache.items() if k.startswith('choice|')}
     if args.track == 'A' and not args.quick:

@@ -8,11 +8,13 @@ differ:
     synth  BatchNorm-inversion images of the teacher (synth.synthesize, fast preset)
     ood    Fashion-MNIST (Debian package dataset-fashion-mnist) upsampled to RGB
     real   a few real ImageNet images of imagenet-sample, disjoint from the evaluation images
+    none   no recovery: the blocks dropped and nothing fitted (the lite0 quickstart's student)
 
-Each student: adaptors fitted around the gaps and folded (drop_and_recover), then MiR finetuning with
-BatchNorm statistics frozen. Then practise_df.robustness on held-out imagenet-sample images: clean
-top-1, mean corruption top-1, mCE and relative mCE with the teacher as baseline, agreement.
-Resumable: students and evaluations are cached under --work; re-running skips what is done.
+Each recovered student: adaptors fitted around the gaps and folded (drop_and_recover), then MiR
+finetuning with BatchNorm statistics frozen. Then practise_df.robustness on held-out imagenet-sample
+images: clean top-1, mean corruption top-1, mCE and relative mCE with the teacher as baseline,
+agreement; the students not evaluated yet share one pass (each batch corrupted and the teacher run
+once). Resumable: students and evaluations are cached under --work; re-running skips what is done.
 
     python benchmarks/bench_robustness.py --threads 1
 """
@@ -28,7 +30,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, 'benchmarks')]
-from practise_df import create_model, drop_and_recover, load_compressed, save_compressed  # noqa: E402
+from practise_df import create_model, drop_and_recover, drop_blocks, load_compressed, save_compressed  # noqa: E402
 from practise_df._io import write_json_atomic  # noqa: E402
 from practise_df.data import ImageFolderDataset, eval_transform  # noqa: E402
 from practise_df.finetune import FinetuneConfig, finetune  # noqa: E402
@@ -37,7 +39,7 @@ from practise_df.models import efficientnet_lite0_weights, resolve_data_config  
 from practise_df.robustness import evaluate_robustness, save_heatmap  # noqa: E402
 
 SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'imagenet-sample')
-SOURCES = ('synth', 'ood', 'real')
+SOURCES = ('synth', 'ood', 'real', 'none')
 
 
 def recovery_images(source, teacher, data_config, sample, train_idx, args):
@@ -63,6 +65,8 @@ def student_for(source, teacher, data_config, sample, train_idx, args):
     path = os.path.join(args.work, f'student_{source}')
     if os.path.isfile(os.path.join(path, 'model.safetensors')):
         return load_compressed(path), json.load(open(os.path.join(path, 'timing.json')))
+    if source == 'none':
+        return drop_blocks(teacher, args.blocks), {'recover_s': 0.0}
     start = time.perf_counter()
     images = recovery_images(source, teacher, data_config, sample, train_idx, args)
     student = drop_and_recover(teacher, args.blocks, images[:args.score_images], seed=args.seed)
@@ -116,23 +120,28 @@ def main():
     results.update(settings=settings, machine=f'{platform.machine()}, {os.cpu_count()} CPU cores, torch '
                    f'{torch.__version__}, {args.threads} thread(s)', students=results.get('students', {}))
 
+    students, timings = {}, {}
     for source in [s.strip() for s in args.sources.split(',') if s.strip()]:
-        if source in results['students']:
-            continue
-        print(f'--- {source}', file=sys.stderr, flush=True)
-        student, timing = student_for(source, teacher, data_config, sample, train_idx, args)
-        if 'latency' not in results:
-            t, s = measure_latencies([teacher, student], data_config['input_size'], batch_size=32, repeats=5)
+        if source not in results['students']:
+            print(f'--- {source}', file=sys.stderr, flush=True)
+            students[source], timings[source] = student_for(source, teacher, data_config, sample, train_idx, args)
+    if students:
+        if 'latency' not in results:  # every student drops the same blocks: one measurement
+            t, s = measure_latencies([teacher, next(iter(students.values()))], data_config['input_size'],
+                                     batch_size=32, repeats=5)
             results['latency'] = {'batch_size': 32, 'teacher_ms': t.median_ms, 'student_ms': s.median_ms,
                                   'saved_pct': 100 * (1 - s.median_ms / t.median_ms)}
         start = time.perf_counter()
-        r = evaluate_robustness(student, loader, data_config['mean'], data_config['std'], teacher=teacher,
-                                corruptions=args.corruptions, severities=args.severities, seed=args.seed)
-        r['eval_s'] = time.perf_counter() - start
-        r.update(timing)
-        r['heatmap'] = save_heatmap(r, os.path.join(args.docs, f'robustness_{source}.png'),
-                                    title=f'lite0 minus {len(args.blocks)} blocks, recovered on {source} images')
-        results['students'][source] = r
+        evaluated = evaluate_robustness(students, loader, data_config['mean'], data_config['std'], teacher=teacher,
+                                        corruptions=args.corruptions, severities=args.severities, seed=args.seed)
+        for source, r in evaluated.items():
+            r['eval_s'] = time.perf_counter() - start  # the shared pass, for all of them
+            r['evaluated_with'] = sorted(students)
+            r.update(timings[source])
+            what = 'not recovered' if source == 'none' else f'recovered on {source} images'
+            r['heatmap'] = save_heatmap(r, os.path.join(args.docs, f'robustness_{source}.png'),
+                                        title=f'lite0 minus {len(args.blocks)} blocks, {what}')
+            results['students'][source] = r
         results['date'] = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
         write_json_atomic(args.out, results)
     write_markdown(results, os.path.splitext(args.out)[0] + '.md')
@@ -156,7 +165,7 @@ def write_markdown(results, path):
                      f"{r['clean']['agreement']:.1f} / {s['mean_corruption_agreement']:.1f} |")
     st = results['settings']
     head = (f"Teacher tf_efficientnet_lite0 (offline weights); every student drops {', '.join(st['blocks'])}; "
-            f"{st['num_images']} recovery images per source, adaptors fitted and folded, MiR "
+            f"{st['num_images']} recovery images per source (none: no recovery), adaptors fitted and folded, MiR "
             f"{st['finetune_iters']} iterations (batch {st['batch_size']}, lr {st['lr']}, BatchNorm frozen). "
             f"Evaluation: {st['eval_images']} held-out imagenet-sample images, corruptions {st['corruptions']}, "
             f"severities {st['severities']}, seed {st['seed']}. Latency: batch {lat.get('batch_size')}, 224 px, CPU. "
