@@ -136,18 +136,17 @@ class Track:
 
     def remeasure_latency(self, rows, repeats):
         """Time the teacher and every distinct student of the finished rows again, interleaved in one run (meant
-        for an idle machine), and store the saving as ``saved_pct_idle`` in the choices and the rows."""
-        choices = {}
+        for an idle machine), and store the saving as ``saved_pct_idle`` in each row."""
+        groups = {}  # one student per block choice or pruning ratio, shared by the rows that use it
         for r in rows.values():
             if r['status'] == 'done':
-                choices.setdefault(json.dumps([r.get('blocks'), r.get('ratio')]), []).append(r)
-        keys = list(choices)
-        students = [self.build({'blocks': json.loads(k)[0]} if json.loads(k)[0] else {'ratio': json.loads(k)[1]})
-                    for k in keys]
+                groups.setdefault(json.dumps([r.get('blocks'), r.get('ratio')]), []).append(r)
+        students = [self.build({'blocks': g[0]['blocks']} if g[0].get('blocks') else {'ratio': g[0]['ratio']})
+                    for g in groups.values()]
         lat = measure_latencies([self.teacher] + students, **{**self.lat_kw, 'repeats': repeats, 'warmup': 2})
         base = lat[0].median_ms
-        for k, student_lat in zip(keys, lat[1:]):
-            for r in choices[k]:
+        for group, student_lat in zip(groups.values(), lat[1:]):
+            for r in group:
                 r['saved_pct_idle'] = 100 * (1 - student_lat.median_ms / base)
         return {'teacher_ms': base, 'repeats': repeats, 'students': len(students),
                 'date': datetime.datetime.now().isoformat(timespec='minutes')}
