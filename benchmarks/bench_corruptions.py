@@ -63,9 +63,9 @@ def load_images(folder: str, n: int, data_config: dict, seed: int):
 
 @torch.inference_mode()
 def top1(model, images: torch.Tensor, labels: torch.Tensor, data_config: dict, batch_size: int = 64) -> float:
-    """Top-1 (%) of float images in [0, 1] (N, 3, H, W)."""
-    mean = torch.tensor(data_config['mean']).view(1, 3, 1, 1)
-    std = torch.tensor(data_config['std']).view(1, 3, 1, 1)
+    """Top-1 (%) of float images in [0, 1] (N, 3, H, W), on the images' device."""
+    mean = torch.tensor(data_config['mean'], device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(data_config['std'], device=images.device).view(1, 3, 1, 1)
     correct = 0
     for i in range(0, len(images), batch_size):
         batch = ((images[i:i + batch_size].float() - mean) / std).contiguous(memory_format=torch.channels_last)

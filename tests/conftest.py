@@ -11,6 +11,8 @@ from PIL import Image
 from practise_df import create_model
 
 SMALL = (3, 64, 64)
+# Device of the device-aware tests (corruptions, robustness), timm's convention: `TORCH_DEVICE=cuda pytest ...`.
+DEVICE = torch.device(os.environ.get('TORCH_DEVICE', 'cpu'))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -1,10 +1,14 @@
-"""practise_df.corruptions: the 15 ImageNet-C corruptions on generated images (no files)."""
+"""practise_df.corruptions: the 15 ImageNet-C corruptions on generated images (no files).
+
+They run on ``TORCH_DEVICE`` (default cpu): ``TORCH_DEVICE=cuda pytest tests/test_corruptions.py`` checks a GPU, and
+then also compares it with the CPU."""
 import math
 
 import kornia
 import pytest
 import torch
 
+from conftest import DEVICE
 from practise_df import corruptions as C
 
 RANDOM = {'gaussian_noise', 'shot_noise', 'impulse_noise', 'glass_blur', 'motion_blur', 'snow', 'frost', 'fog',
@@ -13,20 +17,24 @@ RANDOM = {'gaussian_noise', 'shot_noise', 'impulse_noise', 'glass_blur', 'motion
 
 def make_images(n: int = 4, size: int = 64, seed: int = 0) -> torch.Tensor:
     """Smooth random colour fields plus gradients and a few edges, in [0.05, 0.95]."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     coarse = torch.rand(n, 3, 6, 6, generator=gen)
     smooth = torch.nn.functional.interpolate(coarse, size=(size, size), mode='bicubic', align_corners=False)
     ramp = torch.linspace(0, 1, size)
     gradient = (ramp.view(1, 1, 1, size) + ramp.view(1, 1, size, 1)) / 2
     edges = ((torch.arange(size) // 8) % 2).float().view(1, 1, 1, size) * 0.2
-    return (0.5 * smooth + 0.35 * gradient + edges).clamp(0.05, 0.95)
+    return (0.5 * smooth + 0.35 * gradient + edges).clamp(0.05, 0.95).to(DEVICE)
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator(device=DEVICE).manual_seed(seed)
 
 
 IMAGES = make_images()
 
 
 def distance(name: str, severity: int, images=IMAGES, seed: int = 0) -> float:
-    out = C.corrupt(images, name, severity, torch.Generator().manual_seed(seed))
+    out = C.corrupt(images, name, severity, generator(seed))
     return float((out - images).abs().mean())
 
 
@@ -46,7 +54,7 @@ def test_public_names():
 @pytest.mark.parametrize('name', C.CORRUPTIONS)
 def test_every_severity_changes_image_and_keeps_shape_dtype_range(name):
     for severity in C.SEVERITIES:
-        out = C.corrupt(IMAGES, name, severity, torch.Generator().manual_seed(0))
+        out = C.corrupt(IMAGES, name, severity, generator(0))
         assert out.shape == IMAGES.shape and out.dtype == IMAGES.dtype and out.device == IMAGES.device
         assert out.min() >= 0 and out.max() <= 1
         levels = out * 255
@@ -56,14 +64,14 @@ def test_every_severity_changes_image_and_keeps_shape_dtype_range(name):
 
 def natural_images(n: int, size: int = 224, seed: int = 0) -> torch.Tensor:
     """Colour 1/f noise (the power spectrum of natural images), in [0.02, 0.98]."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     f = torch.fft.fftfreq(size).abs()
     radius = torch.sqrt(f.view(-1, 1) ** 2 + f[: size // 2 + 1].view(1, -1) ** 2).clamp_min(1 / size)
     spectrum = torch.randn(n, 3, size, size // 2 + 1, 2, generator=gen)
     noise = torch.fft.irfft2(torch.view_as_complex(spectrum) / radius, s=(size, size))
     noise = noise + noise.mean(1, keepdim=True)  # correlated channels
     low, high = noise.amin((1, 2, 3), keepdim=True), noise.amax((1, 2, 3), keepdim=True)
-    return 0.02 + 0.96 * (noise - low) / (high - low)
+    return (0.02 + 0.96 * (noise - low) / (high - low)).to(DEVICE)
 
 
 # Severity pairs whose mean |corrupted - clean| decreases in the reference itself (imagecorruptions-imaug 1.1.5,
@@ -88,16 +96,16 @@ def test_severity_is_monotone(name):
 
 @pytest.mark.parametrize('name', sorted(RANDOM))
 def test_deterministic_by_seed(name):
-    a = C.corrupt(IMAGES, name, 3, torch.Generator().manual_seed(7))
-    b = C.corrupt(IMAGES, name, 3, torch.Generator().manual_seed(7))
-    c = C.corrupt(IMAGES, name, 3, torch.Generator().manual_seed(8))
+    a = C.corrupt(IMAGES, name, 3, generator(7))
+    b = C.corrupt(IMAGES, name, 3, generator(7))
+    c = C.corrupt(IMAGES, name, 3, generator(8))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
 
 @pytest.mark.parametrize('name', sorted(set(C.CORRUPTIONS) - RANDOM))
 def test_deterministic_corruptions_need_no_generator(name):
-    assert torch.equal(C.corrupt(IMAGES, name, 2), C.corrupt(IMAGES, name, 2, torch.Generator().manual_seed(3)))
+    assert torch.equal(C.corrupt(IMAGES, name, 2), C.corrupt(IMAGES, name, 2, generator(3)))
 
 
 def test_batch_independent_of_neighbours_for_deterministic_ones():
@@ -133,7 +141,7 @@ def test_float64_supported(name):
     # float64 is computed in float64: the same corruption as float32 up to rounding (the random ones draw their
     # numbers in the input's precision, so they are only compared by shape, dtype and range)
     images = IMAGES[:2].double()
-    out = C.corrupt(images, name, 3, torch.Generator().manual_seed(0))
+    out = C.corrupt(images, name, 3, generator(0))
     assert out.dtype == torch.float64 and out.shape == images.shape and 0 <= out.min() and out.max() <= 1
     if name not in RANDOM:
         # one 8-bit level at most, where float32 and float64 fall on either side of a level
@@ -146,14 +154,14 @@ def test_half_precision_returns_half():
 
 
 def test_non_square_images():
-    images = torch.rand(2, 3, 48, 80)
+    images = torch.rand(2, 3, 48, 80, device=DEVICE)
     for name in C.CORRUPTIONS:
-        assert C.corrupt(images, name, 5, torch.Generator().manual_seed(0)).shape == images.shape
+        assert C.corrupt(images, name, 5, generator(0)).shape == images.shape
 
 
 def test_brightness_is_the_hsv_round_trip():
     # the closed form used must equal kornia's rgb -> hsv, V + c, hsv -> rgb
-    images = torch.cat([IMAGES, torch.zeros(1, 3, 64, 64)])  # black pixels too
+    images = torch.cat([IMAGES, torch.zeros(1, 3, 64, 64, device=DEVICE)])  # black pixels too
     for severity, c in zip(C.SEVERITIES, (.1, .2, .3, .4, .5)):
         hsv = kornia.color.rgb_to_hsv(images)
         expected = kornia.color.hsv_to_rgb(torch.cat([hsv[:, :2], (hsv[:, 2:] + c).clamp(0, 1)], 1))
@@ -162,27 +170,27 @@ def test_brightness_is_the_hsv_round_trip():
 
 def test_filters_match_their_direct_definitions():
     x = make_images(n=2, size=40, seed=3)
-    kernel = C._disk(6, 0.5, 1.0, 'cpu', torch.float32)
+    kernel = C._disk(6, 0.5, 1.0, DEVICE, torch.float32)
     torch.testing.assert_close(C._filter(x, kernel), kornia.filters.filter2d(x, kernel[None], border_type='reflect'),
                                atol=1e-5, rtol=0)
     expected = kornia.filters.gaussian_blur2d(x, (13, 13), (1.5, 1.5), border_type='replicate')
     torch.testing.assert_close(C._gaussian(x, 1.5, 4.0, 'replicate'), expected, atol=1e-5, rtol=0)
     # motion blur: a bright point becomes a streak of 2 * radius + 1 half-Gaussian taps along the angle
-    point = torch.zeros(1, 1, 40, 40)
+    point = torch.zeros(1, 1, 40, 40, device=DEVICE)
     point[0, 0, 20, 20] = 1
     streak = C._motion_blur(point, 5, 3.0, torch.tensor([0.0]))
     taps = torch.exp(-torch.arange(11.0) ** 2 / 18)
-    torch.testing.assert_close(streak[0, 0, 20, 10:21].flip(0), taps / taps.sum())
+    torch.testing.assert_close(streak[0, 0, 20, 10:21].flip(0).cpu(), taps / taps.sum())
 
 
 def test_pixelate_matches_pil():
     from PIL import Image
-    image = (make_images(n=1, size=64, seed=4)[0] * 255).round().to(torch.uint8)
+    image = (make_images(n=1, size=64, seed=4)[0].cpu() * 255).round().to(torch.uint8)
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
     for severity, c in zip(C.SEVERITIES, (0.6, 0.5, 0.4, 0.3, 0.25)):
         small = pil.resize((int(64 * c), int(64 * c)), Image.BOX)
         expected = torch.from_numpy(__import__('numpy').asarray(small.resize((64, 64), Image.NEAREST)).copy())
-        ours = C.corrupt(image[None].float() / 255, 'pixelate', severity)[0].permute(1, 2, 0) * 255
+        ours = C.corrupt(image[None].to(DEVICE).float() / 255, 'pixelate', severity)[0].cpu().permute(1, 2, 0) * 255
         # PIL rounds its intermediate image to uint8
         assert (ours - expected.float()).abs().max() <= 1 + 1e-4
 
@@ -196,8 +204,8 @@ def test_size_scaling_keeps_reference_parameters_at_224():
 def test_procedural_frost(monkeypatch):
     monkeypatch.setattr(C, 'FROST_DIR', None)
     assert C.frost_source() == 'procedural'
-    a = C.corrupt(IMAGES, 'frost', 3, torch.Generator().manual_seed(0))
-    assert torch.equal(a, C.corrupt(IMAGES, 'frost', 3, torch.Generator().manual_seed(0)))
+    a = C.corrupt(IMAGES, 'frost', 3, generator(0))
+    assert torch.equal(a, C.corrupt(IMAGES, 'frost', 3, generator(0)))
     assert (a - IMAGES).abs().mean() > 0.05
 
 
@@ -228,6 +236,26 @@ def test_generator_on_another_device_is_accepted():
     assert math.isclose(float((out - IMAGES).std()), 0.08, rel_tol=0.15)
 
 
+@pytest.mark.skipif(DEVICE.type == 'cpu', reason='compares TORCH_DEVICE with the CPU: run with TORCH_DEVICE=cuda')
+def test_device_matches_the_cpu():
+    # With a CPU generator the device draws the CPU's numbers, so it must give the CPU's images up to float
+    # rounding: a value may land on the other side of an 8-bit level. JPEG may differ more (nvjpeg vs libjpeg).
+    images = natural_images(2)
+    failures = []
+    for name in C.CORRUPTIONS:
+        for severity in (1, 5):
+            on_device = C.corrupt(images, name, severity, torch.Generator().manual_seed(severity))
+            on_cpu = C.corrupt(images.cpu(), name, severity, torch.Generator().manual_seed(severity))
+            assert on_device.device == images.device
+            levels = (on_device.cpu() - on_cpu).abs() * 255
+            changed, far = float((levels > 1e-3).float().mean()), float((levels > 1 + 1e-3).float().mean())
+            ok = levels.mean() < 1.5 if name == 'jpeg_compression' else changed < 0.02 and far < 1e-3
+            if not ok:
+                failures.append(f'{name} {severity}: {changed:.2%} of values differ, {far:.3%} by more than one '
+                                f'level, mean {levels.mean():.3f} levels, max {levels.max():.0f}')
+    assert not failures, '\n'.join(failures)
+
+
 def test_glass_shuffle_is_the_reference_loop(monkeypatch):
     # the reference: for h, w in descending raster order, x[h, w], x[h', w'] = x[h', w'], x[h, w] on numpy views,
     # i.e. x[h, w] = x[h + dy, w + dx] in place. Same offsets, same result, for every delta and iteration count.
@@ -242,7 +270,7 @@ def test_glass_shuffle_is_the_reference_loop(monkeypatch):
     h, w = 20, 17
     for delta, iterations in ((1, 2), (2, 3), (4, 2)):
         draws.clear()
-        source = C._glass_shuffle(2, h, w, delta, iterations, torch.Generator().manual_seed(delta), 'cpu')
+        source = C._glass_shuffle(2, h, w, delta, iterations, generator(delta), DEVICE)
         assert len(draws) == 2 * iterations  # dy, dx per iteration
         for m in range(2):
             grid = list(range(h * w))

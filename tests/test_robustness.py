@@ -1,4 +1,6 @@
-"""Robustness evaluation: accuracy under corruptions, CE / mCE against the teacher, CLI and compress."""
+"""Robustness evaluation: accuracy under corruptions, CE / mCE against the teacher, CLI and compress.
+
+The evaluation itself runs on ``TORCH_DEVICE`` (default cpu; ``TORCH_DEVICE=cuda pytest ...`` checks a GPU)."""
 import json
 import os
 
@@ -6,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import make_image_folder
+from conftest import DEVICE, make_image_folder
 from practise_df import drop_blocks, resolve_data_config
 from practise_df.cli import main
 from practise_df.compress import CompressConfig, compress
@@ -14,7 +16,7 @@ from practise_df.data import ImageFolderDataset, eval_transform
 from practise_df.finetune import FinetuneConfig
 from practise_df.robustness import _summary, evaluate_robustness, robustness_table, save_heatmap
 
-SUBSET = dict(corruptions='gaussian_noise,fog,jpeg_compression', severities='1,5')
+SUBSET = dict(corruptions='gaussian_noise,fog,jpeg_compression', severities='1,5', device=DEVICE)
 
 
 @pytest.fixture
