@@ -17,7 +17,7 @@ RANDOM = {'gaussian_noise', 'shot_noise', 'impulse_noise', 'glass_blur', 'motion
 
 def make_images(n: int = 4, size: int = 64, seed: int = 0) -> torch.Tensor:
     """Smooth random colour fields plus gradients and a few edges, in [0.05, 0.95]."""
-    gen = generator(seed)
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same images on every device
     coarse = torch.rand(n, 3, 6, 6, generator=gen)
     smooth = torch.nn.functional.interpolate(coarse, size=(size, size), mode='bicubic', align_corners=False)
     ramp = torch.linspace(0, 1, size)
@@ -64,7 +64,7 @@ def test_every_severity_changes_image_and_keeps_shape_dtype_range(name):
 
 def natural_images(n: int, size: int = 224, seed: int = 0) -> torch.Tensor:
     """Colour 1/f noise (the power spectrum of natural images), in [0.02, 0.98]."""
-    gen = generator(seed)
+    gen = torch.Generator().manual_seed(seed)
     f = torch.fft.fftfreq(size).abs()
     radius = torch.sqrt(f.view(-1, 1) ** 2 + f[: size // 2 + 1].view(1, -1) ** 2).clamp_min(1 / size)
     spectrum = torch.randn(n, 3, size, size // 2 + 1, 2, generator=gen)
@@ -183,6 +183,16 @@ def test_filters_match_their_direct_definitions():
     torch.testing.assert_close(streak[0, 0, 20, 10:21].flip(0).cpu(), taps / taps.sum())
 
 
+def test_motion_blur_batched_matches_image_by_image():
+    # the GPU path (one gather per tap for all images) against the CPU path (shifted views, image by image), on
+    # TORCH_DEVICE; a radius larger than the image exercises the taps the reference stops at
+    x = make_images(n=5, size=40, seed=5)
+    angles = torch.tensor([-45.0, 0.0, 30.0, 90.0, 137.0])
+    for radius, sigma in ((5, 3.0), (30, 15.0)):
+        torch.testing.assert_close(C._motion_blur(x, radius, sigma, angles, batched=True),
+                                   C._motion_blur(x, radius, sigma, angles, batched=False), atol=1e-6, rtol=0)
+
+
 def test_pixelate_matches_pil():
     from PIL import Image
     image = (make_images(n=1, size=64, seed=4)[0].cpu() * 255).round().to(torch.uint8)
@@ -264,7 +274,7 @@ def test_glass_shuffle_is_the_reference_loop(monkeypatch):
 
     def recording(*args, **kwargs):
         out = real(*args, **kwargs)
-        draws.append(out.clone())
+        draws.append(out.cpu())  # a copy, read element by element below
         return out
     monkeypatch.setattr(C, '_randint', recording)
     h, w = 20, 17
