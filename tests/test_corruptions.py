@@ -302,3 +302,62 @@ def test_glass_shuffle_is_the_reference_loop(monkeypatch):
                         dy, dx = int(ys[m, y - delta - 1, x - delta - 1]), int(xs[m, y - delta - 1, x - delta - 1])
                         grid[y * w + x] = grid[(y + dy) * w + x + dx]
             assert source[m].tolist() == grid
+
+
+def poisson_pmf(rate: float, count: int) -> float:
+    return math.exp(count * math.log(rate) - rate - math.lgamma(count + 1)) if rate else float(count == 0)
+
+
+def test_shot_noise_tables_encode_the_poisson_pmf():
+    # exactly: column j of row k is drawn with probability 1 / n and kept with probability threshold - j, else its
+    # alias j + jump; summed per count, the Poisson pmf of the rate c * k / 255
+    for c in (60, 3):
+        threshold, jump = C._poisson_alias(c, 'cpu')
+        n = threshold.shape[1]
+        column = torch.arange(n, dtype=torch.float64).expand(256, n)
+        keep = threshold - column
+        implied = torch.zeros(256, n, dtype=torch.float64).scatter_add_(1, column.long(), keep / n)
+        implied.scatter_add_(1, (column + jump).long(), (1 - keep) / n)
+        expected = torch.tensor([[poisson_pmf(c * k / 255, m) for m in range(n)] for k in range(256)],
+                                dtype=torch.float64)
+        torch.testing.assert_close(implied, expected, atol=1e-12, rtol=0)
+
+
+def test_shot_noise_draws_poisson_counts_on_the_8bit_grid():
+    # uint8 images / 255 take the table sampler. Per level, the frequency of every count is its Poisson pmf within
+    # 5 standard errors (plus one draw, for counts expected less than once) and the mean is the rate within 5: a
+    # count or level off by one, or a rate of c * k / 256, fails.
+    levels, draws = [0, 1, 17, 128, 254, 255], 100_000
+    x = (torch.tensor(levels, dtype=torch.float32).repeat(draws) / 255).view(-1, 3, 50, 40)
+    for severity, c in ((1, 60), (5, 3)):
+        counts = (C.shot_noise(x, severity, torch.Generator().manual_seed(severity)) * c).round().long().flatten()
+        for i, k in enumerate(levels):
+            rate, drawn = c * k / 255, counts[i::len(levels)]
+            pmf = torch.tensor([poisson_pmf(rate, m) for m in range(int(drawn.max()) + 30)], dtype=torch.float64)
+            frequency = torch.bincount(drawn, minlength=len(pmf)).double() / draws
+            tolerance = 5 * (pmf * (1 - pmf) / draws).sqrt() + 1 / draws
+            assert ((frequency - pmf).abs() <= tolerance).all(), f'c={c}, level {k}'
+            assert abs(drawn.double().mean() - rate) <= 5 * math.sqrt(rate / draws), f'c={c}, level {k}'
+
+
+def test_shot_noise_table_edges_seeds_and_fallback(monkeypatch):
+    grid = torch.randint(0, 256, (3, 3, 40, 40), generator=torch.Generator().manual_seed(0)).float() / 255
+    assert C._on_8bit_grid(grid) and C._on_8bit_grid(grid.double())
+    for off in (grid + 0.3 / 255, grid * 2, grid - 1 / 255, IMAGES):
+        assert not C._on_8bit_grid(off)
+    # deterministic by seed, and the same counts in float64 (the uniforms are float64 either way)
+    a = C.shot_noise(grid, 2, torch.Generator().manual_seed(7))
+    assert torch.equal(a, C.shot_noise(grid, 2, torch.Generator().manual_seed(7)))
+    assert not torch.equal(a, C.shot_noise(grid, 2, torch.Generator().manual_seed(8)))
+    a64 = C.shot_noise(grid.double(), 2, torch.Generator().manual_seed(7))
+    assert torch.equal((a * 25).round().double(), (a64 * 25).round())
+    # off the grid: torch.poisson, as before
+    off = grid + 0.3 / 255
+    expected = torch.poisson(off * 25, generator=torch.Generator().manual_seed(7)) / 25
+    assert torch.equal(C.shot_noise(off, 2, torch.Generator().manual_seed(7)), expected)
+    # the largest and smallest uniforms still fall in their level's row (the largest in its last column)
+    for u in (1 - 2 ** -53, 0.0):
+        monkeypatch.setattr(C, '_rand', lambda shape, *args, u=u: torch.full(shape, u, dtype=torch.float64))
+        for severity, c in zip(C.SEVERITIES, (60, 25, 12, 5, 3)):
+            counts = C.shot_noise(grid, severity, None) * c
+            assert counts.min() >= 0 and counts.max() < C._poisson_alias(c, 'cpu')[0].shape[1]
