@@ -124,25 +124,25 @@ def _border_index(index: Tensor, n: int, border: str) -> Tensor:
     return torch.where(index > n - 1, 2 * n - 1 - index, index)
 
 
-def _blur_matrix(n: int, sigma: float, truncate: float, border: str, device, dtype) -> Tensor:
-    """(n, n) matrix of a 1-D Gaussian filter (scipy: radius ``int(truncate * sigma + 0.5)``) with its border."""
+def _blur_axis(x: Tensor, sigma: float, truncate: float, border: str, dim: int) -> Tensor:
+    """A 1-D Gaussian filter along ``dim`` (scipy: radius ``int(truncate * sigma + 0.5)``) with its border, as a
+    sum of shifted slices of the border-padded tensor (kornia's kernel)."""
     radius = int(truncate * sigma + 0.5)
-    kernel = kornia.filters.get_gaussian_kernel1d(2 * radius + 1, float(sigma)).to(torch.float64)
-    index = torch.arange(n)[:, None] + torch.arange(-radius, radius + 1)[None, :]
-    matrix = torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, _border_index(index, n, border),
-                                                                  kernel.expand(n, -1).contiguous())
-    return matrix.to(device, dtype)
+    kernel = kornia.filters.get_gaussian_kernel1d(2 * radius + 1, float(sigma)).flatten().tolist()
+    n = x.shape[dim]
+    padded = x.index_select(dim, _border_index(torch.arange(-radius, n + radius, device=x.device), n, border))
+    out = padded.narrow(dim, 0, n) * kernel[0]
+    for t in range(1, 2 * radius + 1):
+        out.add_(padded.narrow(dim, t, n), alpha=kernel[t])
+    return out
 
 
 def _gaussian(x: Tensor, sigma, truncate: float, border: str) -> Tensor:
-    """scikit-image / scipy ``gaussian`` (sigma, or (sigma_y, sigma_x)) of every channel, as two matrix products
-    (the separable filter along each axis). kornia.filters.gaussian_blur2d gives the same numbers but is a
-    depthwise convolution, 3-4x slower on the CPU; kornia's kernel is used."""
-    h, w = x.shape[-2:]
+    """scikit-image / scipy ``gaussian`` (sigma, or (sigma_y, sigma_x)) of every channel: the separable filter
+    along each axis. kornia.filters.gaussian_blur2d gives the same numbers but is a depthwise convolution, 3-4x
+    slower on the CPU (and (n, n) matrix products, 5x slower for the 7-15 taps used here)."""
     sy, sx = sigma if isinstance(sigma, tuple) else (sigma, sigma)
-    rows = _blur_matrix(h, sy, truncate, border, x.device, x.dtype)
-    cols = _blur_matrix(w, sx, truncate, border, x.device, x.dtype).T
-    return _blocks(lambda b: rows @ b @ cols, x)
+    return _blocks(lambda b: _blur_axis(_blur_axis(b, sy, truncate, border, -2), sx, truncate, border, -1), x)
 
 
 def _motion_blur(x: Tensor, radius: int, sigma: float, angle: Tensor, batched: bool | None = None) -> Tensor:
@@ -723,14 +723,28 @@ def corrupt(images: Tensor, name: str, severity: int, generator: torch.Generator
     if images.shape[0] == 0:
         return images.clone()
     work = images if images.dtype in (torch.float32, torch.float64) else images.float()
-    out = _FUNCTIONS[name](work, severity, generator)  # a new tensor: changed in place below (saves passes)
+    if work.device.type == 'cpu' and len(work) > _CPU_CHUNK:
+        # a chunk's temporaries stay in the CPU's caches: 1.5-3x faster than whole batches of 64
+        out = torch.cat([_corrupt(work[i:i + _CPU_CHUNK], name, severity, generator)
+                         for i in range(0, len(work), _CPU_CHUNK)])
+    else:
+        out = _corrupt(work, name, severity, generator)
+    return out.to(images.dtype)
+
+
+# Images per call on the CPU (random numbers are then drawn chunk by chunk)
+_CPU_CHUNK = 8
+
+
+def _corrupt(x: Tensor, name: str, severity: int, generator) -> Tensor:
+    out = _FUNCTIONS[name](x, severity, generator)  # a new tensor: changed in place below (saves passes)
     out.clamp_(0, 1)
     if name == 'pixelate':  # PIL rounds to 8 bits
         out.mul_(255).round_().div_(255)
     elif name != 'jpeg_compression':  # already 8-bit
         # the reference returns np.uint8(x * 255), which truncates (the epsilon keeps exact levels in float32)
         out.mul_(255).add_(1e-4).floor_().div_(255)
-    return out.to(images.dtype)
+    return out
 
 
 def parse_corruptions(text: str | None) -> list[str]:
