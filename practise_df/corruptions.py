@@ -18,8 +18,10 @@ noise, brightness, contrast, pixelate (a fraction of the size) and JPEG quality 
 
 Randomness comes only from ``generator`` (the same seed gives the same output on the same device).
 Random numbers are drawn on the generator's device and moved to the images, so a CPU generator also
-works for CUDA images (and then draws the same numbers as on the CPU); a generator on the images'
-device is faster. The outputs lie on the 8-bit grid, as the reference's uint8 images do.
+works for CUDA images (a generator on the images' device is faster). On the CPU a batch is corrupted
+in chunks of 8 images, each drawing its own numbers in turn; so a CPU generator gives CUDA images of up
+to 8 the CPU's output, up to float rounding (``tests/test_corruptions.py`` checks it on a GPU). The
+outputs lie on the 8-bit grid, as the reference's uint8 images do.
 
 Frost overlays photos of frost in the reference. They are not shipped here: when the
 ``imagecorruptions`` package is installed its six photos are loaded from it (:data:`FROST_DIR`),
