@@ -93,22 +93,34 @@ def fidelity_and_speed(model, data_config, args, device, reference: dict) -> dic
                 per_sev[str(sev)] = {'ours_top1': top1(model, corrupted, labels, data_config),
                                      'images_per_s': {str(b): images_per_second(clean, name, sev, b, seed)
                                                       for b in args.batch_sizes}}
-        ref = reference.get('summary', {}).get(name, {})
-        ref_sev = reference.get('corruptions', {}).get(name, {})
         ours = sum(v['ours_top1'] for v in per_sev.values()) / len(per_sev)
         row = {'ours_top1': ours, 'severities': per_sev,
                # images/s over all severities: total images / total time
                'ours_images_per_s': {str(b): len(per_sev) / sum(1 / v['images_per_s'][str(b)] for v in per_sev.values())
                                      for b in args.batch_sizes}}
-        if all(str(s) in ref_sev and 'ref_top1' in ref_sev[str(s)] for s in C.SEVERITIES):
-            row['ref_top1'] = sum(ref_sev[str(s)]['ref_top1'] for s in C.SEVERITIES) / len(C.SEVERITIES)
-            row['diff'] = ours - row['ref_top1']
-            row['faithful'] = abs(row['diff']) <= FAITHFUL_POINTS
-            row['ref_images_per_s'] = ref.get('ref_images_per_s')
+        add_reference(row, name, reference)
         rows['corruptions'][key] = row
         print(f"{key:18s} ours {ours:5.1f}%  reference {row.get('ref_top1', float('nan')):5.1f}%  "
               + '  '.join(f"b{b}: {row['ours_images_per_s'][str(b)]:.0f} img/s" for b in args.batch_sizes), flush=True)
     return rows
+
+
+def add_reference(row: dict, name: str, reference: dict):
+    """The reference's top-1 (mean of severities 1-5) and images/s for corruption ``name``, and the difference."""
+    ref_sev = reference.get('corruptions', {}).get(name, {})
+    if all(str(s) in ref_sev and 'ref_top1' in ref_sev[str(s)] for s in C.SEVERITIES):
+        row['ref_top1'] = sum(ref_sev[str(s)]['ref_top1'] for s in C.SEVERITIES) / len(C.SEVERITIES)
+        row['diff'] = row['ours_top1'] - row['ref_top1']
+        row['faithful'] = abs(row['diff']) <= FAITHFUL_POINTS
+        row['ref_images_per_s'] = reference.get('summary', {}).get(name, {}).get('ref_images_per_s')
+
+
+def save(results: dict, path: str):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.splitext(path)[0] + '.md', 'w') as f:
+        f.write(render_markdown(results))
 
 
 def robustness_pass(teacher, student, data_config, args, device) -> dict:
@@ -175,6 +187,8 @@ def render_markdown(results: dict) -> str:
                       f"top-1 {rp['clean_top1']:.1f}% (teacher {rp['teacher_clean_top1']:.1f}), mean corruption "
                       f"{rp['mean_corruption_top1']:.1f}% (teacher {rp['teacher_mean_corruption_top1']:.1f})."]
     lines += ['', f"Command: `{s['command']}` ({s['date']})."]
+    if 'reference_refreshed' in s:
+        lines[-1] += f" Reference numbers read again from `{s['reference']}` on {s['reference_refreshed']}."
     return '\n'.join(lines) + '\n'
 
 
@@ -195,11 +209,22 @@ def main():
     p.add_argument('--reference', default=os.path.join(ROOT, 'benchmarks', 'results', 'corruptions.json'))
     p.add_argument('--export', default=None, help='copy the chosen images to this folder and stop')
     p.add_argument('--out', required=False, default=None)
+    p.add_argument('--refresh-reference', action='store_true',
+                   help="copy the reference's numbers from --reference into --out again and rewrite its table "
+                        "(after bench_corruptions.py re-timed the reference; no device needed)")
     args = p.parse_args()
     if args.export:
         return export_images(args.data, args.images, args.seed, args.export)
     if args.out is None:
         p.error('--out is required (e.g. benchmarks/results/corruptions_cuda.json)')
+    if args.refresh_reference:
+        results, reference = json.load(open(args.out)), json.load(open(args.reference))
+        for key, row in results.get('fidelity', {}).get('corruptions', {}).items():
+            add_reference(row, 'frost' if key == PROCEDURAL else key, reference)
+        when = subprocess.run(['date'], capture_output=True, text=True).stdout.strip()
+        results['setup']['reference_refreshed'] = when
+        save(results, args.out)
+        return print(render_markdown(results))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -220,21 +245,14 @@ def main():
         'date': subprocess.run(['date'], capture_output=True, text=True).stdout.strip(),
         'command': 'python ' + ' '.join([os.path.relpath(__file__, ROOT)] + sys.argv[1:])}}
 
-    def save():
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(results, f, indent=2)
-        with open(os.path.splitext(args.out)[0] + '.md', 'w') as f:
-            f.write(render_markdown(results))
-
     student = drop_blocks(teacher, QUICKSTART_DROPPED)  # outside inference mode: finding blocks runs the model
     with torch.inference_mode():
         if not args.skip_fidelity:
             results['fidelity'] = fidelity_and_speed(teacher, data_config, args, device, reference)
-            save()
+            save(results, args.out)
         if not args.skip_pass:
             results['robustness_pass'] = robustness_pass(teacher, student, data_config, args, device)
-            save()
+            save(results, args.out)
     print(render_markdown(results))
 
 
