@@ -166,7 +166,9 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angle: Tensor, batched: b
     # the reference stops at the first shift as large as the image (and does not rescale the kernel)
     inside = ((dy.abs() < h) & (dx.abs() < w)).long().cumprod(1).bool()
     pad = int(max(dy[inside].abs().max(), dx[inside].abs().max()))
-    if x.device.type != 'cpu' if batched is None else batched:
+    if batched is None:
+        batched = x.device.type != 'cpu'
+    if batched:
         # taps past the first too-large shift get weight 0 and shift 0 (their offsets may leave the padding)
         return _shifted_sum(x, pad, dy * inside, dx * inside, inside * kernel)
     dy, dx, inside, kernel = dy.tolist(), dx.tolist(), inside.tolist(), kernel.tolist()
