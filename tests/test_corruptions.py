@@ -103,6 +103,15 @@ def test_deterministic_by_seed(name):
     assert not torch.equal(a, c)
 
 
+def test_batches_larger_than_a_cpu_chunk_are_deterministic_by_seed():
+    # on the CPU, 10 images go through as chunks of 8 and 2, each drawing its numbers in turn
+    images = make_images(n=10, size=48, seed=6)
+    for name in sorted(RANDOM):
+        a = C.corrupt(images, name, 2, generator(1))
+        assert a.shape == images.shape and torch.equal(a, C.corrupt(images, name, 2, generator(1))), name
+        assert not torch.equal(a[8:], C.corrupt(images[8:], name, 2, generator(1))), f'{name}: chunks share numbers'
+
+
 @pytest.mark.parametrize('name', sorted(set(C.CORRUPTIONS) - RANDOM))
 def test_deterministic_corruptions_need_no_generator(name):
     assert torch.equal(C.corrupt(IMAGES, name, 2), C.corrupt(IMAGES, name, 2, generator(3)))
