@@ -44,11 +44,16 @@ RANDOM = {'gaussian_noise', 'shot_noise', 'impulse_noise', 'glass_blur', 'motion
           'elastic_transform'}
 
 
+def chosen_samples(folder: str, n: int, seed: int) -> list:
+    """The (path, label) pairs of the ``n`` images this benchmark uses (a seeded subset, folder order kept)."""
+    samples, _, _ = scan_image_folder(folder)
+    return subsample(samples, n, seed) if n < len(samples) else samples
+
+
 def load_images(folder: str, n: int, data_config: dict, seed: int):
     """``n`` images (uint8, N x 224 x 224 x 3) resized and centre-cropped as the teacher's eval transform does."""
     from torchvision import transforms
-    samples, _, _ = scan_image_folder(folder)
-    samples = subsample(samples, n, seed) if n < len(samples) else samples
+    samples = chosen_samples(folder, n, seed)
     size = data_config['input_size'][-1]
     resize = transforms.Compose([
         transforms.Resize(int(size / data_config['crop_pct']),

@@ -33,10 +33,11 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.bench_corruptions import FAITHFUL_POINTS, PROCEDURAL, load_images, procedural_frost, to_float, top1
+from benchmarks.bench_corruptions import (FAITHFUL_POINTS, PROCEDURAL, chosen_samples, load_images, procedural_frost,
+                                         to_float, top1)
 from practise_df import corruptions as C
 from practise_df import create_model, drop_blocks, resolve_data_config
-from practise_df.data import ImageFolderDataset, eval_transform, scan_image_folder, subsample
+from practise_df.data import ImageFolderDataset, eval_transform, subsample
 from practise_df.models import efficientnet_lite0_weights
 from practise_df.robustness import evaluate_robustness
 
@@ -67,8 +68,7 @@ def images_per_second(images: torch.Tensor, name: str, severity: int, batch_size
 
 def export_images(folder: str, n: int, seed: int, out: str):
     """Copy the ``n`` chosen images (the subset load_images takes) under numeric class folders, labels kept."""
-    samples, _, _ = scan_image_folder(folder)
-    samples = subsample(samples, n, seed) if n < len(samples) else samples
+    samples = chosen_samples(folder, n, seed)
     for path, label in samples:
         os.makedirs(os.path.join(out, f'{label:04d}'), exist_ok=True)
         shutil.copy(path, os.path.join(out, f'{label:04d}', os.path.basename(path)))
