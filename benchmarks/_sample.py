@@ -5,7 +5,7 @@ import os
 import torch
 
 from practise_df import create_model, evaluate
-from practise_df.data import load_image_tensor
+from synth.data import load_image_tensor
 from practise_df.models import efficientnet_lite0_weights, resolve_data_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

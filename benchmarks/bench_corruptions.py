@@ -34,7 +34,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from practise_df import corruptions as C  # noqa: E402
 from practise_df import create_model, resolve_data_config  # noqa: E402
-from practise_df.data import scan_image_folder, subsample  # noqa: E402
+from synth.data import scan_image_folder, subsample  # noqa: E402
 from practise_df.models import efficientnet_lite0_weights  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ RANDOM = {'gaussian_noise', 'shot_noise', 'impulse_noise', 'glass_blur', 'motion
 
 def chosen_samples(folder: str, n: int, seed: int) -> list:
     """The (path, label) pairs of the ``n`` images this benchmark uses (a seeded subset, folder order kept)."""
-    samples, _, _ = scan_image_folder(folder)
+    samples, _ = scan_image_folder(folder)
     return subsample(samples, n, seed) if n < len(samples) else samples
 
 

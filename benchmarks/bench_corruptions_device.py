@@ -37,7 +37,7 @@ from benchmarks.bench_corruptions import (FAITHFUL_POINTS, PROCEDURAL, chosen_sa
                                          to_float, top1)
 from practise_df import corruptions as C
 from practise_df import create_model, drop_blocks, resolve_data_config
-from practise_df.data import ImageFolderDataset, eval_transform, subsample
+from synth.data import ImageFolderDataset, eval_transform, subsample
 from practise_df.models import efficientnet_lite0_weights
 from practise_df.robustness import evaluate_robustness
 

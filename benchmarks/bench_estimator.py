@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from practise_df import block_latency_savings, create_model, find_blocks, resolve_data_config  # noqa: E402
-from practise_df.data import load_image_tensor, split_tensor  # noqa: E402
+from synth.data import load_image_tensor, split_tensor  # noqa: E402
 from practise_df.models import efficientnet_lite0_weights  # noqa: E402
 from practise_df.scoring import ESTIMATORS, score_blocks  # noqa: E402
 

@@ -35,7 +35,7 @@ sys.path.insert(0, HERE)
 import fmnist
 
 import practise_df as pdf
-from practise_df.data import (
+from synth.data import (
     ImageFolderDataset,
     eval_transform,
     load_image_tensor,

@@ -25,8 +25,8 @@ from _sample import IMAGENET_SAMPLE, ROOT, chosen_variants, lite0_teacher, sampl
 from torch.utils.data import Subset
 
 from practise_df import load_compressed
-from practise_df._io import write_json_atomic
-from practise_df.data import ImageFolderDataset, eval_transform, subsample, train_transform
+from synth.files import write_json_atomic
+from synth.data import ImageFolderDataset, eval_transform, subsample, train_transform
 from practise_df.finetune import FinetuneConfig, finetune
 
 # name: (image folder relative to the repo, images used, augmentation, iterations, lr)

@@ -26,8 +26,8 @@ import torch
 from _sample import IMAGENET_SAMPLE, ROOT, chosen_variants, lite0_teacher, sample_images, top1
 
 from practise_df import drop_and_recover, drop_blocks, find_blocks
-from practise_df._io import write_json_atomic
-from practise_df.data import load_image_tensor
+from synth.files import write_json_atomic
+from synth.data import load_image_tensor
 from practise_df.scoring import ESTIMATORS, RecoverySettings
 
 BLOCK_SETS = ('blocks.4.2,blocks.1.1;'  # quickstart, 15.2% saved

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import synth  # noqa: E402
 from practise_df import create_model, resolve_data_config  # noqa: E402
-from practise_df.data import ImageFolderDataset, eval_transform, load_image_tensor  # noqa: E402
+from synth.data import ImageFolderDataset, eval_transform, load_image_tensor  # noqa: E402
 from practise_df.models import efficientnet_lite0_weights  # noqa: E402
 from synth.inversion import evaluate_images  # noqa: E402
 

@@ -10,7 +10,7 @@ import time
 import torch
 from practise_df import create_model, drop_blocks, image_loader, evaluate, resolve_data_config
 from practise_df.models import efficientnet_lite0_weights
-from practise_df.data import ImageFolderDataset, train_transform
+from synth.data import ImageFolderDataset, train_transform
 from practise_df.finetune import FinetuneConfig, finetune, make_accelerator
 torch.set_num_threads(1)
 t = create_model('timm:tf_efficientnet_lite0', weights=efficientnet_lite0_weights())

@@ -12,7 +12,7 @@ from .blocks import drop_blocks as drop_blocks, dropped_blocks as dropped_blocks
 from .checkpoint import load_compressed as load_compressed, save_compressed as save_compressed
 from .corruptions import (CORRUPTIONS as CORRUPTIONS, SEVERITIES as SEVERITIES, corrupt as corrupt,
                           parse_corruptions as parse_corruptions, parse_severities as parse_severities)
-from .data import ImageFolderDataset as ImageFolderDataset, image_loader as image_loader
+from synth.data import ImageFolderDataset as ImageFolderDataset, image_loader as image_loader
 from .evaluate import evaluate as evaluate
 from .latency import (block_latency_savings as block_latency_savings, count_macs as count_macs,
                       count_params as count_params, measure_latency as measure_latency)

@@ -141,7 +141,7 @@ def _render_score(r: dict) -> str:
 @register('score', _render_score)
 def score_command(args) -> dict:
     from .checkpoint import save_compressed
-    from .data import load_image_tensor, split_tensor
+    from synth.data import load_image_tensor, split_tensor
     from .scoring import ESTIMATORS, drop_and_recover, score_blocks, select_blocks
 
     model, config = load_from_args(args)
@@ -177,7 +177,7 @@ def _render_eval(r: dict) -> str:
 
 @register('eval', _render_eval)
 def eval_command(args) -> dict:
-    from .data import image_loader
+    from synth.data import image_loader
     from .evaluate import evaluate
 
     model, config = load_from_args(args)
@@ -208,9 +208,9 @@ def robustness_command(args) -> dict:
 
     from synth import load_images
 
-    from ._io import write_json_atomic
+    from synth.files import write_json_atomic
     from .corruptions import parse_corruptions, parse_severities
-    from .data import eval_transform
+    from synth.data import eval_transform
     from .robustness import evaluate_robustness, save_heatmap
 
     corruptions, severities = parse_corruptions(args.corruptions), parse_severities(args.severities)  # fail early

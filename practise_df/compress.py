@@ -18,10 +18,10 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ._io import append_jsonl, drop_partial_line, write_json_atomic
+from synth.files import append_jsonl, drop_partial_line, write_json_atomic
 from .blocks import drop_blocks, find_blocks
 from .checkpoint import load_compressed, save_compressed
-from .data import ImageFolderDataset, eval_transform, image_loader, train_transform
+from synth.data import ImageFolderDataset, eval_transform, image_loader, train_transform
 from .evaluate import evaluate
 from .finetune import FinetuneConfig, finetune, make_accelerator
 from .latency import block_latency_savings, count_macs, count_params, measure_latencies

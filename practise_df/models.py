@@ -174,21 +174,24 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 class PrePoolFeatures(nn.Module):
-    """Returns the pre-global-pooling features of a timm or torchvision classifier.
+    """Returns the pre-global-pooling features of a timm or torchvision classifier, and with
+    ``with_logits`` the pair ``(features, logits)`` from the same forward pass.
 
-    timm models expose them as ``forward_features``. For torchvision models they are the output of
-    ``features`` (MobileNet, EfficientNet, ConvNeXt, VGG), the input of ``avgpool`` (ResNet family)
-    or the output of ``encoder`` (ViT).
+    timm models expose them as ``forward_features`` (and ``forward_head``). For torchvision models they
+    are the output of ``features`` (MobileNet, EfficientNet, ConvNeXt, VGG), the input of ``avgpool``
+    (ResNet family) or the output of ``encoder`` (ViT).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, with_logits: bool = False):
         super().__init__()
         self.model = model
+        self.with_logits = with_logits
         self._tap = None if hasattr(model, 'forward_features') else _torchvision_tap(model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
         if self._tap is None:
-            return self.model.forward_features(x)
+            features = self.model.forward_features(x)
+            return (features, self.model.forward_head(features)) if self.with_logits else features
         name, where = self._tap
         captured = []
         module = self.model.get_submodule(name)
@@ -197,10 +200,10 @@ class PrePoolFeatures(nn.Module):
         else:
             handle = module.register_forward_pre_hook(lambda m, i: captured.append(i[0]))
         try:
-            self.model(x)
+            logits = self.model(x)
         finally:
             handle.remove()
-        return captured[0]
+        return (captured[0], logits) if self.with_logits else captured[0]
 
 
 def _torchvision_tap(model: nn.Module) -> Tuple[str, str]:

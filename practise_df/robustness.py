@@ -67,7 +67,7 @@ def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader
         model: one model, or a mapping ``{name: model}`` to evaluate several (e.g. students recovered
             in different ways) on the same corrupted images, corrupting and running the teacher once.
         loader: batches ``(images, labels)`` with images as float tensors in [0, 1], resized and
-            cropped but NOT normalised (:func:`practise_df.data.eval_transform` with
+            cropped but NOT normalised (:func:`synth.data.eval_transform` with
             ``normalize=False``); labels of -1 count as unknown (agreement still works).
         mean, std: the models' normalisation, applied after corrupting.
         corruptions, severities: subsets (names or a comma string; default all 15 x 1-5).

@@ -5,16 +5,15 @@
 * a local image folder, nested (one subfolder per class) or flat (unlabeled);
 * a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``;
 * ``hf:NAME[:SPLIT]``, or a bare ``NAME`` that is not a local path: a Hugging Face Hub dataset (online);
-* ``crops:photo.jpg[,other.jpg]``, or the path of one image file: random augmented crops of one or a few
+* ``crops:photo.jpg[,other.jpg]`` or ``crops:DIR``, or the path of one image file: random augmented crops of a few
   large photos (single-image distillation, Asano & Saeed, arXiv 2112.00725), for a model without
   BatchNorm and a user without data.
 
-Images are preprocessed with the teacher's eval transform (:func:`practise_df.data.eval_transform`).
+Images are preprocessed with the teacher's eval transform (:func:`synth.data.eval_transform`).
 Unreadable images are skipped and counted, never a crash.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 from contextlib import ExitStack
@@ -24,10 +23,10 @@ from unittest import mock
 import numpy as np
 import torch
 import torchvision.transforms as T
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
-from practise_df.data import IMAGE_SUFFIXES, UNLABELED, ImageFolderDataset, eval_transform, subsample
+from .data import IMAGE_SUFFIXES, UNLABELED, ImageFolderDataset, decode_image, eval_transform, subsample
 
 __all__ = ['load_images', 'SingleImageCrops', 'HFImageDataset', 'HubUnreachableError']
 
@@ -172,7 +171,7 @@ class HFImageDataset(Dataset):
             indices = subsample(indices, num_images, seed)
         # Raw bytes: decoding happens in __getitem__, and a broken file only costs its own item.
         self.ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
-        self.indices = [i for i in indices if _decodes(self.ds[i][self.image_column])]
+        self.indices = [i for i in indices if _decode(self.ds[i][self.image_column]) is not None]
         self.skipped = len(indices) - len(self.indices)
         if self.skipped:
             _logger.warning("Skipped %d unreadable image(s) in '%s'.", self.skipped, name)
@@ -186,26 +185,17 @@ class HFImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         item = self.ds[self.indices[index]]
-        image = _open(item[self.image_column]).convert('RGB')
+        image = _decode(item[self.image_column])
+        if image is None:  # it decoded when the dataset was opened
+            raise OSError(f'Image {self.indices[index]} of the dataset no longer decodes.')
         label = item[self.label_column] if self.label_column else UNLABELED
         return self.transform(image), int(label) if label is not None else UNLABELED
 
 
-def _open(value) -> Image.Image:
-    if value.get('bytes') is not None:
-        return Image.open(io.BytesIO(value['bytes']))
-    return Image.open(value['path'])
-
-
-def _decodes(value) -> bool:
+def _decode(value) -> Optional[Image.Image]:
     if value is None:
-        return False
-    try:
-        with _open(value) as im:
-            im.verify()
-        return True
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        return False
+        return None
+    return decode_image(value['bytes'] if value.get('bytes') is not None else value['path'])
 
 
 # --- single-image crops ------------------------------------------------------------------------------
@@ -215,28 +205,31 @@ class SingleImageCrops(Dataset):
 
     Item ``i`` is a pure function of ``(seed, i)``: the same crop whatever the order, worker or epoch,
     as Asano & Saeed's single-image distillation data but without materialising the patches. Crops cover
-    2-100% of the photo's area, with flips and colour jitter, then the teacher's normalisation.
+    ``scale`` of the photo's area, with flips, colour jitter and grayscale, then the teacher's
+    normalisation. With probability ``cutmix`` a box of a second crop (from the next photo) is pasted in
+    (CutMix, area drawn uniformly): new image statistics the teacher still labels, at no extra cost.
     """
 
     def __init__(self, paths: Sequence[str], num_images: int, data_config: dict, seed: int = 0,
-                 scale: Tuple[float, float] = (0.02, 1.0), color_jitter: float = 0.4):
+                 scale: Tuple[float, float] = (0.02, 1.0), color_jitter: float = 0.4, cutmix: float = 0.0):
         if not paths:
             raise ValueError('SingleImageCrops needs at least one image path (crops:photo.jpg).')
         if num_images < 1:
             raise ValueError(f'num_images must be positive, got {num_images}.')
+        if not 0.0 <= cutmix <= 1.0:
+            raise ValueError(f'cutmix is a probability in [0, 1], got {cutmix}.')
+        paths = photo_paths(paths)
         self.images: List[Image.Image] = []
         for p in paths:
-            if not os.path.isfile(p):
-                raise FileNotFoundError(f"Image '{p}' for crops does not exist.")
-            try:
-                with Image.open(p) as im:
-                    self.images.append(im.convert('RGB'))
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                _logger.warning("Skipped unreadable image '%s' (%s).", p, e)
+            image = decode_image(p)
+            if image is None:
+                _logger.warning("Skipped image '%s': it does not decode.", p)
+            else:
+                self.images.append(image)
         self.skipped = len(paths) - len(self.images)
         if not self.images:
             raise ValueError(f'None of the images {list(paths)} could be decoded; pass a readable photo.')
-        self.num_images, self.seed = num_images, seed
+        self.num_images, self.seed, self.cutmix = num_images, seed, cutmix
         size = data_config['input_size'][-2:]
         c = color_jitter
         self.transform = T.Compose([
@@ -258,5 +251,37 @@ class SingleImageCrops(Dataset):
         # torchvision transforms draw from the global generator: seed a private copy of it.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed)
-            image = self.images[index % len(self.images)]
-            return self.transform(image), UNLABELED
+            x = self.transform(self.images[index % len(self.images)])
+            if self.cutmix and torch.rand(()) < self.cutmix:
+                other = self.transform(self.images[(index + 1) % len(self.images)])
+                x = _paste_box(x, other, area=float(torch.rand(())))
+            return x, UNLABELED
+
+
+def _paste_box(x: torch.Tensor, other: torch.Tensor, area: float) -> torch.Tensor:
+    """``x`` with a box covering about ``area`` of it (aspect as the image's, position from torch's
+    generator) replaced by the same box of ``other``."""
+    h, w = x.shape[-2:]
+    bh, bw = int(round(h * area ** 0.5)), int(round(w * area ** 0.5))
+    top = int(torch.randint(0, h - bh + 1, ()))
+    left = int(torch.randint(0, w - bw + 1, ()))
+    x = x.clone()
+    x[:, top:top + bh, left:left + bw] = other[:, top:top + bh, left:left + bw]
+    return x
+
+
+def photo_paths(sources: Sequence[str]) -> List[str]:
+    """Image files named in ``sources``: files as given, folders expanded to the images in them (sorted)."""
+    paths: List[str] = []
+    for source in sources:
+        if os.path.isdir(source):
+            found = sorted(os.path.join(source, f) for f in os.listdir(source)
+                           if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith('.'))
+            if not found:
+                raise ValueError(f"Folder '{source}' holds no image ({', '.join(IMAGE_SUFFIXES)}) to crop.")
+            paths += found
+        elif os.path.isfile(source):
+            paths.append(source)
+        else:
+            raise FileNotFoundError(f"Image '{source}' for crops does not exist.")
+    return paths

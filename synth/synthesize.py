@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from practise_df._io import write_json_atomic
+from .files import write_json_atomic
 from practise_df.models import resolve_data_config
 
 from .inversion import evaluate_images, invert_batch, quantize

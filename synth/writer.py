@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from practise_df._io import append_jsonl, drop_partial_line, write_text_atomic
+from .files import append_jsonl, drop_partial_line, write_text_atomic
 
 __all__ = ['ShardWriter', 'image_name', 'read_records', 'merge_metadata', 'class_to_idx']
 
@@ -40,7 +40,7 @@ def image_name(index: int, target: int, class_width: int = 4) -> str:
 
 def class_to_idx(out_dir: str) -> Dict[str, int]:
     """Class-folder name -> class index of a synthesised set, for
-    ``practise_df.data.ImageFolderDataset(out_dir, class_to_idx=...)`` when not every class is present
+    ``synth.data.ImageFolderDataset(out_dir, class_to_idx=...)`` when not every class is present
     (with all classes present, sorted folder order already equals the class index)."""
     return {d: int(d) for d in sorted(os.listdir(out_dir))
             if d.isdigit() and os.path.isdir(os.path.join(out_dir, d))}

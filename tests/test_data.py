@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from practise_df.data import ImageFolderDataset, eval_transform, load_image_tensor, split_tensor, subsample
+from synth.data import ImageFolderDataset, eval_transform, load_image_tensor, split_tensor, subsample
 
 from conftest import make_image_folder
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import accelerate_launch, randomize_norms
 from practise_df import create_model
-from practise_df.data import ImageFolderDataset
+from synth.data import ImageFolderDataset
 import synth
 from synth import InversionConfig, get_preset, invert_batch
 from synth.inversion import evaluate_images, pixel_bounds, quantize

@@ -1,14 +1,17 @@
-"""Image folders: nested (one subfolder per class, ImageFolder layout) or flat (no labels).
+"""Image folders, nested (one subfolder per class, ImageFolder layout) or flat (no labels), their
+transforms, and the one place images are decoded (:func:`decode_image`).
 
-Unreadable files are skipped and counted instead of crashing a long job; a folder with no readable
-image is an error that says so.
+A file that does not decode is skipped and counted instead of crashing a long job; a folder with no
+readable image is an error that says so.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import timm.data
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -25,13 +28,31 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith('.')
 
 
-def _readable(path: str) -> bool:
+def decode_image(source) -> Optional[Image.Image]:
+    """The 8-bit RGB image of ``source`` (a path, bytes or a file object), or None when it does not decode.
+
+    The pixels are loaded, not only the header: ``Image.verify()`` passes a truncated JPEG. 16-bit and
+    32-bit integer images (16-bit PNG, TIFF) are scaled to 8 bits; PIL's own conversion would clip them
+    (a 16-bit PNG would come out almost all white).
+    """
     try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-        return False
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            im.load()
+            if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
+                return _to_8bit(im).convert('RGB')
+            return im.convert('RGB')
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """Grayscale of 16 or 32 bits per pixel (or float) scaled to 0-255."""
+    values = np.asarray(im, dtype=np.float64)
+    if im.mode == 'F':  # float images: [0, 1] when they fit, else their own range
+        top = 1.0 if values.max(initial=0) <= 1.0 else max(values.max(initial=0), 1.0)
+    else:  # 16-bit data (PNG and TIFF store it as I;16 or I); wider integers use their own range
+        top = 65535.0 if values.max(initial=0) <= 65535 else float(values.max())
+    return Image.fromarray(np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8), mode='L')
 
 
 def scan_image_folder(root: str, class_to_idx: Optional[Dict[str, int]] = None
@@ -42,7 +63,7 @@ def scan_image_folder(root: str, class_to_idx: Optional[Dict[str, int]] = None
     for their top-level subfolder). When every subfolder name is a number (``0042``, as synthesised
     folders are written) the number is the label, so a folder holding only some classes keeps the
     model's class indices. Images directly in ``root`` are unlabeled (label -1).
-    Returns (samples, class names, number of skipped unreadable files).
+    Returns (samples, class names); :func:`readable` keeps those that decode.
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Image folder '{root}' does not exist.")
@@ -58,15 +79,21 @@ def scan_image_folder(root: str, class_to_idx: Optional[Dict[str, int]] = None
         for dirpath, dirnames, filenames in sorted(os.walk(os.path.join(root, c), followlinks=True)):
             dirnames.sort()
             candidates += [(os.path.join(dirpath, f), label) for f in sorted(filenames) if _is_image_name(f)]
-    samples = [s for s in candidates if _readable(s[0])]
-    skipped = len(candidates) - len(samples)
-    if skipped:
-        _logger.warning("Skipped %d unreadable image file(s) under '%s'.", skipped, root)
-    if not samples:
-        raise ValueError(f"No readable image under '{root}' (looked for {', '.join(IMAGE_SUFFIXES)}"
-                         f"{f'; {skipped} file(s) could not be decoded' if skipped else ''}). "
+    if not candidates:
+        raise ValueError(f"No readable image under '{root}' (no {', '.join(IMAGE_SUFFIXES)} file). "
                          "Point to a folder of images, flat or with one subfolder per class.")
-    return samples, classes, skipped
+    return candidates, classes
+
+
+def readable(samples: Sequence[Tuple[str, int]], root: str) -> Tuple[List[Tuple[str, int]], int]:
+    """The samples whose file decodes (:func:`decode_image`), and how many were skipped (logged)."""
+    kept = [s for s in samples if decode_image(s[0]) is not None]
+    skipped = len(samples) - len(kept)
+    if skipped:
+        _logger.warning("Skipped %d unreadable image file(s) under '%s' (they do not decode).", skipped, root)
+    if not kept:
+        raise ValueError(f"No readable image under '{root}': {skipped} file(s) could not be decoded.")
+    return kept, skipped
 
 
 class ImageFolderDataset(Dataset):
@@ -75,9 +102,11 @@ class ImageFolderDataset(Dataset):
     def __init__(self, root: str, transform: Optional[Callable] = None,
                  class_to_idx: Optional[Dict[str, int]] = None, max_images: Optional[int] = None, seed: int = 0):
         self.root = root
-        self.samples, self.classes, self.skipped = scan_image_folder(root, class_to_idx)
-        if max_images is not None and max_images < len(self.samples):
-            self.samples = subsample(self.samples, max_images, seed)
+        samples, self.classes = scan_image_folder(root, class_to_idx)
+        if max_images is not None and max_images < len(samples):
+            samples = subsample(samples, max_images, seed)
+        # Decoded once up front, so a broken file is skipped and counted here, not hours into a run.
+        self.samples, self.skipped = readable(samples, root)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -85,11 +114,10 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as im:
-                image = im.convert('RGB')
-        except (OSError, UnidentifiedImageError, ValueError) as e:  # truncated data only seen on decode
-            raise OSError(f"Image '{path}' became unreadable while loading: {e}") from e
+        image = decode_image(path)
+        if image is None:  # it decoded when the folder was scanned
+            raise OSError(f"Image '{path}' changed and no longer decodes since the folder was scanned; "
+                          "restore it, or remove it and run again.")
         if self.transform is not None:
             image = self.transform(image)
         return image, label

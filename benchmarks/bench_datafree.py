@@ -1,0 +1,224 @@
+"""Track A again: does data-free recovery beat plainly dropping the blocks of an ImageNet teacher?
+
+    python benchmarks/bench_datafree.py --point 25 --rows drop,mir_real,mir_photos [--seeds 0,1] [--threads 1]
+    python benchmarks/bench_datafree.py --report          # tables of every finished row (markdown)
+
+Teacher: tf_efficientnet_lite0 with its ImageNet weights (87.3% on all 1000 imagenet-sample images).
+``../shared/data/imagenet-sample`` is split by seed 0 into 500 **test** images, used for nothing but the
+reported top-1, and 500 **dev** images: the real-data rows train on them, and data-free settings are
+chosen on their top-1 (``dev_top1``), never on the test images. Each latency point pins one block set,
+so every row at a point drops the same blocks and shares one dropped-only baseline:
+
+- ``25``: blocks.1.1, blocks.3.2, blocks.3.1, blocks.2.1, blocks.4.2 (PRACTISE's choice at Track A's 25%
+  target; 25.5% saved in the idle re-measurement of BENCHMARKS.md, batch 32);
+- ``15``: blocks.4.2, blocks.1.1 (the quickstart's choice; 13.4% and 15.2% saved in two idle runs, batch 8).
+
+Every finetuning row starts from the plainly dropped student and runs the same number of iterations at
+the same batch size (``--iterations``, ``--batch-size``) through ``practise_df.finetune``; only the images,
+the loss and the settings named in the row differ. Image sources:
+
+- ``synth:NAME``: a folder under ``runs/pools`` made by ``practise-df synth`` at 224 px, used as optimised
+  (``synth.SynthesizedImages``: flips and shifts only);
+- ``photos``: random crops of 10 of the 13 photos of ``../shared/data/ood-photos`` (random resized crops,
+  flips, colour jitter, grayscale, CutMix), a fresh crop for every image the loop draws;
+- ``real``: the 500 dev images with random resized crops and flips (the official few-shot setting).
+
+Label-free signals for the guard are recorded for every student: top-1 agreement with the teacher, mean
+KL divergence and feature MSE on 256 crops of the 3 held-out photos (``GUARD_PHOTOS``, never trained on).
+``--report`` prints the tables.
+Rows are cached in ``--out`` and skipped on a re-run; a row killed midway resumes from its last
+checkpoint under ``runs/bench_datafree``.
+"""
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from torch.utils.data import ConcatDataset, Subset
+
+from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
+from practise_df import drop_blocks, evaluate
+from practise_df.finetune import FinetuneConfig, finetune
+from practise_df.models import PrePoolFeatures
+from synth import SingleImageCrops, SynthesizedImages
+from synth.data import ImageFolderDataset, eval_transform, train_transform
+from synth.files import write_json_atomic
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PHOTOS = os.path.join(ROOT, '..', 'shared', 'data', 'ood-photos')
+GUARD_PHOTOS = ('Dune.jpg', 'LadyBird.jpg', 'Storm.jpg')  # held out whole: the guard's images, never trained on
+POOLS = os.path.join(ROOT, 'runs', 'pools')
+POINTS = {
+    '25': ['blocks.1.1', 'blocks.3.2', 'blocks.3.1', 'blocks.2.1', 'blocks.4.2'],
+    '15': ['blocks.4.2', 'blocks.1.1'],
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    data: Optional[str]  # '+'-joined sources (see the module docstring); None = dropped only
+    loss: str = 'mir'
+    lr: Optional[float] = None  # default: practise_df.finetune.DEFAULT_LR
+    freeze_bn: bool = True
+    cutmix: float = 0.5  # photos only
+    photo_scale: tuple = (0.08, 1.0)  # photos only: random resized crop area range
+    extra: dict = field(default_factory=dict)  # other FinetuneConfig fields
+
+
+ROWS: Dict[str, Row] = {
+    'drop': Row(None),
+    'mir_real': Row('real', freeze_bn=False),  # the ceiling: official few-shot PRACTISE on the 500 dev images
+    'mir_real_frozenbn': Row('real'),
+    'mir_synth': Row('synth:fast224_s{seed}'),
+    'mir_photos': Row('photos'),
+    'mir_photos_lr005': Row('photos', lr=0.005),
+    'mir_photos_lr05': Row('photos', lr=0.05),
+    'mir_photos_nocutmix': Row('photos', cutmix=0.0),
+    'kd_photos': Row('photos', loss='kd'),
+    'mirkd_photos': Row('photos', loss='mir+kd'),
+    'mir_mix': Row('synth:fast224_s{seed}+photos'),
+    'kd_synth': Row('synth:fast224_s{seed}', loss='kd'),
+    'mirkd_synth': Row('synth:fast224_s{seed}', loss='mir+kd'),
+}
+
+
+def split_sample(n: int, seed: int = 0):
+    """(test indices, dev indices) of the imagenet-sample images: 500 / the rest, by seed."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[:500]), sorted(perm[500:])
+
+
+def training_data(row: Row, cfg: dict, seed: int, images_needed: int, dev_idx):
+    parts = []
+    for source in row.data.split('+'):
+        if source.startswith('synth:'):
+            folder = os.path.join(POOLS, source[len('synth:'):].format(seed=seed))
+            if not os.path.isdir(folder):
+                raise SystemExit(f'{folder} does not exist: synthesize it first (see BENCHMARKS.md for the command)')
+            parts.append(SynthesizedImages(folder, cfg['input_size'], cfg['mean'], cfg['std'], augment=True))
+        elif source == 'photos':
+            photos = [os.path.join(PHOTOS, f) for f in sorted(os.listdir(PHOTOS))
+                      if f.endswith('.jpg') and f not in GUARD_PHOTOS]
+            parts.append(SingleImageCrops(photos, images_needed, cfg, seed=seed, scale=row.photo_scale,
+                                          cutmix=row.cutmix))
+        elif source == 'real':
+            parts.append(Subset(ImageFolderDataset(IMAGENET_SAMPLE, train_transform(cfg, scale=(0.08, 1.0))), dev_idx))
+        else:
+            raise SystemExit(f'unknown image source {source!r}')
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+@torch.no_grad()
+def signals(student, teacher, images: torch.Tensor) -> dict:
+    """Label-free comparison with the teacher: top-1 agreement (%), mean KL(teacher || student), feature MSE."""
+    fs, ft = PrePoolFeatures(student.eval(), with_logits=True), PrePoolFeatures(teacher.eval(), with_logits=True)
+    agree, kl, mse = 0, 0.0, 0.0
+    for batch in images.split(64):
+        (f_s, l_s), (f_t, l_t) = fs(batch), ft(batch)
+        agree += (l_s.argmax(1) == l_t.argmax(1)).sum().item()
+        kl += torch.nn.functional.kl_div(l_s.log_softmax(1), l_t.log_softmax(1), log_target=True,
+                                         reduction='sum').item()
+        mse += torch.nn.functional.mse_loss(f_s, f_t, reduction='sum').item() / f_s[0].numel()
+    n = len(images)
+    return {'agreement': round(100 * agree / n, 2), 'kl': round(kl / n, 5), 'feature_mse': round(mse / n, 5)}
+
+
+def stack(dataset, indices):
+    return torch.stack([dataset[i][0] for i in indices]), torch.tensor([dataset.samples[i][1] for i in indices])
+
+
+def guard_images(cfg: dict, n: int = 256) -> torch.Tensor:
+    crops = SingleImageCrops([os.path.join(PHOTOS, f) for f in GUARD_PHOTOS], n, cfg, seed=12345,
+                             scale=(0.08, 1.0), color_jitter=0.0)
+    return torch.stack([crops[i][0] for i in range(n)])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--point', choices=sorted(POINTS), default='25')
+    parser.add_argument('--rows', default='drop', help=f'comma list of: {", ".join(ROWS)}')
+    parser.add_argument('--seeds', default='0')
+    parser.add_argument('--iterations', type=int, default=200)
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--out', default=os.path.join(HERE, 'results', 'datafree.json'))
+    parser.add_argument('--report', action='store_true', help='print the tables of the finished rows and exit')
+    args = parser.parse_args()
+    results = json.load(open(args.out)) if os.path.isfile(args.out) else {'rows': {}}
+    if args.report:
+        print(report(results))
+        return
+    torch.set_num_threads(args.threads)
+    names = [r for r in args.rows.split(',') if r]
+    unknown = [r for r in names if r not in ROWS]
+    if unknown:
+        parser.error(f'unknown rows {unknown}; choose from {", ".join(ROWS)}')
+
+    teacher, cfg = lite0_teacher()
+    sample = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(cfg))
+    test_idx, dev_idx = split_sample(len(sample))
+    test, test_labels = stack(sample, test_idx)
+    dev, dev_labels = stack(sample, dev_idx)
+    guard = guard_images(cfg)
+    blocks = POINTS[args.point]
+
+    def save(key, row):
+        results['rows'][key] = row
+        print(f'{key}: {json.dumps(row)}', flush=True)
+        results.update(teacher_test_top1=top1(teacher), test_images=len(test_idx), dev_images=len(dev_idx),
+                       guard_photos=list(GUARD_PHOTOS))
+        write_json_atomic(args.out, results)
+
+    def top1(model, images=test, labels=test_labels):
+        return round(evaluate(model, list(zip(images.split(100), labels.split(100))), progress=False)['top1'], 2)
+
+    for seed in [int(s) for s in args.seeds.split(',')]:
+        for name in names:
+            row = ROWS[name]
+            key = f'{args.point}|{name}|seed{seed}'
+            if key in results['rows'] or (row.data is None and seed != 0):
+                continue
+            start = time.time()
+            student = drop_blocks(teacher, blocks)
+            info = {'blocks': blocks, 'data': row.data, 'seed': seed}
+            if row.data is not None:
+                config = FinetuneConfig(loss=row.loss, iterations=args.iterations, batch_size=args.batch_size,
+                                        lr=row.lr, freeze_bn=row.freeze_bn, seed=seed, checkpoint_every=50,
+                                        **row.extra)
+                data = training_data(row, cfg, seed, args.iterations * args.batch_size, dev_idx)
+                AcceleratorState._reset_state(True)
+                GradientState._reset_state()
+                # the folder names the iteration count and batch size, so a row never resumes another's checkpoint
+                run_dir = f"{key.replace('|', '_')}_it{args.iterations}_b{args.batch_size}"
+                history = finetune(student, teacher, data, config, output_dir=os.path.join(
+                    ROOT, 'runs', 'bench_datafree', run_dir), resume=True, progress=False)
+                losses = history['loss']
+                info.update(loss=row.loss, lr=config.learning_rate, freeze_bn=row.freeze_bn, images=len(data),
+                            iterations=args.iterations, batch_size=args.batch_size, threads=args.threads,
+                            first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
+                            cutmix=row.cutmix if 'photos' in row.data else None, **row.extra)
+            info.update(top1=top1(student), dev_top1=top1(student, dev, dev_labels),
+                        guard=signals(student, teacher, guard), seconds=round(time.time() - start),
+                        date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
+            save(key, info)
+
+
+def report(results: dict) -> str:
+    rows = results['rows']
+    lines = ['| point | row | data | loss | lr | BN | seed | test top-1 | dev top-1 | guard agreement | guard KL |',
+             '|---|---|---|---|---:|---|---:|---:|---:|---:|---:|']
+    for key, r in sorted(rows.items()):
+        point, name, seed = key.split('|')
+        lines.append(f"| {point} | {name} | {r['data'] or '-'} | {r.get('loss', '-')} | {r.get('lr', '-')} | "
+                     f"{'-' if r['data'] is None else ('frozen' if r['freeze_bn'] else 'train')} | {seed[4:]} | "
+                     f"{r['top1']:.1f} | {r.get('dev_top1', float('nan')):.1f} | {r['guard']['agreement']:.1f} | "
+                     f"{r['guard']['kl']:.4f} |")
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    main()
