@@ -113,6 +113,33 @@ def test_batches_larger_than_a_cpu_chunk_are_deterministic_by_seed():
         assert not torch.equal(a[8:], C.corrupt(images[8:], name, 2, generator(1))), f'{name}: chunks share numbers'
 
 
+def same(a, b) -> bool:
+    """Equal parameters: tensors equal, dicts, lists and tuples item by item."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, (dict, list, tuple)):
+        keys = list(a) if isinstance(a, dict) else range(len(a))
+        return type(a) is type(b) and len(a) == len(b) and all(same(a[k], b[k]) for k in keys)
+    return a == b
+
+
+@pytest.mark.parametrize('name, frost_dir', [(n, 'installed') for n in C.CORRUPTIONS] + [('frost', None)])
+def test_parameters_are_sampled_apart_from_the_operation(name, frost_dir, monkeypatch):
+    # each corruption samples its random parameters from the images' shape, device and dtype (shot noise's Poisson
+    # counts from the values too), then applies a deterministic operation: twice the same output for the same
+    # parameters, and corrupt on one chunk (up to 8 images) is exactly sample then apply
+    if frost_dir is None:
+        monkeypatch.setattr(C, 'FROST_DIR', None)
+    images, other = make_images(n=3, size=48, seed=9), make_images(n=3, size=48, seed=10)
+    params = C._sample(images, name, 2, generator(4))
+    out = C._apply(images, name, 2, params)
+    assert torch.equal(out, C._apply(images, name, 2, params))
+    assert torch.equal(out, C.corrupt(images, name, 2, generator(4)))
+    assert same(params, C._sample(other, name, 2, generator(4))) == (name != 'shot_noise')
+    again = C._sample(images, name, 2, generator(5))
+    assert bool(params) == (name in RANDOM) and same(params, again) == (name not in RANDOM)
+
+
 @pytest.mark.parametrize('name', sorted(set(C.CORRUPTIONS) - RANDOM))
 def test_deterministic_corruptions_need_no_generator(name):
     assert torch.equal(C.corrupt(IMAGES, name, 2), C.corrupt(IMAGES, name, 2, generator(3)))
