@@ -10,6 +10,7 @@ import torch
 
 from conftest import DEVICE
 from practise_df import corruptions as C
+from practise_df.corruptions import _filters, blur, noise
 
 RANDOM = {'gaussian_noise', 'shot_noise', 'impulse_noise', 'glass_blur', 'motion_blur', 'snow', 'frost', 'fog',
           'elastic_transform'}
@@ -112,6 +113,33 @@ def test_batches_larger_than_a_cpu_chunk_are_deterministic_by_seed():
         assert not torch.equal(a[8:], C.corrupt(images[8:], name, 2, generator(1))), f'{name}: chunks share numbers'
 
 
+def same(a, b) -> bool:
+    """Equal parameters: tensors equal, dicts, lists and tuples item by item."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, (dict, list, tuple)):
+        keys = list(a) if isinstance(a, dict) else range(len(a))
+        return type(a) is type(b) and len(a) == len(b) and all(same(a[k], b[k]) for k in keys)
+    return a == b
+
+
+@pytest.mark.parametrize('name, frost_dir', [(n, 'installed') for n in C.CORRUPTIONS] + [('frost', None)])
+def test_parameters_are_sampled_apart_from_the_operation(name, frost_dir, monkeypatch):
+    # each corruption samples its random parameters from the images' shape, device and dtype (shot noise's Poisson
+    # counts from the values too), then applies a deterministic operation: twice the same output for the same
+    # parameters, and corrupt on one chunk (up to 8 images) is exactly sample then apply
+    if frost_dir is None:
+        monkeypatch.setattr(C, 'FROST_DIR', None)
+    images, other = make_images(n=3, size=48, seed=9), make_images(n=3, size=48, seed=10)
+    params = C._sample(images, name, 2, generator(4))
+    out = C._apply(images, name, 2, params)
+    assert torch.equal(out, C._apply(images, name, 2, params))
+    assert torch.equal(out, C.corrupt(images, name, 2, generator(4)))
+    assert same(params, C._sample(other, name, 2, generator(4))) == (name != 'shot_noise')
+    again = C._sample(images, name, 2, generator(5))
+    assert bool(params) == (name in RANDOM) and same(params, again) == (name not in RANDOM)
+
+
 @pytest.mark.parametrize('name', sorted(set(C.CORRUPTIONS) - RANDOM))
 def test_deterministic_corruptions_need_no_generator(name):
     assert torch.equal(C.corrupt(IMAGES, name, 2), C.corrupt(IMAGES, name, 2, generator(3)))
@@ -174,20 +202,20 @@ def test_brightness_is_the_hsv_round_trip():
     for severity, c in zip(C.SEVERITIES, (.1, .2, .3, .4, .5)):
         hsv = kornia.color.rgb_to_hsv(images)
         expected = kornia.color.hsv_to_rgb(torch.cat([hsv[:, :2], (hsv[:, 2:] + c).clamp(0, 1)], 1))
-        torch.testing.assert_close(C.brightness(images, severity, None), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(C.brightness(images, severity), expected, atol=1e-5, rtol=0)
 
 
 def test_filters_match_their_direct_definitions():
     x = make_images(n=2, size=40, seed=3)
-    kernel = C._disk(6, 0.5, 1.0, DEVICE, torch.float32)
-    torch.testing.assert_close(C._filter(x, kernel), kornia.filters.filter2d(x, kernel[None], border_type='reflect'),
-                               atol=1e-5, rtol=0)
+    kernel = _filters._disk(6, 0.5, 1.0, DEVICE, torch.float32)
+    torch.testing.assert_close(_filters._filter(x, kernel),
+                               kornia.filters.filter2d(x, kernel[None], border_type='reflect'), atol=1e-5, rtol=0)
     expected = kornia.filters.gaussian_blur2d(x, (13, 13), (1.5, 1.5), border_type='replicate')
-    torch.testing.assert_close(C._gaussian(x, 1.5, 4.0, 'replicate'), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_filters._gaussian(x, 1.5, 4.0, 'replicate'), expected, atol=1e-5, rtol=0)
     # motion blur: a bright point becomes a streak of 2 * radius + 1 half-Gaussian taps along the angle
     point = torch.zeros(1, 1, 40, 40, device=DEVICE)
     point[0, 0, 20, 20] = 1
-    streak = C._motion_blur(point, 5, 3.0, torch.tensor([0.0]))
+    streak = _filters._motion_blur(point, 5, 3.0, torch.tensor([0.0]))
     taps = torch.exp(-torch.arange(11.0) ** 2 / 18)
     torch.testing.assert_close(streak[0, 0, 20, 10:21].flip(0).cpu(), taps / taps.sum())
 
@@ -198,8 +226,8 @@ def test_motion_blur_batched_matches_image_by_image():
     x = make_images(n=5, size=40, seed=5)
     angles = torch.tensor([-45.0, 0.0, 30.0, 90.0, 137.0])
     for radius, sigma in ((5, 3.0), (30, 15.0)):
-        torch.testing.assert_close(C._motion_blur(x, radius, sigma, angles, batched=True),
-                                   C._motion_blur(x, radius, sigma, angles, batched=False), atol=1e-6, rtol=0)
+        torch.testing.assert_close(_filters._motion_blur(x, radius, sigma, angles, batched=True),
+                                   _filters._motion_blur(x, radius, sigma, angles, batched=False), atol=1e-6, rtol=0)
 
 
 def test_jpeg_is_the_same_with_threads():
@@ -228,9 +256,9 @@ def test_pixelate_matches_pil():
 
 
 def test_size_scaling_keeps_reference_parameters_at_224():
-    assert C._scaled(3, 1.0) == 3 and C._scaled(0.7, 1.0) == 0.7
-    assert C._scaled(4, 0.5, integer=True) == 2 and C._scaled(1, 0.2, integer=True) == 1
-    assert [len(C._arange(*z)) for z in C._ZOOMS] == [12, 16, 11, 13, 11]  # numpy.arange's counts
+    assert _filters._scaled(3, 1.0) == 3 and _filters._scaled(0.7, 1.0) == 0.7
+    assert _filters._scaled(4, 0.5, integer=True) == 2 and _filters._scaled(1, 0.2, integer=True) == 1
+    assert [len(_filters._arange(*z)) for z in blur._ZOOMS] == [12, 16, 11, 13, 11]  # numpy.arange's counts
 
 
 def test_procedural_frost(monkeypatch):
@@ -291,17 +319,18 @@ def test_glass_shuffle_is_the_reference_loop(monkeypatch):
     # the reference: for h, w in descending raster order, x[h, w], x[h', w'] = x[h', w'], x[h, w] on numpy views,
     # i.e. x[h, w] = x[h + dy, w + dx] in place. Same offsets, same result, for every delta and iteration count.
     draws = []
-    real = C._randint
+    real = blur._randint
 
     def recording(*args, **kwargs):
         out = real(*args, **kwargs)
         draws.append(out.cpu())  # a copy, read element by element below
         return out
-    monkeypatch.setattr(C, '_randint', recording)
+    monkeypatch.setattr(blur, '_randint', recording)
     h, w = 20, 17
     for delta, iterations in ((1, 2), (2, 3), (4, 2)):
         draws.clear()
-        source = C._glass_shuffle(2, h, w, delta, iterations, generator(delta), DEVICE)
+        offsets = blur._glass_offsets(2, h, w, delta, iterations, generator(delta), DEVICE)
+        source = blur._glass_shuffle(2, h, w, delta, offsets, DEVICE)
         assert len(draws) == 2 * iterations  # dy, dx per iteration
         for m in range(2):
             grid = list(range(h * w))
@@ -313,6 +342,10 @@ def test_glass_shuffle_is_the_reference_loop(monkeypatch):
             assert source[m].tolist() == grid
 
 
+def shot_noise(x, severity, gen):
+    return noise.shot_noise(x, severity, **noise.sample_shot_noise_params(x, severity, gen))
+
+
 def poisson_pmf(rate: float, count: int) -> float:
     return math.exp(count * math.log(rate) - rate - math.lgamma(count + 1)) if rate else float(count == 0)
 
@@ -321,7 +354,7 @@ def test_shot_noise_tables_encode_the_poisson_pmf():
     # exactly: column j of row k is drawn with probability 1 / n and kept with probability threshold - j, else its
     # alias j + jump; summed per count, the Poisson pmf of the rate c * k / 255
     for c in (60, 3):
-        threshold, jump = C._poisson_alias(c, 'cpu')
+        threshold, jump = noise._poisson_alias(c, 'cpu')
         n = threshold.shape[1]
         column = torch.arange(n, dtype=torch.float64).expand(256, n)
         keep = threshold - column
@@ -339,7 +372,7 @@ def test_shot_noise_draws_poisson_counts_on_the_8bit_grid():
     levels, draws = [0, 1, 17, 128, 254, 255], 100_000
     x = (torch.tensor(levels, dtype=torch.float32).repeat(draws) / 255).view(-1, 3, 50, 40)
     for severity, c in ((1, 60), (5, 3)):
-        counts = (C.shot_noise(x, severity, torch.Generator().manual_seed(severity)) * c).round().long().flatten()
+        counts = (shot_noise(x, severity, torch.Generator().manual_seed(severity)) * c).round().long().flatten()
         for i, k in enumerate(levels):
             rate, drawn = c * k / 255, counts[i::len(levels)]
             pmf = torch.tensor([poisson_pmf(rate, m) for m in range(int(drawn.max()) + 30)], dtype=torch.float64)
@@ -351,22 +384,22 @@ def test_shot_noise_draws_poisson_counts_on_the_8bit_grid():
 
 def test_shot_noise_table_edges_seeds_and_fallback(monkeypatch):
     grid = torch.randint(0, 256, (3, 3, 40, 40), generator=torch.Generator().manual_seed(0)).float() / 255
-    assert C._on_8bit_grid(grid) and C._on_8bit_grid(grid.double())
+    assert noise._on_8bit_grid(grid) and noise._on_8bit_grid(grid.double())
     for off in (grid + 0.3 / 255, grid * 2, grid - 1 / 255, IMAGES):
-        assert not C._on_8bit_grid(off)
+        assert not noise._on_8bit_grid(off)
     # deterministic by seed, and the same counts in float64 (the uniforms are float64 either way)
-    a = C.shot_noise(grid, 2, torch.Generator().manual_seed(7))
-    assert torch.equal(a, C.shot_noise(grid, 2, torch.Generator().manual_seed(7)))
-    assert not torch.equal(a, C.shot_noise(grid, 2, torch.Generator().manual_seed(8)))
-    a64 = C.shot_noise(grid.double(), 2, torch.Generator().manual_seed(7))
+    a = shot_noise(grid, 2, torch.Generator().manual_seed(7))
+    assert torch.equal(a, shot_noise(grid, 2, torch.Generator().manual_seed(7)))
+    assert not torch.equal(a, shot_noise(grid, 2, torch.Generator().manual_seed(8)))
+    a64 = shot_noise(grid.double(), 2, torch.Generator().manual_seed(7))
     assert torch.equal((a * 25).round().double(), (a64 * 25).round())
     # off the grid: torch.poisson, as before
     off = grid + 0.3 / 255
     expected = torch.poisson(off * 25, generator=torch.Generator().manual_seed(7)) / 25
-    assert torch.equal(C.shot_noise(off, 2, torch.Generator().manual_seed(7)), expected)
+    assert torch.equal(shot_noise(off, 2, torch.Generator().manual_seed(7)), expected)
     # the largest and smallest uniforms still fall in their level's row (the largest in its last column)
     for u in (1 - 2 ** -53, 0.0):
-        monkeypatch.setattr(C, '_rand', lambda shape, *args, u=u: torch.full(shape, u, dtype=torch.float64))
+        monkeypatch.setattr(noise, '_rand', lambda shape, *args, u=u: torch.full(shape, u, dtype=torch.float64))
         for severity, c in zip(C.SEVERITIES, (60, 25, 12, 5, 3)):
-            counts = C.shot_noise(grid, severity, None) * c
-            assert counts.min() >= 0 and counts.max() < C._poisson_alias(c, 'cpu')[0].shape[1]
+            counts = shot_noise(grid, severity, None) * c
+            assert counts.min() >= 0 and counts.max() < noise._poisson_alias(c, 'cpu')[0].shape[1]
