@@ -31,7 +31,6 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from practise_df import corruptions as C  # noqa: E402
 from practise_df import create_model, resolve_data_config  # noqa: E402
 from synth.data import scan_image_folder, subsample  # noqa: E402

@@ -32,8 +32,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.bench_corruptions import (FAITHFUL_POINTS, PROCEDURAL, chosen_samples, load_images, procedural_frost,
+from bench_corruptions import (FAITHFUL_POINTS, PROCEDURAL, chosen_samples, load_images, procedural_frost,
                                          to_float, top1)
 from practise_df import corruptions as C
 from practise_df import create_model, drop_blocks, resolve_data_config

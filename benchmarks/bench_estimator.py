@@ -15,13 +15,11 @@ import fcntl
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import replace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from practise_df import block_latency_savings, create_model, find_blocks, resolve_data_config  # noqa: E402
 from synth.data import load_image_tensor, split_tensor  # noqa: E402
 from practise_df.models import efficientnet_lite0_weights  # noqa: E402

@@ -11,15 +11,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from practise_df import PrePoolFeatures, create_model, drop_blocks  # noqa: E402
+from practise_df import create_model, drop_blocks  # noqa: E402
+from practise_df.models import PrePoolFeatures  # noqa: E402
 from practise_df.finetune import FinetuneConfig, finetune, make_accelerator  # noqa: E402
 from practise_df.models import classifier_parameters  # noqa: E402
 

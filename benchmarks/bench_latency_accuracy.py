@@ -29,12 +29,10 @@ import torch
 import torchvision.transforms as T
 from torch.utils.data import DataLoader, TensorDataset
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 import fmnist
 
 import practise_df as pdf
+from practise_df import baselines, latency
 from synth.data import (
     ImageFolderDataset,
     eval_transform,
@@ -45,6 +43,8 @@ from synth.data import (
 from practise_df.finetune import FinetuneConfig, finetune, make_accelerator
 from practise_df.latency import measure_latencies
 from practise_df.scoring import BlockScore, score_blocks
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 IMAGENET_SAMPLE = os.path.join(HERE, '..', '..', 'shared', 'data', 'imagenet-sample')
 METHODS = ('practise', 'first-k', 'random', 'output-diff', 'filter-l1')
@@ -110,27 +110,27 @@ class Track:
             start = time.perf_counter()
             out = {}
             if method == 'filter-l1':
-                _, ratio, _ = pdf.filter_prune_to_latency(self.teacher, target, self.input_size, self.lat_kw,
+                _, ratio, _ = baselines.filter_prune_to_latency(self.teacher, target, self.input_size, self.lat_kw,
                                                           steps=2 if self.quick else 5)
                 out['ratio'] = ratio
             else:
                 if method == 'practise':
                     order = [s.block for s in sorted(self.scores(data, seed), key=lambda s: s.score)]
                 elif method == 'output-diff':
-                    order = pdf.output_difference(self.scores(data, seed))
+                    order = baselines.output_difference(self.scores(data, seed))
                 elif method == 'first-k':
-                    order = pdf.first_blocks(self.candidates, len(self.candidates))
+                    order = baselines.first_blocks(self.candidates, len(self.candidates))
                 else:
-                    order = pdf.random_blocks(self.candidates, len(self.candidates), seed)
+                    order = baselines.random_blocks(self.candidates, len(self.candidates), seed)
                 try:
-                    out['blocks'] = pdf.grow_to_latency(self.teacher, order, target, self.lat_kw)
+                    out['blocks'] = baselines.grow_to_latency(self.teacher, order, target, self.lat_kw)
                 except ValueError as e:
                     return {'error': str(e)}
             out['select_s'] = time.perf_counter() - start
             student = self.build(out)
             out['saved_pct'], out['teacher_ms'], out['student_ms'] = self.latency_saved(student)
-            out['params'] = pdf.count_params(student)
-            out['macs'] = pdf.count_macs(student, self.input_size)
+            out['params'] = latency.count_params(student)
+            out['macs'] = latency.count_macs(student, self.input_size)
             return out
         return self.cached(key, compute)
 
@@ -153,7 +153,7 @@ class Track:
 
     def build(self, choice):
         if 'ratio' in choice:
-            return pdf.filter_prune(self.teacher, choice['ratio'], self.input_size)
+            return baselines.filter_prune(self.teacher, choice['ratio'], self.input_size)
         return pdf.drop_blocks(self.teacher, choice['blocks'], candidates=self.candidates)
 
     def block_latency(self):
@@ -545,8 +545,8 @@ def main():
     results = _read_json(args.out) if os.path.isfile(args.out) else {'rows': {}}
     track = (TrackA if args.track == 'A' else TrackB)(args)
     if 'teacher' not in results:
-        results['teacher'] = {**track.teacher_metrics, 'params': pdf.count_params(track.teacher),
-                              'macs': pdf.count_macs(track.teacher, track.input_size)}
+        results['teacher'] = {**track.teacher_metrics, 'params': latency.count_params(track.teacher),
+                              'macs': latency.count_macs(track.teacher, track.input_size)}
     setup = {'machine': f'{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs), '
              f'torch {torch.__version__}', 'threads': args.threads,
              'date': datetime.date.today().isoformat(), 'command': ' '.join(['python'] + sys.argv),

@@ -17,9 +17,6 @@ import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 import torch
 from _sample import IMAGENET_SAMPLE, ROOT, chosen_variants, lite0_teacher, sample_images, top1
 from torch.utils.data import Subset
@@ -28,6 +25,8 @@ from practise_df import load_compressed
 from synth.files import write_json_atomic
 from synth.data import ImageFolderDataset, eval_transform, subsample, train_transform
 from practise_df.finetune import FinetuneConfig, finetune
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 # name: (image folder relative to the repo, images used, augmentation, iterations, lr)
 VARIANTS = {

@@ -19,9 +19,6 @@ import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 import torch
 from _sample import IMAGENET_SAMPLE, ROOT, chosen_variants, lite0_teacher, sample_images, top1
 
@@ -29,6 +26,8 @@ from practise_df import drop_and_recover, drop_blocks, find_blocks
 from synth.files import write_json_atomic
 from synth.data import load_image_tensor
 from practise_df.scoring import ESTIMATORS, RecoverySettings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 BLOCK_SETS = ('blocks.4.2,blocks.1.1;'  # quickstart, 15.2% saved
               'blocks.1.1,blocks.3.2,blocks.3.1,blocks.2.1,blocks.4.2')  # Track A PRACTISE, 25% target, 20.3% saved

@@ -29,7 +29,6 @@ import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, 'benchmarks')]
 from practise_df import create_model, drop_and_recover, drop_blocks, load_compressed, save_compressed  # noqa: E402
 from synth.files import write_json_atomic  # noqa: E402
 from synth.data import ImageFolderDataset, eval_transform  # noqa: E402

@@ -22,7 +22,6 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import synth  # noqa: E402
 from practise_df import create_model, resolve_data_config  # noqa: E402
 from synth.data import ImageFolderDataset, eval_transform, load_image_tensor  # noqa: E402

@@ -8,7 +8,8 @@ import sys
 import time
 
 import torch
-from practise_df import create_model, drop_blocks, image_loader, evaluate, resolve_data_config
+from practise_df import create_model, drop_blocks, evaluate, resolve_data_config
+from synth.data import image_loader
 from practise_df.models import efficientnet_lite0_weights
 from synth.data import ImageFolderDataset, train_transform
 from practise_df.finetune import FinetuneConfig, finetune, make_accelerator

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from practise_df import create_model
 
 FMNIST_DIR = '/usr/share/datasets/fashion-mnist'

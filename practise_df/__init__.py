@@ -1,37 +1,32 @@
 """practise-df: drop whole blocks of a pretrained vision model (PRACTISE) and recover accuracy without
 the customer's data.
 
-The public API is listed here once; every name is also usable alone.
+The public API is listed here once; every name is also usable alone. Baselines for benchmarks live in
+:mod:`practise_df.baselines`, image synthesis and image sources in the :mod:`synth` package.
 """
-from .adaptors import fold_adaptors as fold_adaptors, insert_adaptors as insert_adaptors
-from .baselines import (filter_prune as filter_prune, filter_prune_to_latency as filter_prune_to_latency,
-                        first_blocks as first_blocks, grow_to_latency as grow_to_latency,
-                        output_difference as output_difference, output_difference_scores as output_difference_scores,
-                        random_blocks as random_blocks)
-from .blocks import drop_blocks as drop_blocks, dropped_blocks as dropped_blocks, find_blocks as find_blocks
-from .checkpoint import load_compressed as load_compressed, save_compressed as save_compressed
-from .corruptions import (CORRUPTIONS as CORRUPTIONS, SEVERITIES as SEVERITIES, corrupt as corrupt,
-                          parse_corruptions as parse_corruptions, parse_severities as parse_severities)
-from synth.data import ImageFolderDataset as ImageFolderDataset, image_loader as image_loader
-from .evaluate import evaluate as evaluate
-from .latency import (block_latency_savings as block_latency_savings, count_macs as count_macs,
-                      count_params as count_params, measure_latency as measure_latency)
-from .models import (PrePoolFeatures as PrePoolFeatures, create_model as create_model,
-                     load_weights as load_weights, resolve_data_config as resolve_data_config)
-from .scoring import (BlockScore as BlockScore, drop_and_recover as drop_and_recover,
-                      score_blocks as score_blocks, select_blocks as select_blocks)
+from synth import synthesize as synthesize
 
-__version__ = '0.1.0'
+from .blocks import drop_blocks as drop_blocks, find_blocks as find_blocks
+from .checkpoint import load_compressed as load_compressed, load_model as load_model
+from .checkpoint import save_compressed as save_compressed
+from .compress import compress as compress
+from .config import CompressConfig as CompressConfig, EvalConfig as EvalConfig, ImagesConfig as ImagesConfig
+from .config import LatencyConfig as LatencyConfig, RobustnessConfig as RobustnessConfig
+from .config import ScoringConfig as ScoringConfig, SynthesisConfig as SynthesisConfig
+from .evaluate import evaluate as evaluate
+from .finetune import FinetuneConfig as FinetuneConfig, finetune as finetune
+from .latency import block_latency_savings as block_latency_savings, measure_latency as measure_latency
+from .models import create_model as create_model, resolve_data_config as resolve_data_config
+from .robustness import evaluate_robustness as evaluate_robustness
+from .scoring import drop_and_recover as drop_and_recover, score_blocks as score_blocks
+from .scoring import select_blocks as select_blocks
+
+__version__ = '0.2.0'
 
 __all__ = [
-    'create_model', 'load_weights', 'resolve_data_config', 'PrePoolFeatures',
-    'find_blocks', 'drop_blocks', 'dropped_blocks',
-    'insert_adaptors', 'fold_adaptors',
-    'measure_latency', 'block_latency_savings', 'count_params', 'count_macs',
-    'score_blocks', 'select_blocks', 'drop_and_recover', 'BlockScore',
-    'save_compressed', 'load_compressed',
-    'ImageFolderDataset', 'image_loader', 'evaluate',
-    'first_blocks', 'random_blocks', 'output_difference', 'output_difference_scores', 'grow_to_latency',
-    'filter_prune', 'filter_prune_to_latency',
-    'corrupt', 'CORRUPTIONS', 'SEVERITIES', 'parse_corruptions', 'parse_severities',
+    'compress', 'CompressConfig', 'ImagesConfig', 'SynthesisConfig', 'ScoringConfig', 'LatencyConfig',
+    'FinetuneConfig', 'EvalConfig', 'RobustnessConfig',
+    'create_model', 'load_model', 'resolve_data_config', 'find_blocks', 'drop_blocks',
+    'score_blocks', 'select_blocks', 'drop_and_recover', 'save_compressed', 'load_compressed',
+    'measure_latency', 'block_latency_savings', 'finetune', 'evaluate', 'evaluate_robustness', 'synthesize',
 ]

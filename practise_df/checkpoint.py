@@ -14,6 +14,8 @@ from typing import Any, Dict, Optional
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from synth.files import apply_umask
+
 from .blocks import drop_blocks, dropped_blocks
 from .models import create_model, resolve_data_config
 
@@ -32,9 +34,7 @@ def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str,
     if source is None:
         raise ValueError('This model was not built by practise_df.create_model, so its architecture cannot be '
                          'recorded. Build it with create_model(spec, weights=...) before dropping blocks.')
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"'{path}' already exists. Choose another directory or pass overwrite=True "
-                              "(--overwrite) to replace it.")
+    check_model_dir(path, overwrite)
     config = {
         'format': FORMAT,
         'format_version': FORMAT_VERSION,
@@ -53,6 +53,7 @@ def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str,
         # safetensors refuses shared storage; contiguous clones are what a reload needs anyway.
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, os.path.join(tmp, 'model.safetensors'), metadata={'format': FORMAT})
+        apply_umask(os.path.join(tmp, 'model.safetensors'))  # safetensors creates it for its owner only
         with open(os.path.join(tmp, 'config.json'), 'w') as f:
             json.dump(config, f, indent=2)
         old = target + '.old'  # the model being replaced stays whole until the new one is in place
@@ -67,16 +68,63 @@ def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str,
     return path
 
 
+def check_model_dir(path: str, overwrite: bool = False) -> None:
+    """Before any work: ``path`` is new, an empty directory, or (with ``overwrite``) a compressed model to
+    replace. Anything else (a file, a folder of the user's) is refused and left as it is."""
+    if not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise FileExistsError(f"'{path}' is a file; a compressed model is a directory. Choose another path.")
+    if not os.listdir(path):
+        return
+    if not _is_model_dir(path):
+        raise FileExistsError(f"'{path}' is not empty and is not a compressed model written by practise-df, so it "
+                              "is never replaced. Choose a new or empty directory; nothing was changed.")
+    if not overwrite:
+        raise FileExistsError(f"'{path}' already holds a compressed model. Choose another directory or pass "
+                              "overwrite=True (--overwrite) to replace it.")
+
+
+def _is_model_dir(path: str) -> bool:
+    try:
+        return read_config(path) is not None and set(os.listdir(path)) <= {'config.json', 'model.safetensors',
+                                                                            'README.md'}
+    except (OSError, ValueError):
+        return False
+
+
 def read_config(path: str) -> Dict[str, Any]:
     with open(os.path.join(path, 'config.json')) as f:
-        config = json.load(f)
-    if config.get('format') != FORMAT:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"'{path}/config.json' is not valid JSON ({e}).") from None
+    if not isinstance(config, dict) or config.get('format') != FORMAT:
         raise ValueError(f"'{path}/config.json' is not a practise-df compressed model (format "
-                         f"{config.get('format')!r}).")
+                         f"{config.get('format') if isinstance(config, dict) else None!r}).")
     if config.get('format_version', 0) > FORMAT_VERSION:
         raise ValueError(f"'{path}' was written by a newer practise-df (format {config['format_version']}); "
                          "upgrade practise-df to load it.")
     return config
+
+
+def is_compressed_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, 'config.json'))
+
+
+def load_model(source: str, weights: Optional[str] = None, **kwargs: Any) -> nn.Module:
+    """A model from a spec (:func:`practise_df.create_model`, with ``weights``) or a compressed-model
+    directory (:func:`load_compressed`, which carries its own weights): what every command's ``--model``
+    takes."""
+    if is_compressed_dir(source):
+        if weights not in (None, '', 'random'):
+            raise ValueError(f"'{source}' is a compressed-model directory and carries its own weights; "
+                             "drop --weights.")
+        return load_compressed(source)
+    if os.path.isdir(source):
+        raise ValueError(f"'{source}' is a directory but holds no config.json, so it is not a compressed model "
+                         "written by practise-df. Pass a model spec such as 'timm:resnet50'.")
+    return create_model(source, weights, **kwargs)
 
 
 def load_compressed(path: str) -> nn.Module:

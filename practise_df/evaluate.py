@@ -1,11 +1,53 @@
-"""Top-1/top-5 accuracy and agreement with a teacher."""
+"""Top-1/top-5 accuracy and agreement with a teacher: one tally, used by every evaluation."""
 from __future__ import annotations
 
 from typing import Dict, Iterable, Optional, Union
 
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from synth import load_images
+
+
+class Tally:
+    """Running counts over batches: top-1/top-5 hits on labelled images (labels of -1 count as unknown),
+    and, given the teacher's top-1 predictions, agreement with the teacher and the teacher's own top-1."""
+
+    def __init__(self):
+        self.images = self.labelled = self.top1 = self.top5 = 0
+        self.compared = self.agree = self.teacher_top1 = 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, teacher_pred: Optional[torch.Tensor] = None
+            ) -> torch.Tensor:
+        """Count one batch; returns its top-1 predictions."""
+        topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        known = labels >= 0
+        hits = topk[known] == labels[known, None]
+        self.images += len(topk)
+        self.labelled += int(known.sum())
+        self.top1 += int(hits[:, 0].sum())
+        self.top5 += int(hits.any(dim=1).sum())
+        if teacher_pred is not None:
+            self.compared += len(topk)
+            self.agree += int((teacher_pred == topk[:, 0]).sum())
+            self.teacher_top1 += int((teacher_pred[known] == labels[known]).sum())
+        return topk[:, 0]
+
+    def result(self, top5: bool = True, teacher_top1: bool = False) -> Dict[str, float]:
+        """Percentages of what could be measured: ``top1`` (and ``top5``, ``teacher_top1``) with labels,
+        ``agreement`` with teacher predictions."""
+        out: Dict[str, float] = {}
+        if self.labelled:
+            out['top1'] = 100.0 * self.top1 / self.labelled
+            if top5:
+                out['top5'] = 100.0 * self.top5 / self.labelled
+            if teacher_top1 and self.compared:
+                out['teacher_top1'] = 100.0 * self.teacher_top1 / self.labelled
+        if self.compared:
+            out['agreement'] = 100.0 * self.agree / self.compared
+        return out
 
 
 @torch.no_grad()
@@ -22,35 +64,33 @@ def evaluate(model: nn.Module, loader: Iterable, device: str = 'cpu',
     model = model.eval().to(device)
     if isinstance(teacher, nn.Module):
         teacher = teacher.eval().to(device)
-    n = labelled = top1 = top5 = agree = 0
-    predictions = []
+    tally, predictions = Tally(), []
     for images, labels in tqdm(loader, desc='evaluating', disable=not progress, leave=False):
         images, labels = images.to(device), torch.as_tensor(labels).to(device)
-        logits = model(images)
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
-        has_label = labels >= 0
-        hits = topk[has_label] == labels[has_label, None]
-        top1 += hits[:, 0].sum().item()
-        top5 += hits.any(dim=1).sum().item()
-        labelled += has_label.sum().item()
+        teacher_pred = None
         if isinstance(teacher, nn.Module):
-            agree += (teacher(images).argmax(1) == topk[:, 0]).sum().item()
+            teacher_pred = teacher(images).argmax(1)
         elif teacher is not None:
-            if len(teacher) < n + len(images):
+            if len(teacher) < tally.images + len(images):
                 raise ValueError(f'Got {len(teacher)} teacher predictions for a loader with more images; pass '
                                  'the predictions made on the same loader.')
-            agree += (teacher[n:n + len(images)].to(device) == topk[:, 0]).sum().item()
-        predictions.append(topk[:, 0].cpu())
-        n += len(images)
-    result = {'images': n, 'labelled': labelled}
-    if labelled:
-        result.update(top1=100.0 * top1 / labelled, top5=100.0 * top5 / labelled)
-    if teacher is not None and n:
-        if not isinstance(teacher, nn.Module) and len(teacher) != n:
-            raise ValueError(f'Got {len(teacher)} teacher predictions for {n} images; pass the predictions made '
-                             'on the same loader.')
-        result['agreement'] = 100.0 * agree / n
+            teacher_pred = teacher[tally.images:tally.images + len(images)].to(device)
+        predictions.append(tally.add(model(images), labels, teacher_pred).cpu())
+    if teacher is not None and not isinstance(teacher, nn.Module) and len(teacher) != tally.images:
+        raise ValueError(f'Got {len(teacher)} teacher predictions for {tally.images} images; pass the predictions '
+                         'made on the same loader.')
+    result = {'images': tally.images, 'labelled': tally.labelled, **tally.result()}
     if return_predictions:
         result['predictions'] = torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
     return result
+
+
+def evaluate_source(model: nn.Module, source: str, data_config: dict, teacher: Optional[nn.Module] = None,
+                    batch_size: int = 32, max_images: Optional[int] = None, seed: int = 0, num_workers: int = 0,
+                    device: str = 'cpu', progress: bool = True) -> Dict[str, float]:
+    """:func:`evaluate` on an image source (folder, ``hf:NAME``, saved dataset) preprocessed with the model's
+    data config; adds ``skipped_files`` (images that did not decode and were left out)."""
+    dataset = load_images(source, data_config, num_images=max_images, seed=seed)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    return {**evaluate(model, loader, device, teacher=teacher, progress=progress),
+            'skipped_files': getattr(dataset, 'skipped', 0)}

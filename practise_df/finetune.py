@@ -37,6 +37,9 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from synth.seeds import mix_seed
+
+from .evaluate import Tally
 from .models import PrePoolFeatures, classifier_parameters
 
 _logger = logging.getLogger(__name__)
@@ -60,11 +63,13 @@ class FinetuneConfig:
     kd_temperature: float = 4.0
     kd_weight: float = 1.0  # weight of the KD term in 'mir+kd'
     max_grad_norm: Optional[float] = 5.0  # clip the gradient norm (None: no clipping)
-    freeze_bn: bool = True  # keep BatchNorm statistics fixed (eval mode) while training
+    # Keep BatchNorm statistics fixed (eval mode) while training. None: yes, except that compress trains them
+    # when told its images are real (images.real).
+    freeze_bn: Optional[bool] = None
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2
     eval_every: int = 0
-    seed: int = 0
+    seed: Optional[int] = None  # None: 0, or the run's seed under compress
     num_workers: int = 0
 
     def __post_init__(self):
@@ -133,7 +138,7 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index) % 2**32
+        seed = mix_seed(self.seed, self.epoch, index)
         py_state, np_state = random.getstate(), np.random.get_state()  # timm's crops draw from `random`
         try:
             with torch.random.fork_rng(devices=[]):
@@ -229,7 +234,8 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
         ``student`` is trained in place (unwrapped from any DDP wrapper).
     """
     accelerator = accelerator or make_accelerator(output_dir, config)
-    set_seed(config.seed)
+    seed = config.seed or 0
+    set_seed(seed)
     student.requires_grad_(True)  # a copy of a frozen teacher must still train
     if config.loss != 'ce':  # the classifier only maps features; distillation keeps it as the teacher left it
         for p in classifier_parameters(student):
@@ -242,7 +248,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
                                 weight_decay=config.weight_decay)
     # Stepped by hand once per optimizer step, so the schedule does not depend on the number of processes.
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, max(1, int(config.step_at * config.iterations)), 0.1)
-    train_data = SeededSamples(train_data, config.seed)
+    train_data = SeededSamples(train_data, seed)
     loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True, drop_last=len(train_data) >=
                         config.batch_size * accelerator.num_processes, num_workers=config.num_workers)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
@@ -269,7 +275,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
         train_data.set_epoch(epoch)  # Accelerate does not pass it on when the sampler takes it
         batches = accelerator.skip_first_batches(loader, done_in_epoch * config.gradient_accumulation_steps) \
             if done_in_epoch else loader
-        _train_mode(objective, config.freeze_bn)
+        _train_mode(objective, config.freeze_bn is not False)
         for images, labels in batches:
             with accelerator.accumulate(objective):
                 with torch.no_grad():
@@ -305,7 +311,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
                 metrics['step'] = state.step
                 history['eval'].append(metrics)
                 accelerator.log({f'eval/{k}': v for k, v in metrics.items() if k != 'step'}, step=state.step)
-                _train_mode(objective, config.freeze_bn)
+                _train_mode(objective, config.freeze_bn is not False)
             if final:
                 break
     bar.close()
@@ -356,17 +362,9 @@ def evaluate_distributed(accelerator: Accelerator, objective: nn.Module, teacher
     """Top-1 (labelled images) and top-1 agreement with the teacher, gathered over all processes."""
     student = accelerator.unwrap_model(objective).student.eval()
     loader = accelerator.prepare(DataLoader(data, batch_size=config.batch_size, num_workers=config.num_workers))
-    hits = agree = labelled = total = 0
+    tally = Tally()
     for images, labels in loader:
-        pred = student(images).argmax(1)
-        teacher_pred = teacher(images).argmax(1)
-        pred, teacher_pred, labels = accelerator.gather_for_metrics((pred, teacher_pred, labels))
-        has_label = labels >= 0
-        hits += (pred[has_label] == labels[has_label]).sum().item()
-        labelled += has_label.sum().item()
-        agree += (pred == teacher_pred).sum().item()
-        total += len(pred)
-    metrics = {'agreement': 100.0 * agree / max(total, 1), 'images': total}
-    if labelled:
-        metrics['top1'] = 100.0 * hits / labelled
-    return metrics
+        logits, teacher_pred = student(images), teacher(images).argmax(1)
+        logits, teacher_pred, labels = accelerator.gather_for_metrics((logits, teacher_pred, labels))
+        tally.add(logits, labels, teacher_pred)
+    return {**tally.result(top5=False), 'images': tally.images}

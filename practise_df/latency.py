@@ -1,17 +1,17 @@
 """Wall-clock latency (what users buy), parameter and MAC counts."""
 from __future__ import annotations
 
-import copy
+import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .blocks import drop_blocks
+from .blocks import check_blocks, drop_blocks, find_blocks
 
 
 @dataclass
@@ -84,13 +84,50 @@ def block_latency_savings(model: nn.Module, blocks: Iterable[str], input_size: S
     Returns {block: {'latency_ms', 'saved_ms', 'saved_pct', 'base_ms'}}; ``saved_pct`` is relative to
     the full model's median ``base_ms``. All variants are timed interleaved in one run.
     """
-    blocks = list(blocks)
+    blocks = check_blocks(model, blocks, find_blocks(model, input_size))  # a typo must not time a fake block
     variants = [model] + [drop_blocks(model, [b], candidates=blocks) for b in blocks]
     lat = measure_latencies(variants, input_size, batch_size, device, warmup, repeats)
     base = lat[0].median_ms
     return {b: {'latency_ms': lat_b.median_ms, 'saved_ms': base - lat_b.median_ms,
                 'saved_pct': 100.0 * (base - lat_b.median_ms) / base, 'base_ms': base}
             for b, lat_b in zip(blocks, lat[1:])}
+
+
+def model_latency_report(model: nn.Module, input_size: Sequence[int], drop: Optional[Sequence[str]] = None,
+                         batch_size: int = 1, device: str = 'cpu', warmup: int = 5, repeats: int = 20) -> dict:
+    """Latency, params and MACs of ``model`` and, with ``drop``, of the model with those blocks dropped
+    (timed interleaved), with the latency saved: what ``practise-df latency`` reports."""
+    variants = [('model', model)] + ([(f"dropped {','.join(drop)}", drop_blocks(model, drop))] if drop else [])
+    lats = measure_latencies([m for _, m in variants], input_size, batch_size, device, warmup, repeats)
+    report = {'batch_size': batch_size, 'input_size': list(input_size), 'device': device, 'repeats': repeats,
+              'variants': [{'name': n, **lat.to_dict(), 'params': count_params(m), 'macs': count_macs(m, input_size)}
+                           for (n, m), lat in zip(variants, lats)]}
+    if drop:
+        report['saved_pct'] = 100 * (1 - lats[1].median_ms / lats[0].median_ms)
+    return report
+
+
+def read_block_latency(path: str) -> Dict[str, dict]:
+    """Per-block savings from ``practise-df latency --per-block`` (or a plain {block: {...}} mapping),
+    checked: every entry has numeric ``saved_pct`` and ``saved_ms``."""
+    hint = ('expected {"blocks": {BLOCK: {"saved_ms": 1.2, "saved_pct": 3.4}, ...}} as written by '
+            'practise-df latency --per-block --output FILE')
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Block-latency file '{path}' does not exist; {hint}.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"Block-latency file '{path}' cannot be read as JSON ({e}); {hint}.") from None
+    table = data.get('blocks', data) if isinstance(data, dict) else None
+    if not isinstance(table, dict) or not table or not all(isinstance(v, dict) for v in table.values()):
+        raise ValueError(f"'{path}' is not a per-block latency file: {hint}.")
+    for block, entry in table.items():
+        for key in ('saved_pct', 'saved_ms'):
+            value = entry.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"'{path}': block {block} has {key}={value!r}, not a number; {hint}.")
+    return table
 
 
 def count_params(model: nn.Module) -> int:
@@ -105,10 +142,3 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     with torch.no_grad(), counter:
         model.eval()(x)
     return counter.get_total_flops() // 2
-
-
-def model_cost(model: nn.Module, input_size: Sequence[int], batch_size: int = 1, device: str = 'cpu',
-               repeats: int = 20) -> dict:
-    """Latency, params and MACs of one model, as a dict for reports."""
-    lat = measure_latency(copy.deepcopy(model), input_size, batch_size, device, repeats=repeats)
-    return {'latency': lat.to_dict(), 'params': count_params(model), 'macs': count_macs(model, input_size)}

@@ -53,48 +53,64 @@ def parse_spec(spec: str) -> ModelSpec:
     return ModelSpec(library, name)
 
 
-def is_compressed_dir(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, 'config.json'))
-
-
 def create_model(
         spec: str,
         weights: Optional[str] = None,
         **kwargs: Any,
 ) -> nn.Module:
-    """Build a model from a spec.
+    """Build a model from a spec (for a compressed-model directory too, use :func:`practise_df.load_model`).
 
     Args:
-        spec: model spec, or a compressed-model directory (then ``weights`` must be None).
-        weights: None (random init), ``'pretrained'`` (hub weights, needs network) or a local
-            ``.pth/.pt/.bin/.safetensors`` file.
+        spec: ``timm:NAME``, ``torchvision:NAME`` or a bare timm ``NAME``.
+        weights: None or ``'random'`` (random init), ``'pretrained'`` (hub weights, needs network) or a
+            local ``.pth/.pt/.bin/.safetensors`` file.
         kwargs: passed to the model constructor (e.g. ``num_classes``); must be JSON-serialisable
             for the model to be saved with :func:`practise_df.save_compressed`.
 
     Returns:
         The model in eval mode, on CPU.
     """
-    if is_compressed_dir(spec):
-        if weights not in (None, ''):
-            raise ValueError(f"'{spec}' is a compressed-model directory and carries its own weights; "
-                             "drop --weights.")
-        from .checkpoint import load_compressed
-        return load_compressed(spec)
     if os.path.isdir(spec):
-        raise ValueError(f"'{spec}' is a directory but holds no config.json, so it is not a compressed model "
-                         "written by practise-df. Pass a model spec such as 'timm:resnet50'.")
+        raise ValueError(f"'{spec}' is a directory, not a model spec. A compressed-model directory is loaded with "
+                         "practise_df.load_model (or load_compressed); otherwise pass a spec such as 'timm:resnet50'.")
     parsed = parse_spec(spec)
+    weights = None if weights in (None, '', 'random') else weights
+    if weights and weights != 'pretrained':
+        check_weights_file(weights)  # before building the model: a typo costs no time
     pretrained = weights == 'pretrained'
-    if parsed.library == 'timm':
-        model = timm.create_model(parsed.name, pretrained=pretrained, **kwargs)
-    else:
-        hub = {'weights': 'DEFAULT'} if pretrained else {}
-        model = torchvision.models.get_model(parsed.name, **hub, **kwargs)
+    try:
+        if parsed.library == 'timm':
+            model = timm.create_model(parsed.name, pretrained=pretrained, **kwargs)
+        else:
+            hub = {'weights': 'DEFAULT'} if pretrained else {}
+            model = torchvision.models.get_model(parsed.name, **hub, **kwargs)
+    except (OSError, RuntimeError) as e:
+        if not pretrained:
+            raise
+        raise PretrainedUnavailableError(
+            f"Cannot fetch the pretrained weights of {parsed} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            "Without network access, download them on a connected machine and pass the local file with --weights "
+            "FILE (--teacher-weights FILE in the recipes).") from e
     if weights and not pretrained:
         load_weights(model, weights)
     # Recorded so a compressed copy can be rebuilt without the original spec or a download.
     model.practise_df_source = {'model': str(parsed), 'kwargs': kwargs}
     return model.eval()
+
+
+class PretrainedUnavailableError(ConnectionError, ValueError):
+    """Hub weights were asked for and could not be fetched. Also a ValueError, so command lines report it
+    like any other bad argument."""
+
+
+def check_weights_file(path: str) -> None:
+    """Raise a clear error when ``path`` is not a readable weights file of a known kind."""
+    if not os.path.isfile(path):
+        what = 'is a directory' if os.path.isdir(path) else 'does not exist'
+        raise FileNotFoundError(f"Weights file '{path}' {what}. Pass a local {'/'.join(WEIGHT_SUFFIXES)} file, "
+                                "'pretrained' (needs network) or 'random'.")
+    if not path.endswith(WEIGHT_SUFFIXES):
+        raise ValueError(f"Weights file '{path}' has an unknown suffix; expected one of {WEIGHT_SUFFIXES}.")
 
 
 def load_weights(model: nn.Module, path: str) -> nn.Module:
@@ -104,11 +120,7 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
     ``load_state_dict``). A checkpoint whose key names differ but whose tensors have the same shapes
     in the same order (e.g. EfficientNet-PyTorch naming onto timm) is mapped in order.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Weights file '{path}' does not exist. Pass a local "
-                                f"{'/'.join(WEIGHT_SUFFIXES)} file, 'pretrained' (needs network) or omit it.")
-    if not path.endswith(WEIGHT_SUFFIXES):
-        raise ValueError(f"Weights file '{path}' has an unknown suffix; expected one of {WEIGHT_SUFFIXES}.")
+    check_weights_file(path)
     try:
         state_dict = load_state_dict(path, use_ema=False)
     except Exception as e:  # truncated file, pickled modules refused by weights_only, ...
@@ -134,11 +146,12 @@ def match_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module, sour
                                  "Check the model name (and num_classes).")
         return state_dict
     if len(state_dict) != len(target):
-        missing = sorted(set(target) - set(state_dict))[:3]
+        missing, unexpected = sorted(set(target) - set(state_dict)), sorted(set(state_dict) - set(target))
+        detail = '; '.join(f'{what} include {", ".join(keys[:3])}' for what, keys in (
+            ('model keys missing from the file', missing), ('file keys the model does not have', unexpected)) if keys)
         raise ValueError(
             f"Weights in '{source}' do not fit this architecture: the file has {len(state_dict)} tensors, "
-            f"the model {len(target)} (model keys not in the file include {missing}). "
-            "Check the model name, or that the file belongs to this model.")
+            f"the model {len(target)} ({detail}). Check the model name, or that the file belongs to this model.")
     remapped = {}
     for i, ((k_src, v), (k_dst, t)) in enumerate(zip(state_dict.items(), target.items())):
         if v.shape != t.shape:

@@ -19,41 +19,17 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from torch.utils.data import DataLoader
+
+from synth import load_images
+from synth.data import eval_transform
+from synth.seeds import mix_seed
+
 from ._format import format_table
 from .corruptions import CORRUPTIONS, corrupt, parse_corruptions, parse_severities
+from .evaluate import Tally
 
-__all__ = ['evaluate_robustness', 'robustness_table', 'save_heatmap']
-
-
-def _seed(seed: int, corruption: str, severity: int, batch: int) -> int:
-    # Stable across processes and runs (unlike hash()); one stream per corruption, severity and batch.
-    return ((seed * 1_000_003 + CORRUPTIONS.index(corruption)) * 7 + severity) * 1_000_003 + batch
-
-
-class _Counts:
-    def __init__(self):
-        self.n = self.labelled = self.correct = self.teacher_correct = self.agree = 0
-
-    def add(self, logits, labels, teacher_logits=None):
-        pred = logits.argmax(1)
-        known = labels >= 0
-        self.n += len(pred)
-        self.labelled += int(known.sum())
-        self.correct += int((pred[known] == labels[known]).sum())
-        if teacher_logits is not None:
-            tpred = teacher_logits.argmax(1)
-            self.teacher_correct += int((tpred[known] == labels[known]).sum())
-            self.agree += int((tpred == pred).sum())
-
-    def result(self, teacher: bool) -> Dict[str, float]:
-        out: Dict[str, float] = {}
-        if self.labelled:
-            out['top1'] = 100.0 * self.correct / self.labelled
-            if teacher:
-                out['teacher_top1'] = 100.0 * self.teacher_correct / self.labelled
-        if teacher and self.n:
-            out['agreement'] = 100.0 * self.agree / self.n
-        return out
+__all__ = ['evaluate_robustness', 'evaluate_folder_robustness', 'robustness_table', 'save_heatmap']
 
 
 @torch.no_grad()
@@ -92,12 +68,12 @@ def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader
 
     def run(images, labels, key):
         x = (images - mean_t) / std_t
-        teacher_logits = teacher(x) if teacher is not None else None
+        teacher_pred = teacher(x).argmax(1) if teacher is not None else None
         for name, m in models.items():
-            counts[name][key].add(m(x), labels, teacher_logits)
+            counts[name][key].add(m(x), labels, teacher_pred)
 
     keys = ['clean'] + [(c, s) for c in corruptions for s in severities]
-    counts = {name: {k: _Counts() for k in keys} for name in models}
+    counts = {name: {k: Tally() for k in keys} for name in models}
     bar = tqdm(desc='robustness', total=None, unit='batch', disable=not progress)
     for batch, (images, labels) in enumerate(loader):
         images, labels = images.to(device), torch.as_tensor(labels).to(device)
@@ -107,23 +83,42 @@ def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader
         run(images, labels, 'clean')
         for c in corruptions:
             for s in severities:
-                gen = torch.Generator(device=images.device).manual_seed(_seed(seed, c, s, batch))
+                gen = torch.Generator(device=images.device).manual_seed(mix_seed(seed, CORRUPTIONS.index(c), s, batch))
                 run(corrupt(images, c, s, gen), labels, (c, s))
         bar.update(1)
     bar.close()
     with_teacher = teacher is not None
+    if not with_teacher and not any(per_key['clean'].labelled for per_key in counts.values()):
+        raise ValueError('Nothing to measure: the images have no labels (no class subfolders) and no teacher was '
+                         'given. Pass a labelled folder, or a teacher (--teacher) to measure agreement with.')
     results = {}
     for name, per_key in counts.items():
         clean = per_key['clean']
-        if clean.n == 0:
+        if clean.images == 0:
             raise ValueError('The loader yielded no images.')
-        result = {'images': clean.n, 'labelled': clean.labelled, 'seed': seed, 'severities': list(severities),
-                  'clean': clean.result(with_teacher),
-                  'corruptions': {c: {str(s): per_key[c, s].result(with_teacher) for s in severities}
+        result = {'images': clean.images, 'labelled': clean.labelled, 'seed': seed, 'severities': list(severities),
+                  'clean': clean.result(top5=False, teacher_top1=True),
+                  'corruptions': {c: {str(s): per_key[c, s].result(top5=False, teacher_top1=True) for s in severities}
                                   for c in corruptions}}
         result['summary'] = _summary(result, with_teacher)
         results[name] = result
     return results if isinstance(model, Mapping) else results[None]
+
+
+def evaluate_folder_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], data: str, data_config: dict,
+                               teacher: Optional[nn.Module] = None, corruptions=None, severities=None,
+                               max_images: Optional[int] = None, batch_size: int = 32, seed: int = 0,
+                               device: str = 'cpu', num_workers: int = 0, progress: bool = True) -> Dict:
+    """:func:`evaluate_robustness` on an image source (folder, ``hf:NAME``, saved dataset), preprocessed with
+    the model's data config; adds ``data`` and ``skipped_files`` (images that did not decode)."""
+    corruptions, severities = parse_corruptions(corruptions), parse_severities(severities)  # fail before loading
+    dataset = load_images(data, data_config, num_images=max_images, seed=seed,
+                          transform=eval_transform(data_config, normalize=False))
+    result = evaluate_robustness(model, DataLoader(dataset, batch_size=batch_size, num_workers=num_workers),
+                                 data_config['mean'], data_config['std'], teacher=teacher, corruptions=corruptions,
+                                 severities=severities, seed=seed, device=device, progress=progress)
+    extra = {'data': data, 'skipped_files': getattr(dataset, 'skipped', 0)}
+    return {name: {**r, **extra} for name, r in result.items()} if isinstance(model, Mapping) else {**result, **extra}
 
 
 def _mean(values: List[Optional[float]]) -> Optional[float]:

@@ -7,19 +7,23 @@
 Labels are never used (MiR feature mimicking learns from the teacher). Defaults: timm resnet50 with hub
 weights, 2000 images, 5 blocks dropped, 2000 MiR iterations (official finetuning settings).
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from practise_df.cli import recipe_main  # noqa: E402
+from practise_df.cli import recipe_main
+
+DEFAULTS = {
+    'model': 'timm:resnet50', 'weights': 'pretrained', 'output_dir': 'runs/ood',
+    'images': {'num_images': 2000},
+    'scoring': {'drop': 5},
+    'finetune': {'iterations': 2000},
+}
 
 
-def _require_images(args):
-    if not args.images:
+def _require_images(args, defaults):
+    if not getattr(args, 'images.source', None):
         raise ValueError('The OOD recipe needs --images: a folder, hf:NAME[:SPLIT], a save_to_disk directory '
                          'or crops:PHOTO.jpg. For no images at all, use recipes/datafree_resnet50.py.')
 
 
 if __name__ == '__main__':
-    sys.exit(recipe_main(__doc__, prepare=_require_images, model='timm:resnet50', weights='pretrained',
-                         num_images=2000, drop=5, finetune_iters=2000, output_dir='runs/ood'))
+    sys.exit(recipe_main(__doc__, DEFAULTS, prepare=_require_images))

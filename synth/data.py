@@ -63,7 +63,7 @@ def scan_image_folder(root: str, class_to_idx: Optional[Dict[str, int]] = None
     for their top-level subfolder). When every subfolder name is a number (``0042``, as synthesised
     folders are written) the number is the label, so a folder holding only some classes keeps the
     model's class indices. Images directly in ``root`` are unlabeled (label -1).
-    Returns (samples, class names); :func:`readable` keeps those that decode.
+    Returns (samples, class names); :func:`pick_readable` keeps those that decode.
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Image folder '{root}' does not exist.")
@@ -85,15 +85,26 @@ def scan_image_folder(root: str, class_to_idx: Optional[Dict[str, int]] = None
     return candidates, classes
 
 
-def readable(samples: Sequence[Tuple[str, int]], root: str) -> Tuple[List[Tuple[str, int]], int]:
-    """The samples whose file decodes (:func:`decode_image`), and how many were skipped (logged)."""
-    kept = [s for s in samples if decode_image(s[0]) is not None]
-    skipped = len(samples) - len(kept)
+def pick_readable(samples: Sequence[Tuple[str, int]], root: str, max_images: Optional[int] = None,
+                  seed: int = 0) -> Tuple[List[Tuple[str, int]], int]:
+    """Up to ``max_images`` samples whose file decodes (:func:`decode_image`), chosen by ``seed`` (all when
+    None; original order kept), and how many files met on the way did not decode (logged)."""
+    order = range(len(samples))
+    if max_images is not None and max_images < len(samples):
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    kept, skipped = [], 0
+    for i in order:
+        if max_images is not None and len(kept) == max_images:
+            break
+        if decode_image(samples[i][0]) is None:
+            skipped += 1
+        else:
+            kept.append(i)
     if skipped:
         _logger.warning("Skipped %d unreadable image file(s) under '%s' (they do not decode).", skipped, root)
     if not kept:
         raise ValueError(f"No readable image under '{root}': {skipped} file(s) could not be decoded.")
-    return kept, skipped
+    return [samples[i] for i in sorted(kept)], skipped
 
 
 class ImageFolderDataset(Dataset):
@@ -103,10 +114,8 @@ class ImageFolderDataset(Dataset):
                  class_to_idx: Optional[Dict[str, int]] = None, max_images: Optional[int] = None, seed: int = 0):
         self.root = root
         samples, self.classes = scan_image_folder(root, class_to_idx)
-        if max_images is not None and max_images < len(samples):
-            samples = subsample(samples, max_images, seed)
         # Decoded once up front, so a broken file is skipped and counted here, not hours into a run.
-        self.samples, self.skipped = readable(samples, root)
+        self.samples, self.skipped = pick_readable(samples, root, max_images, seed)
         self.transform = transform
 
     def __len__(self) -> int:

@@ -1,11 +1,17 @@
 """Crash-safe files: JSON written under a temporary name and renamed, JSON-lines journals appended
-and synced line by line, with a line cut short by a crash dropped before the next append."""
+and synced line by line, with a line cut short by a crash dropped before the next append; files
+created with the user's umask; and a lock that keeps two runs out of one directory."""
 from __future__ import annotations
 
 import json
 import logging
 import os
-from typing import Iterable
+from typing import Iterable, List, Optional
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 _logger = logging.getLogger(__name__)
 
@@ -20,9 +26,46 @@ def write_text_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def apply_umask(path: str) -> None:
+    """Give ``path`` the permissions a plain ``open()`` would (some writers, safetensors among them, create
+    files readable by their owner only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def write_json_atomic(path: str, obj) -> None:
     """Write ``obj`` as JSON, atomically (see :func:`write_text_atomic`)."""
     write_text_atomic(path, json.dumps(obj, indent=2))
+
+
+def differing_settings(saved: dict, current: dict, keys: Optional[Iterable[str]] = None) -> List[str]:
+    """Names (dotted for nested groups) of the settings under ``keys`` (default: all) that differ."""
+    found = []
+    for key in sorted(set(saved) | set(current)) if keys is None else keys:
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += [f'{key}.{k}' for k in differing_settings(a, b)]
+        elif a != b:
+            found.append(key)
+    return found
+
+
+def guard_settings(path: str, settings: dict, write: bool = True, fix: str = '') -> None:
+    """The settings that made the files beside ``path``: written the first time (when ``write``), and
+    afterwards any difference is refused with a ValueError that names what differs and ``fix``."""
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"'{path}' cannot be read ({e}). {fix}") from None
+        differ = differing_settings(saved, settings)
+        if differ:
+            raise ValueError(f"'{os.path.dirname(path) or '.'}' holds files made with other settings "
+                             f"({', '.join(differ)} differ; see {os.path.basename(path)}). {fix}")
+    elif write:
+        write_json_atomic(path, settings)
 
 
 def append_jsonl(path: str, records: Iterable[dict]) -> None:
@@ -44,3 +87,45 @@ def drop_partial_line(path: str) -> None:
             return
         f.truncate(data.rfind(b'\n') + 1)
     _logger.warning("Dropped an unfinished line at the end of '%s' (interrupted write).", path)
+
+
+class RunLock:
+    """An exclusive lock on an output directory for the life of one run, so two runs started on the same
+    directory cannot both write into it. The lock file is removed when the run ends; a run killed with
+    SIGKILL leaves it behind, unlocked, and the next run takes it over."""
+
+    NAME = '.practise-df.lock'
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, self.NAME)
+        self._file = None
+
+    def acquire(self) -> 'RunLock':
+        if fcntl is None:  # no flock (Windows): runs are not protected from each other
+            return self
+        os.makedirs(os.path.dirname(self.path) or '.', exist_ok=True)
+        self._file = open(self.path, 'a+')
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            owner = self._file.read().strip() or 'unknown'
+            self._file.close()
+            self._file = None
+            raise FileExistsError(f"Another practise-df run (process {owner}) is writing to "
+                                  f"'{os.path.dirname(self.path)}'. Wait for it to finish or choose another "
+                                  "--output-dir.") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            try:
+                os.remove(self.path)
+            except OSError:
+                pass
+            self._file.close()
+            self._file = None

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import ExitStack
 from typing import Callable, List, Optional, Sequence, Tuple
-from unittest import mock
 
-import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .seeds import mix_seed
 from .data import IMAGE_SUFFIXES, UNLABELED, ImageFolderDataset, decode_image, eval_transform, subsample
 
 __all__ = ['load_images', 'SingleImageCrops', 'HFImageDataset', 'HubUnreachableError']
@@ -125,17 +123,12 @@ def _hub_offline() -> bool:
 
 
 def _load_hub_dataset(name: str, split: Optional[str]):
-    import datasets
-    import huggingface_hub.constants as hub_constants
+    import datasets  # heavy, and only needed for Hugging Face datasets
     offline = _hub_offline()
     hint = (f"Use a local image folder, or on a machine with internet run "
             f"`datasets.load_dataset('{name}', split='{split or 'train'}').save_to_disk(DIR)` and pass DIR.")
     try:
-        with ExitStack() as stack:
-            if offline:  # the flags are read at import time; honour an HF_HUB_OFFLINE set later
-                stack.enter_context(mock.patch.object(datasets.config, 'HF_HUB_OFFLINE', True))
-                stack.enter_context(mock.patch.object(hub_constants, 'HF_HUB_OFFLINE', True))
-            ds = datasets.load_dataset(name, split=split)
+        ds = datasets.load_dataset(name, split=split)
     except ConnectionError as e:  # datasets reports offline mode and network failures as ConnectionError
         why = 'offline mode is on (HF_HUB_OFFLINE=1)' if offline else 'the network request failed'
         raise HubUnreachableError(f"Cannot load the Hugging Face dataset '{name}': the Hub is unreachable "
@@ -247,7 +240,7 @@ class SingleImageCrops(Dataset):
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
         if not 0 <= index < self.num_images:
             raise IndexError(index)
-        item_seed = int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
+        item_seed = mix_seed(self.seed, index)
         # torchvision transforms draw from the global generator: seed a private copy of it.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed)

@@ -12,23 +12,23 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict
-from typing import List, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
+import timm.data
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .files import write_json_atomic
-from practise_df.models import resolve_data_config
+from .files import guard_settings
 
 from .inversion import evaluate_images, invert_batch, quantize
 from .losses import batchnorm_layers
 from .presets import InversionConfig, get_preset
+from .seeds import mix_seed
 from .writer import CONFIG, ShardWriter, image_name, merge_metadata, read_records
 
-__all__ = ['synthesize', 'synthesize_shard', 'process_state', 'batch_seed', 'class_targets']
+__all__ = ['synthesize', 'synthesize_shard', 'SynthesisJob', 'process_state', 'batch_seed', 'class_targets']
 
 _logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ _logger = logging.getLogger(__name__)
 def batch_seed(seed: int, batch_index: int) -> int:
     """Independent, reproducible seed of batch ``batch_index`` (numpy's SeedSequence mixing, so nearby
     user seeds do not share batches)."""
-    return int(np.random.SeedSequence([seed, batch_index]).generate_state(1)[0])
+    return mix_seed(seed, batch_index)
 
 
 def class_targets(indices: Sequence[int], classes: Sequence[int]) -> torch.Tensor:
@@ -68,20 +68,6 @@ def _check_classes(classes: Optional[Sequence[int]], num_classes: int) -> List[i
     return classes
 
 
-def _check_resume(out_dir: str, settings: dict, write: bool) -> None:
-    path = os.path.join(out_dir, CONFIG)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-        if diff:
-            raise ValueError(
-                f"'{out_dir}' holds images synthesised with other settings ({', '.join(diff)} differ; see "
-                f"{CONFIG}). Resume with the same settings, or write to a new --out folder.")
-    elif write:
-        write_json_atomic(path, settings)
-
-
 def process_state(device=None):
     """Accelerate's view of this process, and the device it should use.
 
@@ -99,55 +85,64 @@ def process_state(device=None):
     return state, requested
 
 
-def synthesize_shard(
-        model: nn.Module,
-        out_dir: str,
-        num_images: int,
-        *,
-        config: InversionConfig,
-        data_config: dict,
-        resolution: int,
-        batch_size: int,
-        seed: int,
-        classes: List[int],
-        num_classes: int,
-        process_index: int = 0,
-        num_processes: int = 1,
-        student: Optional[nn.Module] = None,
-        device=None,
-        amp: Optional[bool] = None,
-        progress: bool = True,
-) -> dict:
+@dataclass(frozen=True)
+class SynthesisJob:
+    """What every process needs to make its share of a synthesized set (written to ``synth_config.json``)."""
+    out_dir: str
+    num_images: int
+    config: InversionConfig
+    resolution: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    batch_size: int
+    seed: int
+    classes: Tuple[int, ...]
+    num_classes: int
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.num_images / self.batch_size)
+
+    def batch_indices(self, b: int) -> List[int]:
+        return list(range(b * self.batch_size, min(self.num_images, (b + 1) * self.batch_size)))
+
+    def settings(self, model: nn.Module, student: bool) -> dict:
+        """The settings the images depend on; a resumed run must use the same."""
+        saved = {'config': asdict(self.config), 'resolution': self.resolution, 'batch_size': self.batch_size,
+                 'seed': self.seed, 'classes': list(self.classes), 'num_classes': self.num_classes,
+                 'mean': list(self.mean), 'std': list(self.std), 'student': student,
+                 'model': getattr(model, 'practise_df_source', {}).get('model')}
+        return json.loads(json.dumps(saved))  # tuples as lists, as JSON reads them back
+
+
+def synthesize_shard(model: nn.Module, job: SynthesisJob, process_index: int = 0, num_processes: int = 1,
+                     student: Optional[nn.Module] = None, device=None, amp: Optional[bool] = None,
+                     progress: bool = True) -> dict:
     """Synthesise the batches of one process (``b % num_processes == process_index``) that are not on disk
     yet. Does not merge the metadata: see :func:`synth.writer.merge_metadata`."""
-    num_batches = math.ceil(num_images / batch_size)
-    class_width = max(4, len(str(num_classes - 1)))
+    class_width = max(4, len(str(job.num_classes - 1)))
     done = {}
-    for r in read_records(out_dir) if os.path.isdir(out_dir) else []:
+    for r in read_records(job.out_dir) if os.path.isdir(job.out_dir) else []:
         done.setdefault(r['batch'], set()).add(r['index'])
-
-    def batch_indices(b):
-        return list(range(b * batch_size, min(num_images, (b + 1) * batch_size)))
-
-    todo = [b for b in range(process_index, num_batches, num_processes)
-            if done.get(b, set()) != set(batch_indices(b))]
-    skipped = len(range(process_index, num_batches, num_processes)) - len(todo)
+    mine = range(process_index, job.num_batches, num_processes)
+    todo = [b for b in mine if done.get(b, set()) != set(job.batch_indices(b))]
+    skipped = len(mine) - len(todo)
     if skipped:
         _logger.info('Rank %d: %d batch(es) already on disk, skipped.', process_index, skipped)
-    writer = ShardWriter(out_dir, process_index, class_width)
-    mean, std = tuple(data_config['mean']), tuple(data_config['std'])
+    writer = ShardWriter(job.out_dir, process_index, class_width)
     passes, generated = 0, 0
     start = time.perf_counter()
-    bar = tqdm(total=len(todo) * config.iterations, unit='step', disable=not progress,
+    bar = tqdm(total=len(todo) * job.config.iterations, unit='step', disable=not progress,
                desc=f'synth rank {process_index}' if num_processes > 1 else 'synth', dynamic_ncols=True)
     with bar:
         for b in todo:
-            indices = batch_indices(b)
-            targets = class_targets(indices, classes)
-            seed_b = batch_seed(seed, b)
-            result = invert_batch(model, targets, config, resolution=resolution, mean=mean, std=std, seed=seed_b,
-                                  student=student, device=device, amp=amp, on_step=lambda _: bar.update(1))
-            pixels, decoded = quantize(result.images, mean, std)
+            indices = job.batch_indices(b)
+            targets = class_targets(indices, job.classes)
+            seed_b = batch_seed(job.seed, b)
+            result = invert_batch(model, targets, job.config, resolution=job.resolution, mean=job.mean, std=job.std,
+                                  seed=seed_b, student=student, device=device, amp=amp,
+                                  on_step=lambda _: bar.update(1))
+            pixels, decoded = quantize(result.images, job.mean, job.std)
             # Metadata describes the saved 8-bit images, not the float ones.
             ev = evaluate_images(model, decoded, targets, device=device)
             records = [{
@@ -171,13 +166,12 @@ def synthesize(
         num_images: int,
         *,
         data_config: Optional[dict] = None,
-        resolution: Optional[int] = None,
-        iterations: Optional[int] = None,
+        preset: str = 'fast',
+        steps: Optional[int] = None,
+        config: Optional[InversionConfig] = None,
         batch_size: int = 32,
         seed: int = 0,
         classes: Optional[Sequence[int]] = None,
-        preset: str = 'fast',
-        config: Optional[InversionConfig] = None,
         student: Optional[nn.Module] = None,
         device=None,
         amp: Optional[bool] = None,
@@ -186,20 +180,21 @@ def synthesize(
     """Synthesise ``num_images`` class-balanced images from a BatchNorm teacher into ``out_dir``.
 
     Re-running the same call resumes. Under ``accelerate launch`` every process makes its own share
-    (distinct batches, seeds and files) and the main process merges ``metadata.jsonl``.
+    (distinct batches, seeds and files) and the main process merges ``metadata.jsonl``. The images are
+    made at the model's input size and should be used at that size (:class:`synth.SynthesizedImages`).
 
     Args:
         model: teacher with BatchNorm layers (timm or torchvision classifier). Moved to ``device``.
-        out_dir: output image folder (created).
+        out_dir: output image folder: new, empty, or an earlier synthesis with the same settings.
         num_images: exact number of images the folder holds at the end.
-        data_config: the teacher's data config (default: :func:`practise_df.resolve_data_config`).
-        resolution: final square resolution (default: the data config's).
-        iterations: optimisation steps per batch (default: the preset's; phases are scaled).
+        data_config: the model's data config: input size and normalisation (default: timm's
+            ``resolve_model_data_config``).
+        preset: ``'fast'`` (ours) or ``'reference'`` (DeepInversion's published settings).
+        steps: optimisation steps per batch (default: the preset's; its phases are scaled).
+        config: a full :class:`InversionConfig`, instead of ``preset``.
         batch_size: images optimised together (BatchNorm statistics are batch statistics: keep it >= 16).
         seed: base seed; batch ``b`` uses ``batch_seed(seed, b)``.
         classes: class indices to synthesise, cycled (default: all classes, balanced).
-        preset: ``'fast'`` (ours) or ``'reference'`` (DeepInversion's published settings).
-        config: a full :class:`InversionConfig`, instead of ``preset``.
         student: optional student network for Adaptive DeepInversion's competition term.
         device: default: Accelerate's device for this process.
         amp: autocast (default: on CUDA only).
@@ -217,37 +212,35 @@ def synthesize(
             "inversion cannot be used. Use out-of-domain images instead: a local image folder, a Hugging Face "
             "dataset (saved with save_to_disk when offline) or crops of one photo "
             "(synth.load_images('crops:photo.jpg', data_config, num_images)).")
+    check_output_folder(out_dir)
     state, device = process_state(device)
-    data_config = data_config or resolve_data_config(model)
-    resolution = resolution or int(data_config['input_size'][-1])
+    data_config = data_config or timm.data.resolve_model_data_config(model)
     preset_name = preset if config is None else 'custom'
-    config = (config or get_preset(preset)).scaled(iterations)
+    config = (config or get_preset(preset)).scaled(steps)
     model.to(device)
     if student is not None:
         student.to(device)
     num_classes = num_classes_of(model, data_config, device)
-    classes = _check_classes(classes, num_classes)
-
-    settings = {'config': asdict(config), 'resolution': resolution, 'batch_size': batch_size, 'seed': seed,
-                'classes': classes, 'num_classes': num_classes, 'mean': list(data_config['mean']),
-                'std': list(data_config['std']), 'student': student is not None,
-                'model': getattr(model, 'practise_df_source', {}).get('model')}
-    settings = _jsonable(settings)
+    job = SynthesisJob(out_dir=out_dir, num_images=num_images, config=config,
+                       resolution=int(data_config['input_size'][-1]), mean=tuple(data_config['mean']),
+                       std=tuple(data_config['std']), batch_size=batch_size, seed=seed,
+                       classes=tuple(_check_classes(classes, num_classes)), num_classes=num_classes)
+    settings = job.settings(model, student is not None)
     if state.is_main_process:
         os.makedirs(out_dir, exist_ok=True)
-        _check_resume(out_dir, settings, write=True)
+        guard_settings(os.path.join(out_dir, CONFIG), settings, write=True,
+                       fix='Resume with the same settings, or write to a new output folder.')
     state.wait_for_everyone()
     if not state.is_main_process:
-        _check_resume(out_dir, settings, write=False)
+        guard_settings(os.path.join(out_dir, CONFIG), settings, write=False,
+                       fix='Resume with the same settings, or write to a new output folder.')
     on_disk = len(read_records(out_dir))
     if on_disk > num_images:  # never delete images; the folder must end with exactly num_images
         raise ValueError(f"'{out_dir}' already holds {on_disk} synthesised images, more than num_images={num_images}. "
                          f"Pass num_images >= {on_disk} (or a new output folder).")
 
-    shard = synthesize_shard(model, out_dir, num_images, config=config, data_config=data_config,
-                             resolution=resolution, batch_size=batch_size, seed=seed, classes=classes,
-                             num_classes=num_classes, process_index=state.process_index,
-                             num_processes=state.num_processes, student=student, device=device, amp=amp,
+    shard = synthesize_shard(model, job, process_index=state.process_index, num_processes=state.num_processes,
+                             student=student, device=device, amp=amp,
                              progress=progress and state.is_local_main_process)
     state.wait_for_everyone()
     if state.is_main_process:
@@ -255,9 +248,18 @@ def synthesize(
     state.wait_for_everyone()
     if not state.is_main_process:
         records = [r for r in read_records(out_dir) if r['index'] < num_images]
-    return summarize(records, shard, out_dir=out_dir, preset=preset_name,
-                     resolution=resolution, iterations=config.iterations, batch_size=batch_size,
-                     num_processes=state.num_processes)
+    return summarize(records, shard, out_dir=out_dir, preset=preset_name, resolution=job.resolution,
+                     iterations=config.iterations, batch_size=batch_size, num_processes=state.num_processes)
+
+
+def check_output_folder(out_dir: str) -> None:
+    """Synthesis writes into a new or empty folder, or resumes one of its own; any other folder is refused,
+    so a user's files are never overwritten."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"'{out_dir}' is a file; synthesis needs a folder. Choose another path.")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, CONFIG)):
+        raise FileExistsError(f"'{out_dir}' is not empty and holds no {CONFIG}, so it is not a synthesized set. "
+                              "Choose a new or empty folder; nothing was changed.")
 
 
 def summarize(records: List[dict], shard: dict, **info) -> dict:
@@ -279,10 +281,3 @@ def summarize(records: List[dict], shard: dict, **info) -> dict:
     }
 
 
-def _jsonable(obj):
-    """Tuples as lists, so the settings compare equal to what JSON reads back."""
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj

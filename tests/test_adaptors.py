@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from practise_df import create_model, drop_blocks, fold_adaptors, insert_adaptors
+from practise_df import create_model, drop_blocks
+from practise_df.adaptors import fold_adaptors, insert_adaptors
 from practise_df.adaptors import Adapted, find_adaptor_sites
 from practise_df.models import PrePoolFeatures
 

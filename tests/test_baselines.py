@@ -18,26 +18,26 @@ def _fake_latency(cost):
 
 
 def test_first_blocks():
-    assert pdf.first_blocks(CANDIDATES, 2) == ['layer1.1', 'layer2.1']
-    assert pdf.first_blocks(CANDIDATES, 0) == []
+    assert baselines.first_blocks(CANDIDATES, 2) == ['layer1.1', 'layer2.1']
+    assert baselines.first_blocks(CANDIDATES, 0) == []
     with pytest.raises(ValueError, match='between 0 and 4'):
-        pdf.first_blocks(CANDIDATES, 5)
+        baselines.first_blocks(CANDIDATES, 5)
 
 
 def test_random_blocks_seeded_and_consistent_prefixes():
-    draw = pdf.random_blocks(CANDIDATES, 4, seed=3)
+    draw = baselines.random_blocks(CANDIDATES, 4, seed=3)
     assert sorted(draw) == sorted(CANDIDATES)
-    assert pdf.random_blocks(CANDIDATES, 4, seed=3) == draw
-    assert pdf.random_blocks(CANDIDATES, 2, seed=3) == draw[:2]
-    assert len({tuple(pdf.random_blocks(CANDIDATES, 4, seed=s)) for s in range(6)}) > 1
+    assert baselines.random_blocks(CANDIDATES, 4, seed=3) == draw
+    assert baselines.random_blocks(CANDIDATES, 2, seed=3) == draw[:2]
+    assert len({tuple(baselines.random_blocks(CANDIDATES, 4, seed=s)) for s in range(6)}) > 1
     with pytest.raises(ValueError):
-        pdf.random_blocks(CANDIDATES, -1)
+        baselines.random_blocks(CANDIDATES, -1)
 
 
 def test_output_difference_is_feature_mse_without_adaptors(tiny_resnet):
     images = torch.randn(4, *SMALL, generator=torch.Generator().manual_seed(0))
     latency = {b: {'saved_ms': 1.0, 'saved_pct': 10.0} for b in CANDIDATES}  # skip timing
-    scores = pdf.output_difference_scores(tiny_resnet, images, blocks=CANDIDATES, latency=latency)
+    scores = baselines.output_difference_scores(tiny_resnet, images, blocks=CANDIDATES, latency=latency)
     assert sorted(s.block for s in scores) == CANDIDATES
     target = scoring.compute_features(tiny_resnet, images)
     for s in scores:
@@ -45,46 +45,46 @@ def test_output_difference_is_feature_mse_without_adaptors(tiny_resnet):
         assert s.recoverability == pytest.approx(s.mse_dropped, rel=1e-5)  # identity adaptors, never fitted
         student = pdf.drop_blocks(tiny_resnet, [s.block])
         assert s.mse_dropped == pytest.approx(scoring.feature_mse(student, images, target), rel=1e-5)
-    order = pdf.output_difference(scores)
+    order = baselines.output_difference(scores)
     mse = {s.block: s.mse_dropped for s in scores}
     assert [mse[b] for b in order] == sorted(mse.values())
 
 
 def test_output_difference_orders_by_mse_not_score():
-    scores = [pdf.BlockScore('a', 1.0, 3.0, 0, 1, score=0.1), pdf.BlockScore('b', 1.0, 1.0, 0, 1, score=0.9),
-              pdf.BlockScore('c', 1.0, 2.0, 0, 1, score=0.5)]
-    assert pdf.output_difference(scores) == ['b', 'c', 'a']
+    scores = [scoring.BlockScore('a', 1.0, 3.0, 0, 1, score=0.1), scoring.BlockScore('b', 1.0, 1.0, 0, 1, score=0.9),
+              scoring.BlockScore('c', 1.0, 2.0, 0, 1, score=0.5)]
+    assert baselines.output_difference(scores) == ['b', 'c', 'a']
 
 
 def test_grow_to_latency_takes_shortest_prefix(tiny_resnet, monkeypatch):
     # every dropped block saves 1 ms of 10: 25% needs three blocks, whichever order is given
     monkeypatch.setattr(scoring, 'measure_latencies', _fake_latency(lambda m: 10 - len(dropped_blocks(m))))
     order = ['layer3.1', 'layer1.1', 'layer4.1', 'layer2.1']
-    assert pdf.grow_to_latency(tiny_resnet, order, 0.25) == order[:3]
-    assert pdf.grow_to_latency(tiny_resnet, pdf.first_blocks(CANDIDATES, 4), 0.05) == ['layer1.1']
+    assert baselines.grow_to_latency(tiny_resnet, order, 0.25) == order[:3]
+    assert baselines.grow_to_latency(tiny_resnet, baselines.first_blocks(CANDIDATES, 4), 0.05) == ['layer1.1']
     with pytest.raises(ValueError, match='cannot be reached'):
-        pdf.grow_to_latency(tiny_resnet, order[:2], 0.25)
+        baselines.grow_to_latency(tiny_resnet, order[:2], 0.25)
 
 
 def test_filter_prune_keeps_features_and_classifier(tiny_resnet):
-    pruned = pdf.filter_prune(tiny_resnet, 0.5, SMALL)
+    pruned = baselines.filter_prune(tiny_resnet, 0.5, SMALL)
     assert count_params(pruned) < 0.5 * count_params(tiny_resnet)
     x = torch.randn(2, *SMALL)
     with torch.no_grad():
         assert pruned.forward_features(x).shape == tiny_resnet.forward_features(x).shape
         assert pruned(x).shape == (2, 10)
     assert tiny_resnet.layer1[0].conv1.out_channels == 64  # the teacher is untouched
-    assert pdf.filter_prune(tiny_resnet, 0.0, SMALL) is not tiny_resnet
+    assert baselines.filter_prune(tiny_resnet, 0.0, SMALL) is not tiny_resnet
 
 
 def test_filter_prune_to_latency_reaches_target(tiny_resnet, monkeypatch):
     monkeypatch.setattr(baselines, 'measure_latencies', _fake_latency(count_params))
-    pruned, ratio, saved = pdf.filter_prune_to_latency(tiny_resnet, 0.3, SMALL, steps=5)
+    pruned, ratio, saved = baselines.filter_prune_to_latency(tiny_resnet, 0.3, SMALL, steps=5)
     assert saved >= 0.3
     assert saved == pytest.approx(1 - count_params(pruned) / count_params(tiny_resnet))
     assert 0 < ratio < 0.9
     # a smaller ratio, half-way to the next bisection point, misses the target
-    smaller = pdf.filter_prune(tiny_resnet, ratio * 0.8, SMALL)
+    smaller = baselines.filter_prune(tiny_resnet, ratio * 0.8, SMALL)
     assert 1 - count_params(smaller) / count_params(tiny_resnet) < saved
     with pytest.raises(ValueError):
-        pdf.filter_prune_to_latency(tiny_resnet, 1.5, SMALL)
+        baselines.filter_prune_to_latency(tiny_resnet, 1.5, SMALL)

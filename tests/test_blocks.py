@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from practise_df import create_model, drop_blocks, find_blocks, dropped_blocks
+from practise_df import create_model, drop_blocks, find_blocks
+from practise_df.blocks import dropped_blocks
 from practise_df.models import PrePoolFeatures
 
 from conftest import SMALL, randomize_norms

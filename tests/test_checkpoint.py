@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from practise_df import create_model, drop_blocks, load_compressed, save_compressed
+from practise_df import create_model, drop_blocks, load_compressed, load_model, save_compressed
 from practise_df.checkpoint import read_config
 
 from conftest import SMALL, randomize_norms
@@ -26,8 +26,8 @@ def test_round_trip_is_bit_equal(tmp_path, spec):
     x = torch.randn(2, *SMALL)
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x))
-    # a directory is accepted wherever a model spec is
-    again = create_model(out)
+    # load_model takes a directory wherever a model spec is taken
+    again = load_model(out)
     with torch.no_grad():
         assert torch.equal(again(x), pruned(x))
 
@@ -50,14 +50,41 @@ def test_refuses_to_overwrite_and_rejects_foreign_dirs(tmp_path, tiny_resnet):
     assert read_config(out)['dropped_blocks'] == ['layer1.1']
     assert os.listdir(tmp_path) == ['m'], 'no temporary or replaced copy left behind'
     with pytest.raises(ValueError, match='carries its own weights'):
-        create_model(out, weights='x.pth')
+        load_model(out, weights='x.pth')
+    with pytest.raises(ValueError, match='is a directory, not a model spec'):
+        create_model(out)
     other = tmp_path / 'other'
     other.mkdir()
     with pytest.raises(ValueError, match='holds no config.json'):
-        create_model(str(other))
+        load_model(str(other))
     (other / 'config.json').write_text(json.dumps({'format': 'something-else'}))
     with pytest.raises(ValueError, match='not a practise-df compressed model'):
-        create_model(str(other))
+        load_model(str(other))
+
+
+def test_overwrite_never_replaces_a_folder_or_file_of_the_user(tmp_path, tiny_resnet):
+    """overwrite=True replaces a compressed model, never a folder or file that is not one."""
+    folder = tmp_path / 'precious'
+    folder.mkdir()
+    (folder / 'thesis.txt').write_text('years of work')
+    with pytest.raises(FileExistsError, match='not a compressed model'):
+        save_compressed(tiny_resnet, str(folder), overwrite=True)
+    assert (folder / 'thesis.txt').read_text() == 'years of work' and os.listdir(folder) == ['thesis.txt']
+    a_file = tmp_path / 'notes.txt'
+    a_file.write_text('mine')
+    with pytest.raises(FileExistsError, match='is a file'):
+        save_compressed(tiny_resnet, str(a_file), overwrite=True)
+    assert a_file.read_text() == 'mine' and not os.path.exists(str(a_file) + '.old')
+
+
+def test_saved_files_follow_the_umask(tmp_path, tiny_resnet):
+    old = os.umask(0o022)
+    try:
+        save_compressed(tiny_resnet, str(tmp_path / 'm'))
+    finally:
+        os.umask(old)
+    modes = {f: os.stat(tmp_path / 'm' / f).st_mode & 0o777 for f in ('model.safetensors', 'config.json')}
+    assert modes == {'model.safetensors': 0o644, 'config.json': 0o644}
 
 
 def test_data_config_travels_with_the_model(tmp_path, tiny_resnet):

@@ -1,5 +1,7 @@
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -28,7 +30,7 @@ def test_blocks_list_pattern(capsys):
 
 
 def test_latency_with_drop(capsys):
-    code, out, _ = run(capsys, 'latency', '--model', 'timm:resnet18', '--input-size', 64, '--drop', 'layer4.1',
+    code, out, _ = run(capsys, 'latency', '--model', 'timm:resnet18', '--input-size', 64, '--blocks', 'layer4.1',
                        '--repeats', 3, '--warmup', 1, '--json')
     assert code == 0
     r = json.loads(out)
@@ -38,22 +40,21 @@ def test_latency_with_drop(capsys):
 
 
 def test_latency_per_block_is_what_compress_reads(capsys, tmp_path):
-    code, out, _ = run(capsys, 'latency', '--model', 'timm:resnet18', '--input-size', 32, '--per-block',
-                       '--repeats', 2, '--warmup', 1, '--json')
-    assert code == 0
     path = tmp_path / 'lat.json'
-    path.write_text(out)
-    from practise_df.compress import read_block_latency
+    code, out, _ = run(capsys, 'latency', '--model', 'timm:resnet18', '--input-size', 32, '--per-block',
+                       '--repeats', 2, '--warmup', 1, '--json', '--output', path)
+    assert code == 0 and json.loads(out) == json.loads(path.read_text())
+    from practise_df.latency import read_block_latency
     table = read_block_latency(str(path))
     assert sorted(table) == ['layer1.0', 'layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
     assert all({'saved_ms', 'saved_pct', 'latency_ms'} <= set(v) for v in table.values())
     code, out, _ = run(capsys, 'latency', '--model', 'timm:resnet18', '--input-size', 32, '--per-block',
-                       '--drop', 'layer4.1', '--repeats', 2, '--warmup', 1)
+                       '--blocks', 'layer4.1', '--repeats', 2, '--warmup', 1)
     assert code == 0 and 'layer4.1' in out and 'layer1.1' not in out and 'saved %' in out
 
 
 def test_bad_input_exits_2_with_a_message(capsys):
-    code, _, err = run(capsys, 'latency', '--model', 'timm:resnet18', '--drop', 'layer2.0', '--input-size', 64)
+    code, _, err = run(capsys, 'latency', '--model', 'timm:resnet18', '--blocks', 'layer2.0', '--input-size', 64)
     assert code == 2 and 'Not droppable: layer2.0' in err and 'layer1.1' in err
     code, _, err = run(capsys, 'blocks', '--model', 'timm:resnet5')
     assert code == 2 and 'Did you mean' in err
@@ -64,8 +65,8 @@ def test_bad_input_exits_2_with_a_message(capsys):
 def test_score_select_save_then_eval(capsys, tmp_path, image_folder):
     out_dir = tmp_path / 'compressed'
     code, out, err = run(capsys, 'score', '--model', 'timm:resnet18', '--input-size', 64, '--data', image_folder,
-                         '--train-images', 6, '--heldout-images', 6, '--iterations', 2, '--drop', 2,
-                         '--output', out_dir, '--json')
+                         '--train-images', 6, '--heldout-images', 6, '--adaptor-steps', 2, '--drop', 2,
+                         '--output-dir', out_dir, '--json')
     assert code == 0, err
     r = json.loads(out)
     assert len(r['scores']) == 5 and len(r['selected']) == 2
@@ -73,9 +74,9 @@ def test_score_select_save_then_eval(capsys, tmp_path, image_folder):
     assert json.load(open(out_dir / 'config.json'))['dropped_blocks'] == r['selected']
     # refuses to overwrite without --overwrite
     code, _, err = run(capsys, 'score', '--model', 'timm:resnet18', '--input-size', 64, '--data', image_folder,
-                       '--train-images', 6, '--heldout-images', 6, '--iterations', 1, '--drop', 1,
-                       '--output', out_dir)
-    assert code == 2 and 'already exists' in err
+                       '--train-images', 6, '--heldout-images', 6, '--adaptor-steps', 1, '--drop', 1,
+                       '--output-dir', out_dir)
+    assert code == 2 and 'already holds a compressed model' in err and '--overwrite' in err
     code, out, err = run(capsys, 'eval', '--model', out_dir, '--data', image_folder, '--teacher', 'timm:resnet18',
                          '--batch-size', 4, '--repeats', 2, '--json')
     assert code == 0, err
@@ -89,14 +90,92 @@ def test_console_script_is_installed():
     assert proc.returncode == 0 and 'practise-df' in proc.stdout
 
 
-def test_compress_adaptors_flag_reaches_the_config():
+def test_compress_flags_reach_the_config():
     import argparse
 
-    from practise_df.cli import add_compress_arguments, compress_config_from_args
-    parser = add_compress_arguments(argparse.ArgumentParser())
+    from practise_df.cli.compress import add_compress_arguments, config_from_args
+    parser = add_compress_arguments(argparse.ArgumentParser(argument_default=argparse.SUPPRESS))
     base = ['--model', 'timm:resnet18', '--output-dir', 'x', '--drop', '1']
-    assert compress_config_from_args(parser.parse_args(base)).adaptors is True
-    assert compress_config_from_args(parser.parse_args(base + ['--no-adaptors'])).adaptors is False
-    quick = add_compress_arguments(argparse.ArgumentParser(), adaptors=False)  # a recipe's default
-    assert compress_config_from_args(quick.parse_args(base)).adaptors is False
-    assert compress_config_from_args(quick.parse_args(base + ['--adaptors'])).adaptors is True
+    config = config_from_args(parser.parse_args(base))
+    assert config.scoring.keep_adaptors is False and config.scoring.drop == 1 and config.finetune.freeze_bn is None
+    config = config_from_args(parser.parse_args(base + ['--keep-adaptors', '--finetune-batch-size', '8',
+                                                        '--synth-steps', '7', '--input-size', '64']))
+    assert config.scoring.keep_adaptors and config.finetune.batch_size == 8 and config.synthesis.steps == 7
+    assert config.input_size == 64
+    recipe = {'model': 'timm:resnet50', 'output_dir': 'r', 'scoring': {'drop': 5}, 'finetune': {'iterations': 9}}
+    config = config_from_args(parser.parse_args(['--latency-reduction', '0.2']), recipe)
+    assert config.scoring.drop is None and config.scoring.latency_reduction == 0.2, 'a given selection replaces'
+    assert config.finetune.iterations == 9 and config.model == 'timm:resnet50'
+
+
+def test_deprecated_spellings_still_work_and_say_so(capsys):
+    import argparse
+
+    from practise_df.cli.compress import add_compress_arguments, config_from_args
+    parser = add_compress_arguments(argparse.ArgumentParser(prog='compress', argument_default=argparse.SUPPRESS))
+    args = parser.parse_args(['--model', 'timm:resnet18', '--output-dir', 'x', '--drop', '1', '--resolution', '48',
+                              '--iterations', '5', '--batch-size', '4', '--adaptors', '--teacher-weights', 'w.pth'])
+    config = config_from_args(args)
+    assert (config.input_size, config.synthesis.steps, config.finetune.batch_size) == (48, 5, 4)
+    assert config.scoring.keep_adaptors and config.weights == 'w.pth'
+    err = capsys.readouterr().err
+    for old, new in (('--resolution', '--input-size'), ('--iterations', '--synth-steps'),
+                     ('--batch-size', '--finetune-batch-size'), ('--adaptors', '--keep-adaptors'),
+                     ('--teacher-weights', '--weights')):
+        assert f'{old} is deprecated' in err and f'use {new}' in err
+
+
+def test_every_shared_flag_has_one_name_type_and_help():
+    """One vocabulary: a flag that several commands take means the same everywhere (same type, same help),
+    and no command spells a shared idea another way."""
+    from practise_df.cli import build_parser
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and 'compress' in a.choices).choices
+    seen = {}
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS or not action.option_strings:
+                continue
+            for flag in action.option_strings:
+                # defaults differ between commands; compress writes its own into the help text
+                seen.setdefault(flag, []).append((name, action.type, re.sub(r' \(default: [^)]*\)$', '', action.help)))
+    for flag, uses in seen.items():
+        if len(uses) > 1:
+            assert len({(t, h) for _, t, h in uses}) == 1, f'{flag} differs between commands: {uses}'
+    banned = {'--out', '--resolution', '--iterations', '--teacher-weights-file'}  # old or drifting spellings
+    assert not banned & {f for f, uses in seen.items()}, 'old spellings are hidden deprecated aliases only'
+    for name, sub in subparsers.items():
+        flags = {f for a in sub._actions for f in a.option_strings if a.help != argparse.SUPPRESS}
+        assert not {'--out', '--resolution'} & flags, name
+        if any(a.dest == 'output_dir' for a in sub._actions):
+            assert '--output-dir' in flags, name
+    compress_flags = {f for a in subparsers['compress']._actions for f in a.option_strings
+                      if a.help != argparse.SUPPRESS}
+    assert {'--synth-batch-size', '--finetune-batch-size', '--latency-batch-size', '--eval-batch-size',
+            '--synth-steps', '--adaptor-steps', '--finetune-iters'} <= compress_flags
+    assert '--batch-size' not in compress_flags
+
+
+def test_compress_config_file_round_trip(tmp_path):
+    """run.json is the settings file: --config reads it back, and flags given override it."""
+    import argparse
+
+    from practise_df.cli.compress import add_compress_arguments, config_from_args
+    from practise_df.config import CompressConfig
+    parser = add_compress_arguments(argparse.ArgumentParser(argument_default=argparse.SUPPRESS))
+    config = config_from_args(parser.parse_args(['--model', 'timm:resnet18', '--output-dir', 'a', '--blocks',
+                                                 'layer1.1,layer2.1', '--finetune-iters', '3', '--seed', '4']))
+    path = tmp_path / 'run.json'
+    path.write_text(json.dumps(config.to_dict()))
+    again = config_from_args(parser.parse_args(['--config', str(path), '--output-dir', 'b']))
+    assert again.output_dir == 'b' and again.to_dict() == {**config.to_dict(), 'output_dir': 'b'}
+    yaml_path = tmp_path / 'run.yaml'
+    yaml_path.write_text('model: timm:resnet18\noutput_dir: y\nscoring: {drop: 2}\nfinetune: {loss: kd}\n')
+    from_yaml = config_from_args(parser.parse_args(['--config', str(yaml_path)]))
+    assert from_yaml.scoring.drop == 2 and from_yaml.finetune.loss == 'kd'
+    assert isinstance(from_yaml, CompressConfig)
+    (tmp_path / 'bad.json').write_text('{"model": "timm:resnet18", "output_dir": "z", "scoring": {"drop": 1}, '
+                                       '"finetune": {"iters": 3}}')
+    import pytest
+    with pytest.raises(ValueError, match='unknown setting.*iters'):
+        config_from_args(parser.parse_args(['--config', str(tmp_path / 'bad.json')]))

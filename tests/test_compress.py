@@ -1,21 +1,22 @@
 import json
 import os
+import shutil
 
 import pytest
 import torch
 
 from practise_df import load_compressed
-from practise_df.compress import CompressConfig, compress
-from practise_df.finetune import FinetuneConfig
+from practise_df.compress import compress
+from practise_df.config import CompressConfig, EvalConfig, FinetuneConfig, ImagesConfig, LatencyConfig, ScoringConfig
 
 from conftest import make_image_folder, randomize_norms
 
 
-def _config(out, images, **kw):
-    kw.setdefault('drop', 1)
-    return CompressConfig(model='timm:resnet18', output_dir=str(out), images=images, num_images=12,
-                          heldout_images=4, resolution=32, score_images=8, latency_batch_size=2,
-                          latency_repeats=2, eval_data=images,
+def _config(out, images, scoring=None, **kw):
+    return CompressConfig(model='timm:resnet18', output_dir=str(out), input_size=32,
+                          images=ImagesConfig(source=images, num_images=12, heldout=4),
+                          scoring=ScoringConfig(**{'images': 8, **(scoring or {'drop': 1})}),
+                          latency=LatencyConfig(batch_size=2, repeats=2), eval=EvalConfig(data=images),
                           finetune=FinetuneConfig(iterations=3, batch_size=4, checkpoint_every=2), **kw)
 
 
@@ -30,9 +31,11 @@ def finished_run(tmp_path_factory):
 
 
 def test_compress_writes_every_artefact(finished_run):
-    out, _, report = finished_run
+    out, images, report = finished_run
     assert sorted(os.listdir(out)) == ['block_latency.json', 'checkpoints', 'model', 'recovered', 'report.json',
                                        'run.json', 'scores.json', 'scores.partial.jsonl']
+    assert CompressConfig.from_file(str(out / 'run.json')) == _config(out, images), 'run.json is the settings file'
+
     assert json.load(open(out / 'report.json')) == json.loads(json.dumps(report))
     assert len(report['dropped_blocks']) == 1
     assert report['params']['student'] < report['params']['teacher']
@@ -69,8 +72,8 @@ def test_output_dir_is_never_mixed_or_lost(tmp_path, finished_run):
     assert os.listdir(foreign) == ['thesis.tex'] and (foreign / 'thesis.tex').read_text() == 'precious'
     with pytest.raises(FileExistsError, match='--resume to continue it or --overwrite'):
         compress(_config(out, images), progress=False)
-    with pytest.raises(ValueError, match=r'different settings \(drop, latency_reduction\)'):
-        compress(_config(out, images, drop=None, latency_reduction=0.1), resume=True, progress=False)
+    with pytest.raises(ValueError, match=r'other settings \(scoring.drop, scoring.latency_reduction\)'):
+        compress(_config(out, images, scoring={'latency_reduction': 0.1}), resume=True, progress=False)
 
 
 def test_overwrite_replaces_an_earlier_run(tmp_path, image_folder):
@@ -78,16 +81,38 @@ def test_overwrite_replaces_an_earlier_run(tmp_path, image_folder):
     out.mkdir()
     (out / 'run.json').write_text(json.dumps({'model': 'timm:resnet18', 'stale': True}))
     (out / 'scores.json').write_text('{"stale": true}')
-    report = compress(_config(out, image_folder, drop=2), overwrite=True, progress=False)
+    (out / 'notes.txt').write_text('mine')  # a file of the user's beside the run: kept
+    report = compress(_config(out, image_folder, scoring={'drop': 2}), overwrite=True, progress=False)
     assert len(report['dropped_blocks']) == 2
-    assert 'stale' not in json.load(open(out / 'run.json'))
+    assert 'stale' not in json.load(open(out / 'run.json')) and (out / 'notes.txt').read_text() == 'mine'
+
+
+def test_resume_may_change_settings_of_stages_not_run_yet(tmp_path, image_folder):
+    """A run stopped (or failed) after scoring can resume with other finetuning or evaluation settings, but
+    not with other scoring settings; the new settings are recorded in run.json."""
+    out = tmp_path / 'run'
+    config = _config(out, image_folder)
+    config.finetune.iterations, config.eval.data = 0, None
+    compress(config, progress=False)
+    os.remove(out / 'report.json')
+    shutil.rmtree(out / 'model')
+    again = _config(out, image_folder)
+    again.finetune.iterations = 2
+    report = compress(again, resume=True, progress=False)
+    assert report['finetune']['iterations'] == 2 and json.load(open(out / 'run.json'))['finetune']['iterations'] == 2
+    with pytest.raises(ValueError, match=r'finished stage.*scoring.images'):
+        compress(_config(out, image_folder, scoring={'drop': 1, 'images': 6}), resume=True, progress=False)
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(ValueError, match='exactly one of drop'):
+    with pytest.raises(ValueError, match='Say what to drop'):
         CompressConfig(model='timm:resnet18', output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match='in exactly one way'):
+        ScoringConfig(drop=1, latency_reduction=0.2)
     with pytest.raises(ValueError, match='at least 2'):
-        CompressConfig(model='timm:resnet18', output_dir=str(tmp_path), drop=1, num_images=1)
+        ImagesConfig(num_images=1)
+    with pytest.raises(ValueError, match='fraction between 0 and 1'):
+        ScoringConfig(latency_reduction=1.5)
     with pytest.raises(ValueError, match="Unknown finetuning loss 'bp'"):
         FinetuneConfig(loss='bp')
 
@@ -103,7 +128,7 @@ def test_adaptors_switch_decides_what_the_recovered_student_is(tmp_path, image_f
     weights = tmp_path / 'teacher.safetensors'
     save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(weights))
     out = tmp_path / 'run'
-    config = _config(out, image_folder, weights=str(weights), adaptors=adaptors)
+    config = _config(out, image_folder, weights=str(weights), scoring={'drop': 1, 'keep_adaptors': adaptors})
     config.finetune.iterations = 0
     report = compress(config, progress=False)
     assert report['adaptors'] is adaptors

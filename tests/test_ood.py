@@ -114,7 +114,13 @@ def test_save_to_disk_dataset_dict_picks_the_split(tmp_path):
 
 @pytest.mark.parametrize('source', ['hf:someone/no-such-dataset:train', 'someone/no-such-dataset'])
 def test_hub_name_while_offline_is_a_clear_error(monkeypatch, source):
+    import datasets
+    import huggingface_hub.constants
+    # The libraries read HF_HUB_OFFLINE when imported; this process imported them already, so the test sets
+    # their switches too (a user sets the variable before starting Python).
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setattr(datasets.config, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(HubUnreachableError) as info:
         load_images(source, DATA_CONFIG)
     message = str(info.value)

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT, accelerate_launch
 
-SMOKE = ['--teacher-weights', 'random', '--num-images', '16', '--resolution', '64', '--iterations', '5',
+SMOKE = ['--weights', 'random', '--num-images', '16', '--input-size', '64', '--synth-steps', '5',
          '--finetune-iters', '5']
 
 
@@ -26,9 +26,9 @@ def test_datafree_resnet50_smoke(tmp_path, processes):
     assert 'latency saved' in proc.stdout
 
 
-TINY = ['--model', 'timm:resnet18', '--teacher-weights', 'random', '--num-images', '12', '--resolution', '32',
-        '--finetune-iters', '2', '--batch-size', '4', '--drop', '1', '--score-images', '8', '--latency-batch-size',
-        '2', '--latency-repeats', '2']
+TINY = ['--model', 'timm:resnet18', '--weights', 'random', '--num-images', '12', '--input-size', '32',
+        '--finetune-iters', '2', '--finetune-batch-size', '4', '--drop', '1', '--score-images', '8',
+        '--latency-batch-size', '2', '--latency-repeats', '2']
 
 
 @pytest.mark.parametrize('recipe,extra', [('recipes/ood.py', []), ('recipes/fewshot.py', ['--loss', 'ce'])])

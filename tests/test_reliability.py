@@ -19,8 +19,10 @@ from safetensors.torch import save_file
 
 from conftest import ROOT, accelerate_launch, make_image_folder, randomize_norms
 from practise_df import create_model, find_blocks, load_compressed
-from practise_df.compress import CompressConfig, compress
-from practise_df.finetune import COMPLETE_MARKER, FinetuneConfig
+from practise_df.compress import compress
+from practise_df.config import (CompressConfig, EvalConfig, FinetuneConfig, ImagesConfig, LatencyConfig, ScoringConfig,
+                                SynthesisConfig)
+from practise_df.finetune import COMPLETE_MARKER
 
 SIZE = 32
 
@@ -44,10 +46,10 @@ def teacher_files(tmp_path_factory):
 
 def _args(out, weights, latency):
     return ['compress', '--model', 'timm:resnet18', '--weights', weights, '--block-latency', latency,
-            '--num-images', '24', '--heldout-images', '8', '--synth-batch-size', '4', '--iterations', '20',
-            '--resolution', str(SIZE), '--score-images', '16', '--drop', '2', '--finetune-iters', '12',
-            '--batch-size', '4', '--checkpointing-steps', '2', '--latency-batch-size', '2', '--latency-repeats',
-            '2', '--output-dir', str(out)]
+            '--num-images', '24', '--heldout-images', '8', '--synth-batch-size', '4', '--synth-steps', '20',
+            '--input-size', str(SIZE), '--score-images', '16', '--drop', '2', '--finetune-iters', '12',
+            '--finetune-batch-size', '4', '--checkpointing-steps', '2', '--latency-batch-size', '2',
+            '--latency-repeats', '2', '--output-dir', str(out)]
 
 
 def _cli(args):
@@ -149,11 +151,11 @@ def test_inputs_are_never_modified(tmp_path, teacher_files):
         f.write(b'\x89PNG\r\n\x1a\n truncated')  # skipped and counted, never "repaired"
     before, weights_sum = _tree_digest(images), _sha256(weights)
     config = CompressConfig(model='timm:resnet18', weights=weights, output_dir=str(tmp_path / 'run'),
-                            images=images, num_images=12, heldout_images=4, resolution=SIZE, score_images=8,
-                            latency_batch_size=2, latency_repeats=2, drop=1, eval_data=images,
-                            finetune=FinetuneConfig(iterations=2, batch_size=4))
+                            input_size=SIZE, images=ImagesConfig(source=images, num_images=12, heldout=4),
+                            scoring=ScoringConfig(drop=1, images=8), latency=LatencyConfig(batch_size=2, repeats=2),
+                            eval=EvalConfig(data=images), finetune=FinetuneConfig(iterations=2, batch_size=4))
     report = compress(config, progress=False)
-    assert report['eval']['teacher']['images'] == 12
+    assert report['eval']['teacher']['images'] == 12 and report['eval']['skipped_files'] == 1
     assert _tree_digest(images) == before and _sha256(weights) == weights_sum
 
 
@@ -163,8 +165,9 @@ def test_same_seed_same_block_choice_in_process(tmp_path, teacher_files):
     runs = []
     for name in ('one', 'two'):
         config = CompressConfig(model='timm:resnet18', weights=weights, output_dir=str(tmp_path / name),
-                                num_images=8, heldout_images=4, resolution=SIZE, synth_batch_size=4,
-                                synth_iterations=5, score_images=4, drop=2, block_latency=latency,
+                                input_size=SIZE, images=ImagesConfig(num_images=8, heldout=4),
+                                synthesis=SynthesisConfig(batch_size=4, steps=5),
+                                scoring=ScoringConfig(drop=2, images=4), latency=LatencyConfig(block_latency=latency),
                                 finetune=FinetuneConfig(iterations=0))
         compress(config, progress=False)
         runs.append(json.load(open(tmp_path / name / 'scores.json')))
@@ -178,14 +181,16 @@ def test_block_latency_file_errors(tmp_path, teacher_files):
     weights, _ = teacher_files
     bad = tmp_path / 'bad.json'
     bad.write_text(json.dumps({'blocks': {'layer1.1': {'saved_ms': 1.0, 'saved_pct': 1.0}}}))
-    config = CompressConfig(model='timm:resnet18', weights=weights, output_dir=str(tmp_path / 'run'), num_images=4,
-                            heldout_images=2, resolution=SIZE, synth_batch_size=4, synth_iterations=2, drop=1,
-                            block_latency=str(bad), finetune=FinetuneConfig(iterations=0))
+    config = CompressConfig(model='timm:resnet18', weights=weights, output_dir=str(tmp_path / 'run'),
+                            input_size=SIZE, images=ImagesConfig(num_images=4, heldout=2),
+                            synthesis=SynthesisConfig(batch_size=4, steps=2), scoring=ScoringConfig(drop=1),
+                            latency=LatencyConfig(block_latency=str(bad)), finetune=FinetuneConfig(iterations=0))
     with pytest.raises(ValueError, match=r'has no latency for block\(s\) layer1\.0, layer2\.1.*--per-block'):
         compress(config, progress=False)
+    assert not (tmp_path / 'run').exists(), 'checked before anything is written'
     bad.write_text('[1, 2]')
     with pytest.raises(ValueError, match='is not a per-block latency file'):
-        compress(config, resume=True, progress=False)
+        compress(config, progress=False)
 
 
 def _launch_compress(tmp_path, teacher_files, extra=()):

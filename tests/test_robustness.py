@@ -128,17 +128,19 @@ def test_cli_json_table_heatmap_and_bad_names(tmp_path, capsys):
 
 def test_compress_adds_robustness_to_the_report(tmp_path):
     images = make_image_folder(str(tmp_path / 'images'), classes=('a', 'b'), per_class=4, size=40)
-    config = CompressConfig(model='timm:resnet18', output_dir=str(tmp_path / 'run'), images=images, num_images=8,
-                            heldout_images=2, resolution=32, score_images=4, latency_batch_size=2, latency_repeats=2,
-                            drop=1, eval_data=images, robustness=True, robustness_corruptions='shot_noise',
-                            robustness_severities='2', finetune=FinetuneConfig(iterations=1, batch_size=4))
+    config = CompressConfig(model='timm:resnet18', output_dir=str(tmp_path / 'run'), input_size=32,
+                            images={'source': images, 'num_images': 8, 'heldout': 2},
+                            scoring={'drop': 1, 'images': 4}, latency={'batch_size': 2, 'repeats': 2},
+                            eval={'data': images}, robustness={'enabled': True, 'corruptions': 'shot_noise',
+                                                               'severities': '2'},
+                            finetune=FinetuneConfig(iterations=1, batch_size=4))
     report = compress(config, progress=False)
     r = report['robustness']
     assert list(r['corruptions']) == ['shot_noise'] and 'mce' in r['summary']
     assert os.path.isfile(r['heatmap'])
     assert json.load(open(tmp_path / 'run' / 'report.json'))['robustness']['summary'] == r['summary']
-    with pytest.raises(ValueError, match='robustness needs eval_data'):
-        CompressConfig(model='timm:resnet18', output_dir='x', drop=1, robustness=True)
+    with pytest.raises(ValueError, match='robustness needs eval data'):
+        CompressConfig(model='timm:resnet18', output_dir='x', scoring={'drop': 1}, robustness={'enabled': True})
     with pytest.raises(ValueError, match='Unknown corruption'):
-        CompressConfig(model='timm:resnet18', output_dir='x', drop=1, robustness=True, eval_data=images,
-                       robustness_corruptions='rain')
+        CompressConfig(model='timm:resnet18', output_dir='x', scoring={'drop': 1}, eval={'data': images},
+                       robustness={'enabled': True, 'corruptions': 'rain'})

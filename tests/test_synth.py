@@ -1,5 +1,4 @@
 """synth: BatchNorm-statistic inversion, the resumable/sharded writer and the CLI, on tiny random models."""
-import argparse
 import json
 import os
 
@@ -16,7 +15,7 @@ import synth
 from synth import InversionConfig, get_preset, invert_batch
 from synth.inversion import evaluate_images, pixel_bounds, quantize
 from synth.losses import BatchNormStatHooks, competition_loss
-from synth.synthesize import batch_seed, class_targets, synthesize_shard
+from synth.synthesize import SynthesisJob, batch_seed, class_targets, synthesize_shard
 from synth.writer import SHARD_PATTERN, ShardWriter, merge_metadata, read_records
 
 RES = 32
@@ -238,9 +237,10 @@ def test_resume_with_other_settings_is_refused(teacher, tmp_path):
 
 def test_two_ranks_write_disjoint_shards(teacher, tmp_path):
     out = str(tmp_path / 'ranks')
-    kw = dict(config=TINY, data_config=DATA_CONFIG, resolution=RES, batch_size=2, seed=0, classes=list(range(10)),
-              num_classes=10, num_processes=2, progress=False)
-    shards = [synthesize_shard(teacher, out, 7, process_index=r, **kw) for r in (0, 1)]
+    job = SynthesisJob(out_dir=out, num_images=7, config=TINY, resolution=RES, mean=MEAN, std=STD, batch_size=2,
+                       seed=0, classes=tuple(range(10)), num_classes=10)
+    kw = dict(num_processes=2, progress=False)
+    shards = [synthesize_shard(teacher, job, process_index=r, **kw) for r in (0, 1)]
     assert [s['generated'] for s in shards] == [4, 3]  # batches 0, 2 | 1, 3 (the last holds one image)
     per_rank = [[json.loads(line) for line in open(os.path.join(out, SHARD_PATTERN.format(rank=r)))]
                 for r in (0, 1)]
@@ -250,7 +250,7 @@ def test_two_ranks_write_disjoint_shards(teacher, tmp_path):
     assert not {rec['seed'] for rec in per_rank[0]} & {rec['seed'] for rec in per_rank[1]}
     assert len(merge_metadata(out, 7)) == 7 and len(read_records(out)) == 7
     # Resuming with one process finds both shards done.
-    assert synthesize_shard(teacher, out, 7, **{**kw, 'num_processes': 1})['generated'] == 0
+    assert synthesize_shard(teacher, job, num_processes=1, progress=False)['generated'] == 0
 
 
 def test_model_without_batchnorm_is_refused_before_writing(tmp_path):
@@ -277,21 +277,55 @@ def test_torchvision_model_without_num_classes_attribute(tmp_path):
 
 # --- CLI --------------------------------------------------------------------------------------------
 
-def test_cli_command_and_rendering(tmp_path):
-    from synth.cli import add_synth_arguments, render_synth, synth_command
-    parser = add_synth_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(['--model', 'timm:test_resnet', '--out', str(tmp_path / 'cli'), '--num-images', '3',
-                              '--input-size', str(RES), '--iterations', '2', '--batch-size', '3',
-                              '--classes', '7,9', '--json'])
-    result = synth_command(args)
-    assert result['num_images'] == 3 and result['iterations'] == 2 and result['preset'] == 'fast'
-    assert sorted(os.listdir(tmp_path / 'cli'))[:2] == ['0007', '0009']
-    json.dumps(result)
-    text = render_synth(result)
-    assert 'images in folder' in text and 'teacher passes / image' in text
-    with pytest.raises(ValueError, match='--classes'):
-        synth_command(parser.parse_args(['--model', 'timm:test_resnet', '--out', str(tmp_path / 'x'),
-                                         '--num-images', '1', '--classes', 'a,b']))
+def test_cli_command_and_rendering(tmp_path, capsys):
+    from practise_df.cli import main
+    code = main(['synth', '--model', 'timm:test_resnet', '--output-dir', str(tmp_path / 'cli'), '--num-images', '3',
+                 '--input-size', str(RES), '--synth-steps', '2', '--batch-size', '3', '--classes', '7,9', '--json'])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result['num_images'] == 3 and result['iterations'] == 2 and result['preset'] == 'fast'
+    assert result['resolution'] == RES and sorted(os.listdir(tmp_path / 'cli'))[:2] == ['0007', '0009']
+    assert main(['synth', '--model', 'timm:test_resnet', '--output-dir', str(tmp_path / 'cli'), '--num-images', '3',
+                 '--input-size', str(RES), '--synth-steps', '2', '--batch-size', '3', '--classes', '7,9']) == 0
+    text = capsys.readouterr().out
+    assert 'images in folder' in text and 'teacher passes / image' in text and '(1 batch(es) already on disk)' in text
+    with pytest.raises(SystemExit):  # argparse: exit status 2 and a usage message naming --classes
+        main(['synth', '--model', 'timm:test_resnet', '--output-dir', str(tmp_path / 'x'), '--num-images', '1',
+              '--classes', 'a,b'])
+    assert '--classes' in capsys.readouterr().err
+
+
+def test_synthesis_never_writes_into_a_folder_of_the_user(teacher, tmp_path):
+    folder = tmp_path / 'u'
+    (folder / '0000').mkdir(parents=True)
+    (folder / '0000' / '00000000.png').write_bytes(b'my picture')
+    with pytest.raises(FileExistsError, match='not a synthesized set'):
+        run(teacher, folder, 2)
+    assert (folder / '0000' / '00000000.png').read_bytes() == b'my picture'
+    assert sorted(os.listdir(folder)) == ['0000']
+
+
+def test_synthesized_images_are_read_as_optimised(teacher, tmp_path):
+    """SynthesizedImages gives the stored pixels at their own size and normalisation, refuses another
+    input size or normalisation, and augments only by flips and shifts of the same pixels."""
+    run(teacher, tmp_path / 's', 4, classes=[2, 5])
+    plain = synth.SynthesizedImages(str(tmp_path / 's'), input_size=(3, RES, RES), mean=MEAN, std=STD)
+    x, target = plain[0]
+    stored = torch.from_numpy(np.array(Image.open(tmp_path / 's' / '0002' / '00000000.png'))).permute(2, 0, 1)
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    assert target == 2 and x.shape == (3, RES, RES)
+    assert torch.allclose(x, (stored.float() / 255 - mean) / std, atol=1e-6)
+    with pytest.raises(ValueError, match=f'synthesized at {RES}x{RES} px but the model takes 64x64'):
+        synth.SynthesizedImages(str(tmp_path / 's'), input_size=64)
+    with pytest.raises(ValueError, match='another teacher'):
+        synth.SynthesizedImages(str(tmp_path / 's'), mean=(0.5, 0.5, 0.5))
+    augmented = synth.SynthesizedImages(str(tmp_path / 's'), augment=True)
+    torch.manual_seed(0)
+    views = [augmented[0][0] for _ in range(8)]
+    assert any(not torch.equal(v, x) for v in views)
+    for v in views:  # a circular shift, maybe flipped: the same multiset of pixel values
+        assert torch.equal(v.flatten().sort().values, x.flatten().sort().values)
+    with pytest.raises(FileNotFoundError, match='not a folder written by synth.synthesize'):
+        synth.SynthesizedImages(str(tmp_path))
 
 
 def test_public_api_surface():

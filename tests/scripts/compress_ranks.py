@@ -42,11 +42,12 @@ if __name__ == '__main__':
     rank = int(os.environ.get('RANK', 0))
     audit_writes(os.path.join(own[0], f'rank{rank}.txt'))
     if '--crash-rank' in own and rank == int(own[own.index('--crash-rank') + 1]):
-        import practise_df.compress
+        import importlib
 
         def failing_finetune(*args, **kwargs):
             raise RuntimeError(f'injected failure on rank {rank}')
-        practise_df.compress.finetune = failing_finetune
+        # the module, not the function practise_df.compress that the package exports under the same name
+        importlib.import_module('practise_df.compress').finetune = failing_finetune
 
     from practise_df.cli import main
     sys.exit(main(['compress', *compress_args]))

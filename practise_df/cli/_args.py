@@ -1,0 +1,217 @@
+"""The flags several commands share, declared once: one name, one type, one help text everywhere.
+
+Also the checks every command runs on its outputs before any work (a file or folder of the user's is
+never replaced) and the deprecated spellings of renamed flags, which keep working for one release.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+import torch
+
+from synth.files import write_json_atomic
+
+from ..models import resolve_data_config
+from ..checkpoint import load_model
+
+
+def device(name: str) -> str:
+    """argparse type of ``--device``: a torch device that exists on this machine."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"'{name}' is not a device; use cpu, cuda, cuda:1 or mps.") from None
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"'{name}': no CUDA GPU is visible on this machine; use --device cpu.")
+    if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"'{name}': this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+    if dev.type == 'mps' and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"'{name}': Apple's MPS backend is not available here; use --device cpu.")
+    return name
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number.") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f'must be at least {low}, got {value}.')
+        return value
+    parse.__name__ = 'positive int' if low == 1 else 'non-negative int'  # argparse names the type in errors
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number.") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f'is a fraction between 0 and 1 (e.g. 0.25), got {value}.')
+    return value
+
+
+def block_list(text: str) -> list:
+    blocks = [b.strip() for b in text.split(',') if b.strip()]
+    if not blocks:
+        raise argparse.ArgumentTypeError('name at least one block, e.g. layer1.1,layer3.2.')
+    return blocks
+
+
+def add_model(parser: argparse.ArgumentParser, required: bool = True, data: bool = False) -> None:
+    g = parser.add_argument_group('model')
+    g.add_argument('--model', required=required,
+                   help='timm:NAME, torchvision:NAME, NAME (timm) or a compressed-model directory')
+    g.add_argument('--weights',
+                   help="local .pth/.pt/.bin/.safetensors, 'pretrained' (hub weights, online) or 'random' "
+                        '(default: random init; compressed directories carry their own)')
+    g.add_argument('--input-size', type=positive_int, help="square input size (default: the model's)")
+    deprecated(g, '--resolution', '--input-size', type=positive_int)
+    if data:
+        g.add_argument('--interpolation', default=None, help="resize interpolation (default: the model's)")
+        g.add_argument('--crop-pct', type=float, default=None, help="center-crop fraction (default: the model's)")
+
+
+HELDOUT_HELP = 'images held out to measure recoverability on'
+ESTIMATOR_HELP = 'how the adaptors are fitted to measure recoverability (fast: ours; official: the official settings)'
+LATENCY_BATCH_HELP = 'batch size the latency is measured at'
+NUM_IMAGES_HELP = 'images to synthesise or load'
+SYNTH_STEPS_HELP = "synthesis steps per batch (default: the preset's; its phases are scaled)"
+DROP_HELP = 'drop this many blocks (the lowest PRACTISE scores)'
+LATENCY_REDUCTION_HELP = 'drop blocks by score until this fraction of latency is saved, e.g. 0.25'
+BLOCKS_HELP = 'blocks to drop, comma-separated (e.g. layer1.1,layer3.2)'
+
+
+def add_selection(group, prefix: str = '') -> None:
+    """--drop K | --latency-reduction F: how many blocks to drop (``prefix``: the config group of compress)."""
+    sel = group.add_mutually_exclusive_group()
+    sel.add_argument('--drop', dest=prefix + 'drop', type=positive_int, metavar='K', help=DROP_HELP)
+    sel.add_argument('--latency-reduction', dest=prefix + 'latency_reduction', type=fraction, metavar='F',
+                     help=LATENCY_REDUCTION_HELP)
+    return sel
+
+
+def add_data(parser) -> None:
+    parser.add_argument('--data', required=True,
+                        help='images: a folder (one subfolder per class gives labels, sorted names = class index), '
+                             'hf:NAME[:SPLIT] or a save_to_disk folder')
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default after its help when it has one worth showing (not None or False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings and \
+                '(default' not in text:
+            text += ' (default: %(default)s)'
+        return text
+
+
+def add_teacher(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--teacher', default=None,
+                        help='the teacher, a spec or compressed directory: baseline for agreement (and CE / mCE)')
+    parser.add_argument('--teacher-weights', default=None, help="weights of --teacher (as --weights)")
+
+
+def add_common(parser: argparse.ArgumentParser, device_flag: bool = True, seed: bool = True) -> None:
+    if device_flag:
+        parser.add_argument('--device', type=device, default='cpu', help='cpu, cuda, cuda:1 or mps')
+    if seed:
+        parser.add_argument('--seed', type=int, default=_default(parser, 0), help='the same seed gives the same result')
+    parser.add_argument('--json', action='store_true', help='print machine-readable JSON instead of a table')
+
+
+def _default(parser, value):
+    """``value``, unless the parser leaves unset flags out (compress: settings files fill them)."""
+    return parser.argument_default if parser.argument_default == argparse.SUPPRESS else value
+
+
+def add_batch_size(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument('--batch-size', type=positive_int, default=default, help='images per batch')
+
+
+def add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--output', metavar='FILE', default=None,
+                        help='also write the result to this file (an existing file needs --overwrite)')
+    add_overwrite(parser)
+
+
+def add_output_dir(parser: argparse.ArgumentParser, required: bool = False, overwrite: bool = True) -> None:
+    parser.add_argument('--output-dir', '--output_dir', dest='output_dir', required=required, metavar='DIR',
+                        help='directory the results are written into: new or empty, or an earlier one of the same '
+                             'kind to continue or replace')
+    if overwrite:
+        add_overwrite(parser)
+
+
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    if '--overwrite' not in parser._option_string_actions:
+        parser.add_argument('--overwrite', action='store_true',
+                            help='replace an earlier result at the output path (never a file or folder of yours)')
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling: stores into the new flag's destination and says what to write instead."""
+
+    def __init__(self, option_strings, dest, new: str = '', **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f'{parser.prog}: warning: {option_string} is deprecated and will be removed in the next release; '
+              f'use {self.new}.', file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def deprecated(parser, old: str, new: str, dest: Optional[str] = None, **kwargs) -> None:
+    """Accept ``old`` as a deprecated spelling of ``new`` (hidden from --help)."""
+    parser.add_argument(old, dest=dest or new.lstrip('-').replace('-', '_'), action=_Deprecated, new=new,
+                        help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+
+def load(args, source: Optional[str] = None, weights: Optional[str] = None):
+    """(model, data config) from ``--model/--weights`` (or the given source) and the data flags."""
+    model = load_model(source or args.model, weights if source else args.weights)
+    config = resolve_data_config(model, input_size=getattr(args, 'input_size', None),
+                                 interpolation=getattr(args, 'interpolation', None),
+                                 crop_pct=getattr(args, 'crop_pct', None))
+    return model, config
+
+
+def load_teacher(args):
+    return load_model(args.teacher, args.teacher_weights) if args.teacher else None
+
+
+def check_output_file(path: Optional[str], overwrite: bool) -> None:
+    """Before any work: ``path`` can be written as a single result file without replacing anything of the
+    user's (an existing file only with ``--overwrite``; never a directory)."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise FileExistsError(f"--output '{path}' is a directory; name a file (e.g. {os.path.join(path, 'out.json')}).")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"--output '{path}' already exists. Pass --overwrite to replace it, or choose another "
+                              'name; nothing was changed.')
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise FileExistsError(f"--output '{path}': '{parent}' is a file, so no file can be written under it.")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"--output '{path}': '{parent}' is not writable.")
+
+
+def write_output(path: Optional[str], result: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_json_atomic(path, result)

@@ -1,0 +1,33 @@
+"""Running a command: its result rendered (or printed as JSON), every expected failure a message and
+exit status 2 instead of a traceback."""
+from __future__ import annotations
+
+import errno
+import json
+import sys
+from typing import Callable
+
+
+def run_command(prog: str, func: Callable, render: Callable[[dict], str], args) -> int:
+    try:
+        result = func(args)
+    except KeyboardInterrupt:
+        print(f'\n{prog}: interrupted. Every file written so far is complete: `compress` continues with the same '
+              'command and --resume, `synth` with the same command.', file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, NotADirectoryError, IsADirectoryError) as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            print(f'{prog}: error: the disk is full ({e.filename or e}). The files written before are complete and '
+                  'load; free some space and run the same command again (compress: with --resume).', file=sys.stderr)
+        elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            print(f"{prog}: error: cannot write '{e.filename}': {e.strerror}. Choose a writable output path.",
+                  file=sys.stderr)
+        else:
+            raise
+        return 2
+    if result:
+        print(json.dumps(result, indent=2) if getattr(args, 'json', False) else render(result))
+    return 0

@@ -1,0 +1,238 @@
+"""``practise-df compress``: the whole pipeline (``practise_df.compress``), and the recipes' entry point.
+
+Each flag sets one field of :class:`practise_df.CompressConfig` (its ``dest`` is the field's dotted
+path). Values come, lowest first, from the config's defaults, a recipe's defaults, ``--config FILE``
+(``run.json`` of an earlier run, or YAML/JSON written by hand), and the flags given.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+from synth import PRESETS
+
+from .._format import format_table
+from ..compress import compress
+from ..config import CompressConfig, read_settings_file
+from ..finetune import LOSSES, make_accelerator
+from ..scoring import ESTIMATORS
+from . import _args
+from ._run import run_command
+
+SELECTION = ('scoring.drop', 'scoring.latency_reduction', 'scoring.blocks')  # one of them says what to drop
+
+
+def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of ``practise-df compress`` (the parser must leave unset flags out:
+    ``argument_default=argparse.SUPPRESS``)."""
+    defaults = _defaults()
+
+    def add(group, *flags, dest, help, **kw):
+        default = defaults.get(dest)
+        shown = f' (default: {default})' if default not in (None, False) and '(default' not in help else ''
+        if 'action' not in kw:  # shown as --num-images NUM_IMAGES, not the config's dotted path
+            kw.setdefault('metavar', flags[0].lstrip('-').upper().replace('-', '_'))
+        group.add_argument(*flags, dest=dest, help=help + shown, **kw)
+
+    _args.add_model(parser, required=False)  # the teacher, the model to compress (or from --config)
+    _args.deprecated(parser, '--teacher-weights', '--weights')
+    g = parser.add_argument_group('images')
+    add(g, '--images', dest='images.source',
+        help='image folder, hf:NAME[:SPLIT], a save_to_disk folder, or crops:PHOTO.jpg / crops:DIR (random crops '
+             'of natural photos); default: synthesise from the teacher (BatchNorm inversion)')
+    add(g, '--num-images', dest='images.num_images', type=_args.positive_int, help=_args.NUM_IMAGES_HELP)
+    add(g, '--heldout-images', dest='images.heldout', type=_args.positive_int,
+        help=_args.HELDOUT_HELP + ' (default: a quarter of the images, at most 64)')
+    add(g, '--real-images', dest='images.real', action='store_true',
+        help='the images are real, representative data (few-shot): finetune with train-mode BatchNorm')
+    add(g, '--synth-preset', dest='synthesis.preset', choices=sorted(PRESETS), help='synthesis settings')
+    add(g, '--synth-steps', dest='synthesis.steps', type=_args.positive_int, help=_args.SYNTH_STEPS_HELP)
+    _args.deprecated(g, '--iterations', '--synth-steps', dest='synthesis.steps', type=_args.positive_int)
+    add(g, '--synth-batch-size', dest='synthesis.batch_size', type=_args.positive_int,
+        help='images synthesised together')
+    g = parser.add_argument_group('block selection')
+    sel = _args.add_selection(g, prefix='scoring.')
+    sel.add_argument('--blocks', dest='scoring.blocks', type=_args.block_list, metavar='B1,B2',
+                     help=_args.BLOCKS_HELP)
+    add(g, '--estimator', dest='scoring.estimator', choices=sorted(ESTIMATORS), help=_args.ESTIMATOR_HELP)
+    add(g, '--score-images', dest='scoring.images', type=_args.positive_int, help='tiny set the adaptors are fitted on')
+    add(g, '--adaptor-steps', dest='scoring.adaptor_steps', type=_args.positive_int,
+        help="optimizer steps fitting the adaptors (default: the estimator's)")
+    add(g, '--keep-adaptors', dest='scoring.keep_adaptors', action=argparse.BooleanOptionalAction,
+        help='fold the adaptors fitted around the dropped blocks into the student (the official code only scores '
+             'with them)')
+    _args.deprecated(g, '--adaptors', '--keep-adaptors', dest='scoring.keep_adaptors', nargs=0, const=True)
+    _args.deprecated(g, '--no-adaptors', '--no-keep-adaptors', dest='scoring.keep_adaptors', nargs=0, const=False)
+    g = parser.add_argument_group('latency')
+    add(g, '--latency-batch-size', dest='latency.batch_size', type=_args.positive_int, help=_args.LATENCY_BATCH_HELP)
+    add(g, '--latency-device', dest='latency.device', type=_args.device,
+        help='device latency is measured on (default: the training device)')
+    add(g, '--latency-repeats', dest='latency.repeats', type=_args.positive_int, help='timed runs per model')
+    add(g, '--block-latency', dest='latency.block_latency', metavar='FILE',
+        help='per-block latency measured elsewhere, e.g. on the deployment device (practise-df latency --per-block '
+             '--output FILE); default: measured here')
+    g = parser.add_argument_group('finetuning')
+    add(g, '--loss', dest='finetune.loss', choices=LOSSES, help='mir: feature mimicking; kd: logits; ce: labels')
+    add(g, '--finetune-iters', dest='finetune.iterations', type=_args.non_negative_int,
+        help='optimizer steps; 0 keeps the student as dropped')
+    add(g, '--finetune-batch-size', dest='finetune.batch_size', type=_args.positive_int,
+        help='images per step and process')
+    _args.deprecated(g, '--batch-size', '--finetune-batch-size', dest='finetune.batch_size', type=_args.positive_int)
+    add(g, '--lr', dest='finetune.lr', type=float, help='learning rate (default: per loss, see practise_df.finetune)')
+    add(g, '--freeze-bn', dest='finetune.freeze_bn', action=argparse.BooleanOptionalAction,
+        help='keep BatchNorm statistics fixed while finetuning (default: yes, unless --real-images)')
+    add(g, '--gradient-accumulation-steps', '--gradient_accumulation_steps',
+        dest='finetune.gradient_accumulation_steps', type=_args.positive_int, help='batches per optimizer step')
+    add(g, '--checkpointing-steps', '--checkpointing_steps', dest='finetune.checkpoint_every',
+        type=_args.non_negative_int, help='optimizer steps between checkpoints (0: only at the end)')
+    add(g, '--eval-every', dest='finetune.eval_every', type=_args.non_negative_int,
+        help='optimizer steps between evaluations while finetuning (0: none)')
+    g = parser.add_argument_group('evaluation')
+    add(g, '--eval-data', dest='eval.data', help='labelled image folder for top-1/top-5 at the end')
+    add(g, '--eval-max-images', dest='eval.max_images', type=_args.positive_int, help='a seeded subset of it')
+    add(g, '--eval-batch-size', dest='eval.batch_size', type=_args.positive_int, help='images per evaluation batch')
+    add(g, '--robustness', dest='robustness.enabled', action='store_true',
+        help='also evaluate teacher and student under ImageNet-C corruptions of --eval-data')
+    add(g, '--robustness-corruptions', dest='robustness.corruptions', help='subset, e.g. noise,fog (default: all 15)')
+    add(g, '--robustness-severities', dest='robustness.severities', help="e.g. '1,5' (default: 1-5)")
+    g = parser.add_argument_group('run')
+    g.add_argument('--config', metavar='FILE', help="settings file (an earlier run's run.json, or YAML/JSON); flags "
+                                                    'given override it')
+    _args.add_output_dir(g)
+    g.add_argument('--resume', '--resume_from_checkpoint', dest='resume', action='store_true',
+                   help='continue the run in --output-dir where it stopped')
+    _args.add_common(g, device_flag=False)
+    g.add_argument('--cpu', action='store_true', help='train on the CPU even if a GPU is present')
+    g.add_argument('--mixed-precision', '--mixed_precision', choices=['no', 'fp16', 'bf16'],
+                   help='mixed precision for finetuning (Accelerate)')
+    g.add_argument('--log-with', '--with_tracking', dest='log_with',
+                   help='experiment tracker for Accelerate (tensorboard, wandb, ...)')
+    return parser
+
+
+def compress_command_parser(subparsers):
+    parser = subparsers.add_parser('compress', argument_default=argparse.SUPPRESS,
+                                   help='the whole pipeline: images -> score -> drop -> finetune -> evaluate')
+    add_compress_arguments(parser)
+    parser.set_defaults(func=compress_command, render=render_report)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, defaults: Optional[Dict[str, Any]] = None) -> CompressConfig:
+    """The run's config: ``defaults`` (a recipe's, nested like the config), then ``--config FILE``, then the
+    flags given. A selection (drop / latency_reduction / blocks) given later replaces an earlier one."""
+    layers = [defaults or {}]
+    if getattr(args, 'config', None):
+        layers.append(read_settings_file(args.config))
+    fields = {f.name for f in dataclasses.fields(CompressConfig)}
+    layers.append(_nest({k: v for k, v in vars(args).items() if k.split('.')[0] in fields}))
+    merged: Dict[str, Any] = {}
+    for layer in layers:
+        scoring = layer.get('scoring') or {}
+        if any(scoring.get(k.split('.')[1]) is not None for k in SELECTION) and 'scoring' in merged:
+            merged['scoring'] = {k: v for k, v in merged['scoring'].items()
+                                 if f'scoring.{k}' not in SELECTION}
+        merged = _merge(merged, layer)
+    for key, flag in (('model', '--model'), ('output_dir', '--output-dir')):
+        if not merged.get(key):
+            raise ValueError(f'compress needs {flag} (or a --config file that sets {key}).')
+    return CompressConfig.from_dict(merged, source=getattr(args, 'config', None) or 'the settings')
+
+
+def compress_command(args, defaults: Optional[Dict[str, Any]] = None) -> dict:
+    """Build the config and the Accelerator from parsed arguments and run the pipeline."""
+    config = config_from_args(args, defaults)
+    accelerator = make_accelerator(config.output_dir, config.finetune, cpu=getattr(args, 'cpu', False),
+                                   mixed_precision=getattr(args, 'mixed_precision', None),
+                                   log_with=getattr(args, 'log_with', None))
+    if getattr(args, 'log_with', None):
+        accelerator.init_trackers('practise-df', config=_flat(config.to_dict()))
+    report = compress(config, overwrite=getattr(args, 'overwrite', False), resume=getattr(args, 'resume', False),
+                      accelerator=accelerator, progress=not getattr(args, 'json', False))
+    accelerator.end_training()
+    return report
+
+
+def render_report(r: dict) -> str:
+    if not r:  # non-main processes
+        return ''
+    lat = r['latency']
+    rows = [('teacher', lat['teacher_ms'], r['params']['teacher'], r['macs']['teacher'] / 1e6),
+            ('student', lat['student_ms'], r['params']['student'], r['macs']['student'] / 1e6)]
+    text = (f"dropped: {', '.join(r['dropped_blocks'])}"
+            f"{' (adaptors fitted and folded)' if r.get('adaptors') else ''}\n"
+            + format_table(rows, ('model', f"latency ms (batch {lat['batch_size']}, {lat['device']})", 'params',
+                                  'MMACs'))
+            + f"\nlatency saved: {lat['saved_pct']:.1f}%   held-out top-1 agreement with the teacher: "
+              f"{r['heldout_agreement']:.1f}%")
+    if 'eval' in r:
+        t, s = r['eval']['teacher'], r['eval']['student']
+        text += (f"\n{r['eval']['data']}: teacher top-1 {t.get('top1', float('nan')):.2f}%, student top-1 "
+                 f"{s.get('top1', float('nan')):.2f}% (agreement {s['agreement']:.1f}%)")
+        if 'before_finetune' in r['eval']:
+            b = r['eval']['before_finetune']
+            text += (f"\n  before finetuning: top-1 {b.get('top1', float('nan')):.2f}% "
+                     f"(agreement {b['agreement']:.1f}%)")
+        if r['eval'].get('skipped_files'):
+            text += f"\n  {r['eval']['skipped_files']} image file(s) did not decode and were skipped"
+    return text + f"\ncompressed model: {r['compressed_model']}"
+
+
+def recipe_main(description: str, defaults: Dict[str, Any], argv: Optional[Sequence[str]] = None,
+                prepare=None) -> int:
+    """Entry point shared by the scripts in ``recipes/``: the compress flags over the recipe's
+    ``defaults`` (nested like a settings file), an optional ``prepare(args, defaults)`` hook checked
+    before any work, then the pipeline and its report."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
+    add_compress_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
+
+    def run(args):
+        if prepare is not None:
+            prepare(args, defaults)
+        return compress_command(args, defaults)
+    return run_command(os.path.basename(sys.argv[0]), run, render_report, args)
+
+
+def _defaults() -> Dict[str, Any]:
+    """Dotted field name -> default value of CompressConfig and its groups (for --help)."""
+    out: Dict[str, Any] = {}
+    for f in dataclasses.fields(CompressConfig):
+        if f.name in ('scoring',):
+            continue
+        kind = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if kind is not None:
+            for name, value in dataclasses.asdict(kind()).items():
+                out[f'{f.name}.{name}'] = value
+    return out
+
+
+def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
+    nested: Dict[str, Any] = {}
+    for key, value in flat.items():
+        group, _, name = key.rpartition('.')
+        (nested.setdefault(group, {}) if group else nested)[name] = value
+    return nested
+
+
+def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def _flat(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f'{prefix}{k}.'))
+        elif isinstance(v, (int, float, str, bool)):
+            out[prefix + k] = v
+    return out

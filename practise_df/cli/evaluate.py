@@ -1,0 +1,44 @@
+"""``practise-df eval``: top-1/top-5 on labelled images, agreement with a teacher, and latency."""
+from __future__ import annotations
+
+from .._format import format_table
+from ..evaluate import evaluate_source
+from ..latency import measure_latency
+from . import _args
+
+
+def eval_command_parser(subparsers):
+    parser = subparsers.add_parser('eval', help='top-1/top-5 accuracy and latency on an image folder')
+    _args.add_model(parser, data=True)
+    _args.add_data(parser)
+    _args.add_teacher(parser)
+    _args.add_batch_size(parser, 32)
+    parser.add_argument('--max-images', type=_args.positive_int, help='evaluate a seeded subset of this many images')
+    parser.add_argument('--workers', type=_args.non_negative_int, default=0, help='data loader worker processes')
+    parser.add_argument('--repeats', type=_args.positive_int, default=10, help='timed runs (the median is reported)')
+    _args.add_common(parser)
+    _args.add_output(parser)
+    parser.set_defaults(func=eval_command, render=render_eval)
+    return parser
+
+
+def eval_command(args) -> dict:
+    _args.check_output_file(args.output, args.overwrite)
+    model, config = _args.load(args)
+    result = evaluate_source(model, args.data, config, teacher=_args.load_teacher(args), batch_size=args.batch_size,
+                             max_images=args.max_images, seed=args.seed, num_workers=args.workers,
+                             device=args.device, progress=not args.json)
+    latency = measure_latency(model, config['input_size'], args.batch_size, args.device, repeats=args.repeats)
+    result = {'model': args.model, **result, 'latency_ms': latency.median_ms, 'batch_size': args.batch_size}
+    _args.write_output(args.output, result)
+    return result
+
+
+def render_eval(r: dict) -> str:
+    keys = [k for k in ('top1', 'top5', 'agreement') if k in r]
+    rows = [[r['model'], r['images']] + [r[k] for k in keys] + [r['latency_ms']]]
+    header = ['model', 'images'] + [k + ' %' for k in keys] + [f"latency ms (batch {r['batch_size']})"]
+    text = format_table(rows, header)
+    if r.get('skipped_files'):
+        text += f"\n{r['skipped_files']} image file(s) did not decode and were skipped"
+    return text

@@ -1,0 +1,224 @@
+"""The settings of one compression run, grouped by pipeline stage (as Accelerate's ``utils/dataclasses``).
+
+:class:`CompressConfig` holds the model and run settings and one dataclass per stage. It is written
+to and read from one JSON or YAML file (``run.json`` beside a run's outputs is that file;
+``practise-df compress --config FILE`` reads one), and :data:`STAGE_SETTINGS` says which stage
+owns each group: on ``--resume`` the settings of a finished stage may not change, those of the
+stages still to run may.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from synth import PRESETS
+
+from .corruptions import parse_corruptions, parse_severities
+from .finetune import FinetuneConfig
+from .scoring import ESTIMATORS
+
+__all__ = ['CompressConfig', 'ImagesConfig', 'SynthesisConfig', 'ScoringConfig', 'LatencyConfig',
+           'FinetuneConfig', 'EvalConfig', 'RobustnessConfig', 'STAGE_SETTINGS']
+
+
+@dataclass
+class ImagesConfig:
+    """The images the run learns from (stage ``images``)."""
+    # None: synthesize from the teacher. Else an image folder, hf:NAME[:SPLIT], a save_to_disk folder or
+    # crops:PHOTO.jpg / crops:DIR (random augmented crops of natural photos).
+    source: Optional[str] = None
+    num_images: int = 256
+    heldout: Optional[int] = None  # held out to measure recoverability; default a quarter, at most 64
+    # The images are real, representative data (the official few-shot setting): finetune with train-mode
+    # BatchNorm. Synthesized and out-of-domain images keep the teacher's statistics.
+    real: bool = False
+
+    def __post_init__(self):
+        if self.num_images < 2:
+            raise ValueError(f'num_images must be at least 2 (some are held out to measure recoverability), '
+                             f'got {self.num_images}.')
+        if self.heldout is not None and self.heldout < 1:
+            raise ValueError(f'heldout must be at least 1, got {self.heldout}.')
+
+    @property
+    def num_heldout(self) -> int:
+        n = self.heldout if self.heldout is not None else min(64, self.num_images // 4)
+        return max(1, min(n, self.num_images - 1))
+
+
+@dataclass
+class SynthesisConfig:
+    """BatchNorm-inversion settings when ``images.source`` is None (stage ``images``)."""
+    preset: str = 'fast'
+    steps: Optional[int] = None  # optimisation steps per batch; default: the preset's
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"Unknown synthesis preset '{self.preset}'; choose one of {sorted(PRESETS)}.")
+        _positive(steps=self.steps, batch_size=self.batch_size)
+
+
+@dataclass
+class ScoringConfig:
+    """Which blocks to drop (stage ``scores``)."""
+    drop: Optional[int] = None  # the K lowest PRACTISE scores
+    latency_reduction: Optional[float] = None  # or: add blocks by score until this fraction of latency is saved
+    blocks: Optional[List[str]] = None  # or: drop exactly these blocks (no scoring)
+    estimator: str = 'fast'
+    images: int = 64  # the tiny set the adaptors are fitted on
+    adaptor_steps: Optional[int] = None  # default: the estimator's
+    # Fold the adaptors fitted around the dropped blocks into the student. Off by default, as the official
+    # code, which uses them only to score (on tf_efficientnet_lite0 they lowered top-1, BENCHMARKS.md).
+    keep_adaptors: bool = False
+
+    def __post_init__(self):
+        chosen = [n for n, v in (('drop', self.drop), ('latency_reduction', self.latency_reduction),
+                                 ('blocks', self.blocks)) if v is not None]
+        if len(chosen) != 1:
+            raise ValueError('Say what to drop, in exactly one way: --drop K (blocks), --latency-reduction F '
+                             f"(e.g. 0.25) or --blocks B1,B2{f' (got {chosen})' if chosen else ''}.")
+        if self.drop is not None and self.drop < 1:
+            raise ValueError(f'drop is a number of blocks, at least 1; got {self.drop}.')
+        if self.latency_reduction is not None and not 0 < self.latency_reduction < 1:
+            raise ValueError(f'latency_reduction is a fraction between 0 and 1 (e.g. 0.25), got '
+                             f'{self.latency_reduction}.')
+        if self.blocks is not None and not self.blocks:
+            raise ValueError('blocks is empty; name at least one block (practise-df blocks --model ... lists them).')
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"Unknown estimator '{self.estimator}'; choose from {sorted(ESTIMATORS)}.")
+        _positive(images=self.images, adaptor_steps=self.adaptor_steps)
+
+
+@dataclass
+class LatencyConfig:
+    """How latency is measured (stage ``scores``, and the report)."""
+    batch_size: int = 32
+    device: Optional[str] = None  # default: the training device
+    repeats: int = 10
+    block_latency: Optional[str] = None  # per-block savings measured elsewhere (practise-df latency --per-block)
+
+    def __post_init__(self):
+        _positive(batch_size=self.batch_size, repeats=self.repeats)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation at the end (stage ``report``)."""
+    data: Optional[str] = None  # labelled image folder for top-1/top-5
+    max_images: Optional[int] = None
+    batch_size: int = 32
+
+    def __post_init__(self):
+        _positive(max_images=self.max_images, batch_size=self.batch_size)
+
+
+@dataclass
+class RobustnessConfig:
+    """ImageNet-C evaluation of ``eval.data`` (stage ``report``)."""
+    enabled: bool = False
+    corruptions: Optional[str] = None  # e.g. 'noise,fog'; default all 15
+    severities: Optional[str] = None  # e.g. '1,5'; default 1-5
+
+    def __post_init__(self):
+        parse_corruptions(self.corruptions)  # a bad name fails now, not after hours of work
+        parse_severities(self.severities)
+
+
+@dataclass
+class CompressConfig:
+    """Everything one compression run needs; saved as ``run.json`` beside its outputs."""
+    model: str
+    output_dir: str
+    weights: Optional[str] = None  # local file, 'pretrained', or None / 'random' for random init
+    input_size: Optional[int] = None  # square input size for everything (default: the model's)
+    seed: int = 0
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    scoring: Optional[ScoringConfig] = None  # required: what to drop
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+
+    def __post_init__(self):
+        for name, kind in _GROUPS.items():
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, _build(kind, getattr(self, name), name))
+        if self.scoring is None:
+            raise ValueError('Say what to drop: --drop K (blocks), --latency-reduction F (e.g. 0.25) or --blocks B1,B2 '
+                             '(scoring.drop / latency_reduction / blocks in a settings file).')
+        if self.robustness.enabled and not self.eval.data:
+            raise ValueError('robustness needs eval data (--eval-data): a labelled image folder to corrupt.')
+        _positive(input_size=self.input_size)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples as lists, as the file holds them
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], source: str = 'the settings') -> 'CompressConfig':
+        return _build(cls, data, source)
+
+    @classmethod
+    def from_file(cls, path: str, **overrides: Any) -> 'CompressConfig':
+        """Read a JSON or YAML file (``run.json`` of an earlier run, or one written by hand);
+        ``overrides`` (e.g. ``output_dir``) replace top-level values."""
+        return cls.from_dict({**read_settings_file(path), **overrides}, source=path)
+
+
+# The stage that owns each group of settings (in pipeline order): on resume, a finished stage's settings are
+# fixed; later stages' settings may change.
+STAGE_SETTINGS = {
+    'images': ('model', 'weights', 'input_size', 'seed', 'images', 'synthesis'),
+    'scores': ('scoring', 'latency'),
+    'finetune': ('finetune',),
+    'report': ('eval', 'robustness'),
+}
+
+_GROUPS = {'images': ImagesConfig, 'synthesis': SynthesisConfig, 'scoring': ScoringConfig,
+           'latency': LatencyConfig, 'finetune': FinetuneConfig, 'eval': EvalConfig,
+           'robustness': RobustnessConfig}
+
+
+def read_settings_file(path: str) -> Dict[str, Any]:
+    """A JSON or YAML mapping from ``path``, with errors that name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Settings file '{path}' does not exist.")
+    with open(path) as f:
+        text = f.read()
+    try:
+        if path.endswith(('.yaml', '.yml')):
+            import yaml  # timm's dependency; only needed for YAML files
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError
+        raise ValueError(f"'{path}' is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {e}") \
+            from None
+    if not isinstance(data, dict):
+        raise ValueError(f"'{path}' must hold a mapping of settings, not {type(data).__name__}.")
+    return data
+
+
+def _build(cls, data: Dict[str, Any], source: str):
+    """``cls(**data)`` with nested groups, and an error naming unknown keys."""
+    if not isinstance(data, dict):
+        raise ValueError(f'{source}: expected a mapping of settings, got {type(data).__name__}.')
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
+                         f"known: {', '.join(sorted(names))}.")
+    try:
+        return cls(**data)
+    except TypeError as e:  # a missing required setting
+        raise ValueError(f'{source}: {e}') from None
+
+
+def _positive(**values: Optional[int]) -> None:
+    bad = [f'{k}={v}' for k, v in values.items() if v is not None and not v >= 1]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: must be at least 1.")

@@ -1,0 +1,142 @@
+"""The code's structure: layers point down only (synth never imports practise_df), no import cycle, no
+import of our own modules hidden inside a function, and a public API that does not lose names."""
+import ast
+import os
+
+import practise_df
+import synth
+
+from conftest import ROOT
+
+PACKAGES = ('synth', 'practise_df')
+
+
+def _modules():
+    """{dotted module name: parsed source} of every module of our packages."""
+    found = {}
+    for package in PACKAGES:
+        for dirpath, _, files in os.walk(os.path.join(ROOT, package)):
+            for name in sorted(files):
+                if name.endswith('.py'):
+                    path = os.path.join(dirpath, name)
+                    parts = os.path.relpath(path, ROOT)[:-3].split(os.sep)
+                    module = '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+                    found[module] = (ast.parse(open(path).read()), parts[-1] == '__init__')
+    return found
+
+
+def _imports(module: str, tree: ast.AST, is_package: bool, known: set):
+    """(imported module, the import node) for every import of one of our modules, at any depth."""
+    package = module if is_package else module.rpartition('.')[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split('.')[0] in PACKAGES:
+                    yield alias.name, node
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit('.', node.level - 1)[0] if node.level > 1 else package
+                base = f'{base}.{node.module}' if node.module else base
+            else:
+                base = node.module or ''
+            if base.split('.')[0] not in PACKAGES:
+                continue
+            for alias in node.names:  # `from pkg import submodule` imports the submodule
+                target = f'{base}.{alias.name}'
+                yield (target if target in known else base), node
+
+
+def _graph():
+    modules = _modules()
+    graph, nested = {}, []
+    for module, (tree, is_package) in modules.items():
+        graph[module] = set()
+        top_level = {id(n) for n in tree.body}
+        for target, node in _imports(module, tree, is_package, set(modules)):
+            graph[module].add(target)
+            if id(node) not in top_level and not _under_type_checking(tree, node):
+                nested.append((module, target, node.lineno))
+    return graph, nested
+
+
+def _under_type_checking(tree, node) -> bool:
+    return any(isinstance(n, ast.If) and 'TYPE_CHECKING' in ast.dump(n.test) and node in ast.walk(n)
+               for n in tree.body)
+
+
+def test_synth_never_imports_practise_df():
+    graph, _ = _graph()
+    up = sorted((m, t) for m, targets in graph.items() if m.split('.')[0] == 'synth'
+                for t in targets if t.split('.')[0] == 'practise_df')
+    assert not up, f'synth is the lower layer; these imports point up: {up}'
+
+
+def test_no_import_cycle():
+    graph, _ = _graph()
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in graph[v]:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f'import cycles: {cycles}'
+
+
+def test_no_import_of_our_modules_inside_a_function():
+    """An import hidden in a function usually dodges a cycle: the name lives in the wrong module."""
+    _, nested = _graph()
+    assert not nested, f'imports of practise_df/synth modules inside functions: {nested}'
+
+
+def test_the_graph_sees_imports():  # the checks above must not pass because nothing was parsed
+    graph, _ = _graph()
+    assert 'practise_df.compress' in graph['practise_df.cli.compress']
+    assert 'synth' in graph['practise_df.compress'] and 'synth.data' in graph['practise_df.compress']
+    assert 'practise_df.cli._args' in graph['practise_df.cli.compress']
+
+
+PUBLIC = {
+    'practise_df': {'compress', 'CompressConfig', 'ImagesConfig', 'SynthesisConfig', 'ScoringConfig', 'LatencyConfig',
+                    'FinetuneConfig', 'EvalConfig', 'RobustnessConfig', 'create_model', 'load_model',
+                    'resolve_data_config', 'find_blocks', 'drop_blocks', 'score_blocks', 'select_blocks',
+                    'drop_and_recover', 'save_compressed', 'load_compressed', 'measure_latency',
+                    'block_latency_savings', 'finetune', 'evaluate', 'evaluate_robustness', 'synthesize'},
+    'synth': {'synthesize', 'invert_batch', 'evaluate_images', 'InversionResult', 'InversionConfig', 'PRESETS',
+              'get_preset', 'BatchNormStatHooks', 'competition_loss', 'load_images', 'SingleImageCrops',
+              'HFImageDataset', 'HubUnreachableError', 'SynthesizedImages', 'read_synth_settings', 'class_to_idx',
+              'merge_metadata'},
+}
+
+
+def test_public_api_is_listed_once_and_keeps_its_names():
+    for module in (practise_df, synth):
+        names = set(module.__all__)
+        assert len(names) == len(module.__all__), 'a name listed twice'
+        missing = PUBLIC[module.__name__] - names
+        assert not missing, f'{module.__name__} lost public names: {missing}'
+        assert all(getattr(module, n, None) is not None for n in names)
+    assert not {'filter_prune', 'first_blocks', 'random_blocks'} & set(practise_df.__all__), \
+        'benchmark baselines stay in practise_df.baselines'
