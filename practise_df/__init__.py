@@ -14,6 +14,8 @@ from .corruptions import (CORRUPTIONS as CORRUPTIONS, SEVERITIES as SEVERITIES, 
                           parse_corruptions as parse_corruptions, parse_severities as parse_severities)
 from .data import ImageFolderDataset as ImageFolderDataset, image_loader as image_loader
 from .evaluate import evaluate as evaluate
+from .export import (export_model as export_model, load_exported as load_exported,
+                     read_metadata as read_metadata)
 from .latency import (block_latency_savings as block_latency_savings, count_macs as count_macs,
                       count_params as count_params, measure_latency as measure_latency)
 from .models import (PrePoolFeatures as PrePoolFeatures, create_model as create_model,
@@ -31,6 +33,7 @@ __all__ = [
     'score_blocks', 'select_blocks', 'drop_and_recover', 'BlockScore',
     'save_compressed', 'load_compressed',
     'ImageFolderDataset', 'image_loader', 'evaluate',
+    'export_model', 'load_exported', 'read_metadata',
     'first_blocks', 'random_blocks', 'output_difference', 'output_difference_scores', 'grow_to_latency',
     'filter_prune', 'filter_prune_to_latency',
     'corrupt', 'CORRUPTIONS', 'SEVERITIES', 'parse_corruptions', 'parse_severities',
