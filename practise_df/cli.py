@@ -24,7 +24,7 @@ import torchvision
 from . import __version__
 from ._format import format_table
 from .blocks import drop_blocks, find_blocks
-from .latency import block_latency_savings, count_macs, count_params, measure_latencies
+from .latency import RUNTIMES, block_latency_savings, count_macs, count_params, measure_latencies, runtime_info
 from .models import create_model, resolve_data_config
 
 Command = Callable[[argparse.Namespace], dict]
@@ -92,7 +92,8 @@ def blocks_command(args) -> dict:
 # --- latency ----------------------------------------------------------------------------------------
 
 def _render_latency(r: dict) -> str:
-    head = f"batch {r['batch_size']}, input {tuple(r['input_size'])}, {r['device']}, {r['repeats']} runs\n"
+    head = (f"batch {r['batch_size']}, input {tuple(r['input_size'])}, {r['device']}, {r['runtime']} "
+            f"({r['threads']} threads), {r['repeats']} runs\n")
     if 'blocks' in r:  # --per-block
         rows = [(b, v['latency_ms'], v['saved_ms'], v['saved_pct']) for b, v in r['blocks'].items()]
         return head + format_table(rows, ('dropped block', 'median ms', 'saved ms', 'saved %'))
@@ -108,17 +109,19 @@ def _render_latency(r: dict) -> str:
 def latency_command(args) -> dict:
     model, config = load_from_args(args)
     size = config['input_size']
+    measured = runtime_info(args.runtime, args.device, args.threads)
+    timing = (args.batch_size, args.device, args.warmup, args.repeats, args.runtime, args.threads)
     if args.per_block:
         blocks = _parse_blocks(args.drop) or find_blocks(model, size)
-        table = block_latency_savings(model, blocks, size, args.batch_size, args.device, args.warmup, args.repeats)
+        table = block_latency_savings(model, blocks, size, *timing)
         return {'model': args.model, 'batch_size': args.batch_size, 'input_size': list(size), 'device': args.device,
-                'repeats': args.repeats, 'blocks': table}
+                'repeats': args.repeats, **measured, 'blocks': table}
     variants = [('model', model)]
     if args.drop:
         variants.append((f"dropped {args.drop}", drop_blocks(model, _parse_blocks(args.drop))))
-    lats = measure_latencies([m for _, m in variants], size, args.batch_size, args.device, args.warmup, args.repeats)
+    lats = measure_latencies([m for _, m in variants], size, *timing)
     out = {'batch_size': args.batch_size, 'input_size': list(size), 'device': args.device, 'repeats': args.repeats,
-           'variants': [{'name': n, **lat.to_dict(), 'params': count_params(m), 'macs': count_macs(m, size)}
+           **measured, 'variants': [{'name': n, **lat.to_dict(), 'params': count_params(m), 'macs': count_macs(m, size)}
                         for (n, m), lat in zip(variants, lats)]}
     if args.drop:
         out['saved_pct'] = 100 * (1 - lats[1].median_ms / lats[0].median_ms)
@@ -411,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, default=1)
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--repeats', type=int, default=20)
+    p.add_argument('--runtime', choices=RUNTIMES, default='torch',
+                   help='PyTorch eager, or ONNX Runtime (each variant exported to ONNX; CPU provider, CUDA with '
+                        '--device cuda and onnxruntime-gpu)')
+    p.add_argument('--threads', type=int, default=None, help="threads to measure with (default: torch's)")
 
     p = sub.add_parser('score', help='PRACTISE recoverability scores; optionally select, drop and save')
     add_model_args(p, data=True)
