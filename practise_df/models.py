@@ -1,7 +1,8 @@
 """Model specs, weights and data configs.
 
 A model spec is ``timm:NAME``, ``torchvision:NAME``, a bare ``NAME`` (timm), or the path of a
-compressed-model directory written by :func:`practise_df.save_compressed`.
+compressed-model directory written by :func:`practise_df.save_compressed` (``hf-hub:ORG/NAME`` when
+published on the Hugging Face Hub).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from timm.models import load_state_dict
 _logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = ('.pth', '.pt', '.bin', '.safetensors')
+HUB_PREFIX = 'hf-hub:'  # a compressed model on the Hugging Face Hub, as timm spells hub models
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ def create_model(
     """Build a model from a spec.
 
     Args:
-        spec: model spec, or a compressed-model directory (then ``weights`` must be None).
+        spec: model spec, or a compressed-model directory or ``hf-hub:ORG/NAME`` (then ``weights`` must
+            be None).
         weights: None (random init), ``'pretrained'`` (hub weights, needs network) or a local
             ``.pth/.pt/.bin/.safetensors`` file.
         kwargs: passed to the model constructor (e.g. ``num_classes``); must be JSON-serialisable
@@ -74,7 +77,7 @@ def create_model(
     Returns:
         The model in eval mode, on CPU.
     """
-    if is_compressed_dir(spec):
+    if is_compressed_dir(spec) or spec.startswith(HUB_PREFIX):
         if weights not in (None, ''):
             raise ValueError(f"'{spec}' is a compressed-model directory and carries its own weights; "
                              "drop --weights.")
