@@ -267,6 +267,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser, **defaults) -> argpa
     g.add_argument('--latency-batch-size', type=int, default=32)
     g.add_argument('--latency-device', default=None, help='device latency is measured on (default: training device)')
     g.add_argument('--latency-repeats', type=int, default=10)
+    g.add_argument('--latency-runtime', choices=RUNTIMES, default=None,
+                   help='measure latency in PyTorch eager (torch, default) or exported to ONNX Runtime')
+    g.add_argument('--latency-threads', type=int, default=None, help="latency threads (default: torch's)")
     g.add_argument('--block-latency', default=None, metavar='FILE',
                    help='per-block latency measured elsewhere, e.g. on the deployment device: the output of '
                         'practise-df latency --per-block --json (default: measured here)')
@@ -294,6 +297,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser, **defaults) -> argpa
     g.add_argument('--resume', '--resume_from_checkpoint', dest='resume', action='store_true',
                    help='continue the run in --output-dir where it stopped')
     g.add_argument('--seed', type=int, default=0)
+    g.add_argument('--license', default=None, help="model card: Hub license id of the result (default 'unknown')")
+    g.add_argument('--base-model', default=None, help="model card: the teacher's Hub repo (default 'unknown')")
     g.add_argument('--cpu', action='store_true', help='train on the CPU even if a GPU is present')
     g.add_argument('--mixed-precision', '--mixed_precision', default=None, choices=['no', 'fp16', 'bf16'])
     g.add_argument('--log-with', '--with_tracking', dest='log_with', default=None,
@@ -324,6 +329,8 @@ def compress_config_from_args(args):
         adaptors=args.adaptors,
         drop=drop, latency_reduction=args.latency_reduction, latency_batch_size=args.latency_batch_size,
         latency_device=args.latency_device, latency_repeats=args.latency_repeats,
+        latency_runtime=args.latency_runtime, latency_threads=args.latency_threads,
+        license=args.license, base_model=args.base_model,
         block_latency=args.block_latency, eval_data=args.eval_data, robustness=args.robustness,
         robustness_corruptions=args.robustness_corruptions, robustness_severities=args.robustness_severities,
         eval_max_images=args.eval_max_images, finetune=finetune, seed=args.seed)

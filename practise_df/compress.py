@@ -24,7 +24,8 @@ from .checkpoint import load_compressed, save_compressed
 from .data import ImageFolderDataset, eval_transform, image_loader, train_transform
 from .evaluate import evaluate
 from .finetune import FinetuneConfig, finetune, make_accelerator
-from .latency import block_latency_savings, count_macs, count_params, measure_latencies
+from .latency import RUNTIMES, block_latency_savings, count_macs, count_params, measure_latencies, runtime_info
+from .model_card import command_line, write_model_card
 from .models import create_model, resolve_data_config
 from .scoring import ESTIMATORS, BlockScore, drop_and_recover, score_blocks, select_blocks
 
@@ -60,6 +61,8 @@ class CompressConfig:
     latency_batch_size: int = 32
     latency_device: Optional[str] = None  # default: the training device
     latency_repeats: int = 10
+    latency_runtime: Optional[str] = None  # 'torch' (default) or 'onnxruntime': where latency is measured
+    latency_threads: Optional[int] = None  # default: torch's thread count
     block_latency: Optional[str] = None  # JSON of per-block savings measured elsewhere (e.g. the target device)
     eval_data: Optional[str] = None  # labelled image folder for top-1/top-5
     eval_max_images: Optional[int] = None
@@ -68,6 +71,8 @@ class CompressConfig:
     robustness_severities: Optional[str] = None  # e.g. '1,5'; default 1-5
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: int = 0
+    license: Optional[str] = None  # model card metadata (Hub license id; 'unknown' when None)
+    base_model: Optional[str] = None  # model card metadata (the teacher's Hub repo; 'unknown' when None)
 
     def __post_init__(self):
         if isinstance(self.finetune, dict):
@@ -82,6 +87,8 @@ class CompressConfig:
             from .corruptions import parse_corruptions, parse_severities
             parse_corruptions(self.robustness_corruptions)  # bad names fail now, not after hours of work
             parse_severities(self.robustness_severities)
+        if self.latency_runtime not in (None,) + RUNTIMES:
+            raise ValueError(f"Unknown latency runtime '{self.latency_runtime}'; choose from {', '.join(RUNTIMES)}.")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"Unknown estimator '{self.estimator}'; choose from {sorted(ESTIMATORS)}.")
 
@@ -168,7 +175,9 @@ def _block_latency(config: CompressConfig, teacher, blocks: List[str], latency_k
     if config.block_latency:
         raise FileNotFoundError(f'--block-latency {path} does not exist.')
     table = block_latency_savings(teacher, blocks, **latency_kwargs)
-    write_json_atomic(path, {'blocks': table, **{k: latency_kwargs[k] for k in ('batch_size', 'device')},
+    kw = latency_kwargs
+    measured = runtime_info(kw.get('runtime', 'torch'), kw['device'], kw.get('threads'))
+    write_json_atomic(path, {'blocks': table, **{k: latency_kwargs[k] for k in ('batch_size', 'device')}, **measured,
                        'input_size': list(latency_kwargs['input_size'])})
     return table
 
@@ -241,7 +250,8 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
     # --- score and select (main process; the others read the result) -----------------------------
     scores_file = os.path.join(out, SCORES_FILE)
     latency_kwargs = dict(input_size=input_size, batch_size=config.latency_batch_size,
-                          device=config.latency_device or str(accelerator.device), repeats=config.latency_repeats)
+                          device=config.latency_device or str(accelerator.device), repeats=config.latency_repeats,
+                          runtime=config.latency_runtime or 'torch', threads=config.latency_threads)
     if accelerator.is_main_process and not os.path.isfile(scores_file):
         _stage(accelerator, f'[2/5] scoring blocks ({config.estimator} estimator)')
         teacher.to(accelerator.device)
@@ -291,6 +301,7 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
         report = _report(config, teacher, student, chosen, selection['scores'], history, pool, held_idx,
                          data_config, latency_kwargs, model_dir, progress)
         write_json_atomic(os.path.join(out, 'report.json'), report)
+        write_model_card(model_dir, report, config.license, config.base_model, command_line())
     accelerator.wait_for_everyone()
     return report
 
@@ -321,7 +332,8 @@ def _report(config, teacher, student, chosen, scores, history, pool, held_idx, d
         'dropped_blocks': chosen, 'adaptors': config.adaptors, 'scores': scores, 'compressed_model': model_dir,
         'latency': {'device': device, 'batch_size': latency_kwargs['batch_size'], 'input_size': list(size),
                     'teacher_ms': before.median_ms, 'student_ms': after.median_ms,
-                    'saved_pct': 100 * (1 - after.median_ms / before.median_ms)},
+                    'saved_pct': 100 * (1 - after.median_ms / before.median_ms),
+                    'runtime': before.runtime, 'threads': before.threads, 'provider': before.provider},
         'params': {'teacher': count_params(teacher), 'student': count_params(student)},
         'macs': {'teacher': count_macs(teacher, size), 'student': count_macs(student, size)},
         'finetune': {'loss': config.finetune.loss, 'iterations': config.finetune.iterations,
