@@ -7,6 +7,7 @@
     practise-df synth   --model SPEC --out DIR ...        -> synth.synthesize
     practise-df compress --model SPEC --drop K ...        -> compress
     practise-df robustness --model SPEC|DIR --data D      -> robustness.evaluate_robustness
+    practise-df export  --model SPEC|DIR --output FILE    -> export.export_model (commands_export.py)
 """
 from __future__ import annotations
 
@@ -475,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--workers', type=int, default=0)
     p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--seed', type=int, default=0)
+
+    from .commands_export import export_command, export_command_parser, render_export  # builds on this module
+    register('export', render_export)(export_command)
+    export_command_parser(sub)
     return parser
 
 
