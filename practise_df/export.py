@@ -161,7 +161,9 @@ def compare_outputs(reference: nn.Module, exported: nn.Module,
 
 def _image_batches(data: str, data_config: Dict[str, Any], batch_size: int, dynamic_batch: bool,
                    max_images: Optional[int], seed: int) -> Iterator[Tuple[torch.Tensor, int]]:
-    for x, _ in image_loader(data, data_config, batch_size=batch_size, max_images=max_images, seed=seed):
+    """The images in batches the exported graph takes: its batch size, or 32 at a time for any batch."""
+    loader_batch = max(batch_size, 32) if dynamic_batch else batch_size
+    for x, _ in image_loader(data, data_config, batch_size=loader_batch, max_images=max_images, seed=seed):
         keep = len(x)
         if not dynamic_batch and keep < batch_size:  # a static graph takes only full batches: pad the last
             x = torch.cat([x, x.new_zeros(batch_size - keep, *x.shape[1:])])
@@ -186,8 +188,8 @@ def export_model(model: nn.Module, output: str, format: str = 'onnx', *, data_co
     Args:
         model: a teacher or compressed student (e.g. from :func:`practise_df.load_compressed`).
         format: ``'onnx'`` or ``'torch-export'``.
-        data_config: preprocessing to record and feed ``data`` with (default: the model's, with
-            ``input_size`` as an int override).
+        data_config: preprocessing to record and feed ``data`` with; when None, the model's (see
+            :func:`~practise_df.models.resolve_data_config`) with ``input_size`` (an int) as override.
         batch_size: the batch the graph is exported for; ``dynamic_batch`` makes it any batch.
         opset: ONNX opset (default: the exporter's).
         data: an image folder to check on as well as random inputs; ``max_images`` caps it.
