@@ -76,13 +76,14 @@ def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model
         f", {lat['provider']}" if lat.get('provider') else '') + (
         f", {lat['threads']} threads" if lat.get('threads') else '')
     by_block = {s['block']: s for s in report.get('scores', [])}
+    weights = os.path.basename(str(report.get('weights')))  # a local file's name, not this machine's path
     recovered_on = ('images synthesized from the model itself: no training data was used' if images == 'synthesized'
                     else f'`{images}`')
     lines = [
         '---', meta.to_yaml(), '---', '',
         f"# {report['model']} with {len(dropped)} block(s) dropped",
         '',
-        f"Made with practise-df from `{report['model']}` (weights: `{report.get('weights')}`; base model: "
+        f"Made with practise-df from `{report['model']}` (weights: `{weights}`; base model: "
         f"{base_model or 'unknown'}) by dropping whole residual blocks (PRACTISE, Wang et al., CVPR 2023) and "
         f"recovering on {recovered_on}.",
         '',
