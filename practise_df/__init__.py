@@ -14,6 +14,7 @@ from .config import CompressConfig as CompressConfig, EvalConfig as EvalConfig, 
 from .config import LatencyConfig as LatencyConfig, RobustnessConfig as RobustnessConfig
 from .config import ScoringConfig as ScoringConfig, SynthesisConfig as SynthesisConfig
 from .evaluate import evaluate as evaluate
+from .export import export_model as export_model, load_exported as load_exported
 from .finetune import FinetuneConfig as FinetuneConfig, finetune as finetune
 from .latency import block_latency_savings as block_latency_savings, measure_latency as measure_latency
 from .models import create_model as create_model, resolve_data_config as resolve_data_config
@@ -29,4 +30,5 @@ __all__ = [
     'create_model', 'load_model', 'resolve_data_config', 'find_blocks', 'drop_blocks',
     'score_blocks', 'select_blocks', 'drop_and_recover', 'save_compressed', 'load_compressed',
     'measure_latency', 'block_latency_savings', 'finetune', 'evaluate', 'evaluate_robustness', 'synthesize',
+    'export_model', 'load_exported',
 ]

@@ -2,7 +2,8 @@
 
 The config names the source architecture, the dropped blocks and the data config, so loading rebuilds
 the model with no download: build the architecture with random weights, replace the dropped blocks by
-identity, load the saved tensors.
+identity, load the saved tensors. A folder published on the Hugging Face Hub loads as
+``hf-hub:ORG/NAME`` (timm's prefix), fetched once with ``huggingface_hub`` and cached.
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import shutil
 from typing import Any, Dict, Optional
 
 import torch.nn as nn
+from huggingface_hub import snapshot_download
+from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from safetensors.torch import load_file, save_file
 
 from synth.files import apply_umask
 
 from .blocks import drop_blocks, dropped_blocks
-from .models import create_model, resolve_data_config
+from .models import HUB_PREFIX, create_model, resolve_data_config
 
 FORMAT = 'practise-df-compressed'
 FORMAT_VERSION = 1
@@ -108,6 +111,22 @@ def read_config(path: str) -> Dict[str, Any]:
     return config
 
 
+def download_compressed(spec: str) -> str:
+    """Local folder of ``hf-hub:ORG/NAME[@REVISION]``: the Hub's files, or the cached copy when offline."""
+    repo_id, _, revision = spec[len(HUB_PREFIX):].partition('@')
+    try:
+        return snapshot_download(repo_id, revision=revision or None,
+                                 allow_patterns=['config.json', 'model.safetensors', 'README.md'])
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise FileNotFoundError(f"'{spec}': no such model on the Hugging Face Hub (or it is private: log in with "
+                                f"`hf auth login`). {type(e).__name__}") from e
+    except LocalEntryNotFoundError as e:
+        raise FileNotFoundError(
+            f"Cannot fetch '{spec}': this machine is offline (or HF_HUB_OFFLINE=1) and the model is not in the "
+            f"Hugging Face cache. On a connected machine run `hf download {repo_id} --local-dir DIR` (or "
+            f"load_compressed('{spec}') once there), copy DIR here and pass the folder instead.") from e
+
+
 def is_compressed_dir(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, 'config.json'))
 
@@ -116,7 +135,7 @@ def load_model(source: str, weights: Optional[str] = None, **kwargs: Any) -> nn.
     """A model from a spec (:func:`practise_df.create_model`, with ``weights``) or a compressed-model
     directory (:func:`load_compressed`, which carries its own weights): what every command's ``--model``
     takes."""
-    if is_compressed_dir(source):
+    if is_compressed_dir(source) or source.startswith(HUB_PREFIX):
         if weights not in (None, '', 'random'):
             raise ValueError(f"'{source}' is a compressed-model directory and carries its own weights; "
                              "drop --weights.")
@@ -128,7 +147,9 @@ def load_model(source: str, weights: Optional[str] = None, **kwargs: Any) -> nn.
 
 
 def load_compressed(path: str) -> nn.Module:
-    """Rebuild a model saved by :func:`save_compressed`, without any download."""
+    """Rebuild a model saved by :func:`save_compressed`: a local folder (no download) or ``hf-hub:ORG/NAME``."""
+    if path.startswith(HUB_PREFIX):
+        path = download_compressed(path)
     config = read_config(path)
     weights = os.path.join(path, 'model.safetensors')
     if not os.path.isfile(weights):

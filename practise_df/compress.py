@@ -29,7 +29,9 @@ from .checkpoint import load_compressed, load_model, save_compressed
 from .config import STAGE_SETTINGS, CompressConfig
 from .evaluate import evaluate
 from .finetune import finetune, make_accelerator
-from .latency import block_latency_savings, count_macs, count_params, measure_latencies, read_block_latency
+from .latency import (block_latency_savings, count_macs, count_params, measure_latencies, read_block_latency,
+                      runtime_info)
+from .model_card import command_line, write_model_card
 from .models import resolve_data_config
 from .robustness import evaluate_folder_robustness, save_heatmap
 from .scoring import ESTIMATORS, BlockScore, drop_and_recover, score_blocks, select_blocks
@@ -40,7 +42,7 @@ PARTIAL_SCORES_FILE = 'scores.partial.jsonl'  # one line per scored block, so an
 LATENCY_FILE = 'block_latency.json'
 SYNTH_DIR = 'synth'
 RECOVERED_DIR = 'recovered'  # blocks dropped (adaptors folded with keep_adaptors), before finetuning
-MODEL_DIR = 'model'
+MODEL_DIR = 'model'  # model.safetensors + config.json + README.md (the model card)
 REPORT_FILE = 'report.json'
 # What a run writes: --overwrite removes these and nothing else.
 ARTEFACTS = (RUN_FILE, SCORES_FILE, PARTIAL_SCORES_FILE, LATENCY_FILE, SYNTH_DIR, RECOVERED_DIR, 'checkpoints',
@@ -76,7 +78,8 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress) -
     pool, train_pool = _images(config, teacher, data_config, accelerator, progress)
     train_idx, held_idx = _split(pool, min(config.images.num_heldout, len(pool) - 1), config.seed)
     latency_kwargs = dict(input_size=data_config['input_size'], batch_size=config.latency.batch_size,
-                          device=config.latency.device or str(accelerator.device), repeats=config.latency.repeats)
+                          device=config.latency.device or str(accelerator.device), repeats=config.latency.repeats,
+                          runtime=config.latency.runtime, threads=config.latency.threads)
 
     # --- score and select (main process; the others read the result) -----------------------------
     scores_file = os.path.join(out, SCORES_FILE)
@@ -131,6 +134,7 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress) -
         report = _report(config, teacher, student, selection, history, Subset(pool, held_idx), checked,
                          data_config, latency_kwargs, model_dir, progress)
         write_json_atomic(os.path.join(out, REPORT_FILE), report)
+        write_model_card(model_dir, report, config.card.license, config.card.base_model, command_line())
         if config.robustness.enabled:  # pictures after the numbers: a failed plot loses nothing
             report['robustness']['heatmap'] = _heatmap(report['robustness'], out, config.model)
             write_json_atomic(os.path.join(out, REPORT_FILE), report)
@@ -296,9 +300,11 @@ def _block_latency(config: CompressConfig, teacher, blocks: List[str], checked, 
     path = os.path.join(config.output_dir, LATENCY_FILE)
     if os.path.isfile(path):
         return read_block_latency(path)
-    table = block_latency_savings(teacher, blocks, **latency_kwargs)
-    write_json_atomic(path, {'blocks': table, **{k: latency_kwargs[k] for k in ('batch_size', 'device', 'repeats')},
-                             'input_size': list(latency_kwargs['input_size'])})
+    kw = latency_kwargs
+    table = block_latency_savings(teacher, blocks, **kw)
+    write_json_atomic(path, {'blocks': table, **{k: kw[k] for k in ('batch_size', 'device', 'repeats')},
+                             **runtime_info(kw['runtime'], kw['device'], kw['threads']),
+                             'input_size': list(kw['input_size'])})
     return table
 
 
@@ -361,7 +367,8 @@ def _report(config, teacher, student, selection, history, held, checked, data_co
         'scores': selection['scores'], 'compressed_model': model_dir,
         'latency': {'device': device, 'batch_size': latency_kwargs['batch_size'], 'input_size': list(size),
                     'teacher_ms': before.median_ms, 'student_ms': after.median_ms,
-                    'saved_pct': 100 * (1 - after.median_ms / before.median_ms)},
+                    'saved_pct': 100 * (1 - after.median_ms / before.median_ms),
+                    'runtime': before.runtime, 'threads': before.threads, 'provider': before.provider},
         'params': {'teacher': count_params(teacher), 'student': count_params(student)},
         'macs': {'teacher': count_macs(teacher, size), 'student': count_macs(student, size)},
         'finetune': {'loss': config.finetune.loss, 'iterations': config.finetune.iterations,

@@ -18,10 +18,11 @@ from synth import PRESETS
 
 from .corruptions import parse_corruptions, parse_severities
 from .finetune import FinetuneConfig
+from .latency import RUNTIMES
 from .scoring import ESTIMATORS
 
 __all__ = ['CompressConfig', 'ImagesConfig', 'SynthesisConfig', 'ScoringConfig', 'LatencyConfig',
-           'FinetuneConfig', 'EvalConfig', 'RobustnessConfig', 'STAGE_SETTINGS']
+           'FinetuneConfig', 'EvalConfig', 'RobustnessConfig', 'CardConfig', 'STAGE_SETTINGS']
 
 
 @dataclass
@@ -100,9 +101,13 @@ class LatencyConfig:
     device: Optional[str] = None  # default: the training device
     repeats: int = 10
     block_latency: Optional[str] = None  # per-block savings measured elsewhere (practise-df latency --per-block)
+    runtime: str = 'torch'  # or 'onnxruntime': latency measured on the exported graph, as deployed
+    threads: Optional[int] = None  # default: torch's thread count
 
     def __post_init__(self):
-        _positive(batch_size=self.batch_size, repeats=self.repeats)
+        _positive(batch_size=self.batch_size, repeats=self.repeats, threads=self.threads)
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"Unknown latency runtime '{self.runtime}'; choose from {', '.join(RUNTIMES)}.")
 
 
 @dataclass
@@ -114,6 +119,13 @@ class EvalConfig:
 
     def __post_init__(self):
         _positive(max_images=self.max_images, batch_size=self.batch_size)
+
+
+@dataclass
+class CardConfig:
+    """Metadata of the model card written beside the compressed model (stage ``report``)."""
+    license: Optional[str] = None  # a Hub license id; 'unknown' when not given
+    base_model: Optional[str] = None  # the teacher's Hub repo id; 'unknown' when not given
 
 
 @dataclass
@@ -143,6 +155,7 @@ class CompressConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    card: CardConfig = field(default_factory=CardConfig)
 
     def __post_init__(self):
         for name, kind in _GROUPS.items():
@@ -175,12 +188,12 @@ STAGE_SETTINGS = {
     'images': ('model', 'weights', 'input_size', 'seed', 'images', 'synthesis'),
     'scores': ('scoring', 'latency'),
     'finetune': ('finetune',),
-    'report': ('eval', 'robustness'),
+    'report': ('eval', 'robustness', 'card'),
 }
 
 _GROUPS = {'images': ImagesConfig, 'synthesis': SynthesisConfig, 'scoring': ScoringConfig,
            'latency': LatencyConfig, 'finetune': FinetuneConfig, 'eval': EvalConfig,
-           'robustness': RobustnessConfig}
+           'robustness': RobustnessConfig, 'card': CardConfig}
 
 
 def read_settings_file(path: str) -> Dict[str, Any]:

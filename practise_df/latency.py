@@ -1,10 +1,15 @@
-"""Wall-clock latency (what users buy), parameter and MAC counts."""
+"""Wall-clock latency (what users buy), parameter and MAC counts.
+
+Latency is measured in PyTorch eager (``runtime='torch'``) or in ONNX Runtime (``runtime='onnxruntime'``:
+each model exported to ONNX and run in a session, as it would be deployed).
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
@@ -12,6 +17,10 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .blocks import check_blocks, drop_blocks, find_blocks
+from .export import onnxruntime_models
+from .runtime import provider_name
+
+RUNTIMES = ('torch', 'onnxruntime')
 
 
 @dataclass
@@ -23,6 +32,9 @@ class Latency:
     input_size: Sequence[int]
     device: str
     repeats: int
+    runtime: str = 'torch'
+    threads: Optional[int] = None
+    provider: Optional[str] = None  # ONNX Runtime's execution provider
 
     def to_dict(self):
         return asdict(self)
@@ -58,35 +70,68 @@ def _summary(times: List[float], x: torch.Tensor, repeats: int) -> Latency:
     return Latency(statistics.median(times), q[0], q[-1], x.shape[0], tuple(x.shape[1:]), str(x.device), repeats)
 
 
+def runtime_info(runtime: str = 'torch', device: str = 'cpu', threads: Optional[int] = None) -> dict:
+    """What a latency was measured with: runtime, threads (default torch's thread count, for both
+    runtimes) and, for ONNX Runtime, the execution provider ``device`` maps to."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"Unknown runtime '{runtime}'; choose from {', '.join(RUNTIMES)}.")
+    return {'runtime': runtime, 'threads': threads or torch.get_num_threads(),
+            'provider': provider_name(device) if runtime == 'onnxruntime' else None}
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def measure_latency(model: nn.Module, input_size: Sequence[int], batch_size: int = 1, device: str = 'cpu',
-                    warmup: int = 5, repeats: int = 20) -> Latency:
+                    warmup: int = 5, repeats: int = 20, runtime: str = 'torch',
+                    threads: Optional[int] = None) -> Latency:
     """Median wall time of one forward pass after warm-up, under ``inference_mode``."""
-    return measure_latencies([model], input_size, batch_size, device, warmup, repeats)[0]
+    return measure_latencies([model], input_size, batch_size, device, warmup, repeats, runtime, threads)[0]
 
 
 def measure_latencies(models: List[nn.Module], input_size: Sequence[int], batch_size: int = 1,
-                      device: str = 'cpu', warmup: int = 5, repeats: int = 20) -> List[Latency]:
-    """:func:`measure_latency` for several models, timed interleaved."""
+                      device: str = 'cpu', warmup: int = 5, repeats: int = 20, runtime: str = 'torch',
+                      threads: Optional[int] = None) -> List[Latency]:
+    """:func:`measure_latency` for several models, timed interleaved.
+
+    ``runtime='onnxruntime'`` exports each model to ONNX for this batch size and times its ONNX Runtime
+    session (models already wrapped in :class:`~practise_df.runtime.OnnxRuntimeModel` are timed as they
+    are); ``threads`` sets torch's threads or the session's intra-op threads.
+    """
     if repeats < 1:
         raise ValueError('repeats must be at least 1')
-    dev = torch.device(device)
-    x = torch.randn(batch_size, *input_size, device=dev)
-    moved = [m.to(dev).eval() for m in models]
-    times = _timings(moved, x, warmup, repeats)
-    return [_summary(t, x, repeats) for t in times]
+    info = runtime_info(runtime, device, threads)
+    with _torch_threads(info['threads']):
+        if runtime == 'onnxruntime':  # sessions take host tensors and place them themselves
+            models, dev = onnxruntime_models(models, input_size, batch_size, device, info['threads']), 'cpu'
+        else:
+            dev = device
+        x = torch.randn(batch_size, *input_size, device=torch.device(dev))
+        moved = [m.to(dev).eval() for m in models]
+        times = _timings(moved, x, warmup, repeats)
+    where = str(x.device) if runtime == 'torch' else device
+    return [replace(_summary(t, x, repeats), device=where, **info) for t in times]
 
 
 def block_latency_savings(model: nn.Module, blocks: Iterable[str], input_size: Sequence[int],
                           batch_size: int = 1, device: str = 'cpu', warmup: int = 3,
-                          repeats: int = 10) -> Dict[str, dict]:
+                          repeats: int = 10, runtime: str = 'torch', threads: Optional[int] = None) -> Dict[str, dict]:
     """Latency saved by dropping each block alone, measured on the model with that block dropped.
 
     Returns {block: {'latency_ms', 'saved_ms', 'saved_pct', 'base_ms'}}; ``saved_pct`` is relative to
-    the full model's median ``base_ms``. All variants are timed interleaved in one run.
+    the full model's median ``base_ms``. All variants are timed interleaved in one run, in ``runtime``
+    (see :func:`measure_latencies`).
     """
     blocks = check_blocks(model, blocks, find_blocks(model, input_size))  # a typo must not time a fake block
     variants = [model] + [drop_blocks(model, [b], candidates=blocks) for b in blocks]
-    lat = measure_latencies(variants, input_size, batch_size, device, warmup, repeats)
+    lat = measure_latencies(variants, input_size, batch_size, device, warmup, repeats, runtime, threads)
     base = lat[0].median_ms
     return {b: {'latency_ms': lat_b.median_ms, 'saved_ms': base - lat_b.median_ms,
                 'saved_pct': 100.0 * (base - lat_b.median_ms) / base, 'base_ms': base}
@@ -94,12 +139,15 @@ def block_latency_savings(model: nn.Module, blocks: Iterable[str], input_size: S
 
 
 def model_latency_report(model: nn.Module, input_size: Sequence[int], drop: Optional[Sequence[str]] = None,
-                         batch_size: int = 1, device: str = 'cpu', warmup: int = 5, repeats: int = 20) -> dict:
+                         batch_size: int = 1, device: str = 'cpu', warmup: int = 5, repeats: int = 20,
+                         runtime: str = 'torch', threads: Optional[int] = None) -> dict:
     """Latency, params and MACs of ``model`` and, with ``drop``, of the model with those blocks dropped
     (timed interleaved), with the latency saved: what ``practise-df latency`` reports."""
     variants = [('model', model)] + ([(f"dropped {','.join(drop)}", drop_blocks(model, drop))] if drop else [])
-    lats = measure_latencies([m for _, m in variants], input_size, batch_size, device, warmup, repeats)
+    lats = measure_latencies([m for _, m in variants], input_size, batch_size, device, warmup, repeats, runtime,
+                             threads)
     report = {'batch_size': batch_size, 'input_size': list(input_size), 'device': device, 'repeats': repeats,
+              **runtime_info(runtime, device, threads),
               'variants': [{'name': n, **lat.to_dict(), 'params': count_params(m), 'macs': count_macs(m, input_size)}
                            for (n, m), lat in zip(variants, lats)]}
     if drop:

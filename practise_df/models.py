@@ -1,7 +1,8 @@
 """Model specs, weights and data configs.
 
 A model spec is ``timm:NAME``, ``torchvision:NAME``, a bare ``NAME`` (timm), or the path of a
-compressed-model directory written by :func:`practise_df.save_compressed`.
+compressed-model directory written by :func:`practise_df.save_compressed` (``hf-hub:ORG/NAME`` when
+published on the Hugging Face Hub; both through :func:`practise_df.load_model`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from timm.models import load_state_dict
 _logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = ('.pth', '.pt', '.bin', '.safetensors')
+HUB_PREFIX = 'hf-hub:'  # a compressed model on the Hugging Face Hub, as timm spells hub models
 
 
 @dataclass(frozen=True)

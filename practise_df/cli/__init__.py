@@ -7,6 +7,7 @@
     practise-df synth      --model SPEC --output-dir DIR       -> synth.synthesize
     practise-df compress   --model SPEC --drop K ...           -> compress
     practise-df robustness --model SPEC|DIR --data D           -> evaluate_folder_robustness
+    practise-df export     --model SPEC|DIR --output FILE      -> export_model
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ._run import run_command
 from .blocks import blocks_command_parser
 from .compress import compress_command_parser, recipe_main
 from .evaluate import eval_command_parser
+from .export import export_command_parser
 from .latency import latency_command_parser
 from .robustness import robustness_command_parser
 from .score import score_command_parser
@@ -29,7 +31,7 @@ from .synth import synth_command_parser
 __all__ = ['main', 'build_parser', 'recipe_main']
 
 COMMANDS = (blocks_command_parser, latency_command_parser, score_command_parser, eval_command_parser,
-            synth_command_parser, compress_command_parser, robustness_command_parser)
+            synth_command_parser, compress_command_parser, robustness_command_parser, export_command_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from synth.files import write_json_atomic
 
 from ..models import resolve_data_config
 from ..checkpoint import load_model
+from ..latency import RUNTIMES
 
 
 def device(name: str) -> str:
@@ -100,8 +101,8 @@ def add_selection(group, prefix: str = '') -> None:
     return sel
 
 
-def add_data(parser) -> None:
-    parser.add_argument('--data', required=True,
+def add_data(parser, required: bool = True) -> None:
+    parser.add_argument('--data', required=required,
                         help='images: a folder (one subfolder per class gives labels, sorted names = class index), '
                              'hf:NAME[:SPLIT] or a save_to_disk folder')
 
@@ -136,13 +137,23 @@ def _default(parser, value):
     return parser.argument_default if parser.argument_default == argparse.SUPPRESS else value
 
 
+def add_runtime(parser, prefix: str = '') -> None:
+    """--runtime / --threads (compress: --latency-runtime / --latency-threads): where latency is measured."""
+    flag = '--latency-' if prefix else '--'
+    parser.add_argument(f'{flag}runtime', dest=prefix + 'runtime', choices=RUNTIMES,
+                        help='measure latency in PyTorch eager (torch) or on the exported ONNX graph in ONNX Runtime '
+                             '(onnxruntime, as deployed; needs practise-df[deploy])')
+    parser.add_argument(f'{flag}threads', dest=prefix + 'threads', type=positive_int,
+                        help="threads the latency is measured with (default: torch's thread count)")
+
+
 def add_batch_size(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument('--batch-size', type=positive_int, default=default, help='images per batch')
 
 
-def add_output(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--output', metavar='FILE', default=None,
-                        help='also write the result to this file (an existing file needs --overwrite)')
+def add_output(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument('--output', metavar='FILE', default=None, required=required,
+                        help='file the result is written to (an existing file needs --overwrite)')
     add_overwrite(parser)
 
 

@@ -72,6 +72,7 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add(g, '--latency-device', dest='latency.device', type=_args.device,
         help='device latency is measured on (default: the training device)')
     add(g, '--latency-repeats', dest='latency.repeats', type=_args.positive_int, help='timed runs per model')
+    _args.add_runtime(g, prefix='latency.')
     add(g, '--block-latency', dest='latency.block_latency', metavar='FILE',
         help='per-block latency measured elsewhere, e.g. on the deployment device (practise-df latency --per-block '
              '--output FILE); default: measured here')
@@ -99,6 +100,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help='also evaluate teacher and student under ImageNet-C corruptions of --eval-data')
     add(g, '--robustness-corruptions', dest='robustness.corruptions', help='subset, e.g. noise,fog (default: all 15)')
     add(g, '--robustness-severities', dest='robustness.severities', help="e.g. '1,5' (default: 1-5)")
+    add(g, '--license', dest='card.license', help="the model card's license (a Hub license id; default: unknown)")
+    add(g, '--base-model', dest='card.base_model',
+        help="the model card's base model (the teacher's Hub repo id; default: unknown)")
     g = parser.add_argument_group('run')
     g.add_argument('--config', metavar='FILE', help="settings file (an earlier run's run.json, or YAML/JSON); flags "
                                                     'given override it')

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._format import format_table
 from ..blocks import find_blocks
-from ..latency import model_latency_report, block_latency_savings
+from ..latency import block_latency_savings, model_latency_report, runtime_info
 from . import _args
 
 
@@ -17,6 +17,7 @@ def latency_command_parser(subparsers):
                         help='latency saved by dropping each block alone (every candidate, or each of --blocks); '
                              'the --output file is what compress --block-latency reads')
     _args.add_batch_size(parser, 1)
+    _args.add_runtime(parser)
     parser.add_argument('--warmup', type=_args.non_negative_int, default=5, help='untimed runs first')
     parser.add_argument('--repeats', type=_args.positive_int, default=20, help='timed runs (the median is reported)')
     _args.add_common(parser, seed=False)
@@ -29,10 +30,12 @@ def latency_command(args) -> dict:
     _args.check_output_file(args.output, args.overwrite)
     model, config = _args.load(args)
     size = config['input_size']
-    timing = dict(batch_size=args.batch_size, device=args.device, warmup=args.warmup, repeats=args.repeats)
+    timing = dict(batch_size=args.batch_size, device=args.device, warmup=args.warmup, repeats=args.repeats,
+                  runtime=args.runtime or 'torch', threads=args.threads)
     if args.per_block:
         blocks = args.blocks or find_blocks(model, size)
         result = {'model': args.model, 'input_size': list(size), **timing,
+                  **runtime_info(timing['runtime'], args.device, args.threads),
                   'blocks': block_latency_savings(model, blocks, size, **timing)}
     else:
         result = {'model': args.model, **model_latency_report(model, size, drop=args.blocks, **timing)}
@@ -41,7 +44,8 @@ def latency_command(args) -> dict:
 
 
 def render_latency(r: dict) -> str:
-    head = f"batch {r['batch_size']}, input {tuple(r['input_size'])}, {r['device']}, {r['repeats']} runs\n"
+    where = f"{r['runtime']}, {r['threads']} thread(s)" + (f", {r['provider']}" if r.get('provider') else '')
+    head = f"batch {r['batch_size']}, input {tuple(r['input_size'])}, {r['device']} ({where}), {r['repeats']} runs\n"
     if 'blocks' in r:  # --per-block
         rows = [(b, v['latency_ms'], v['saved_ms'], v['saved_pct']) for b, v in r['blocks'].items()]
         return head + format_table(rows, ('dropped block', 'median ms', 'saved ms', 'saved %'))

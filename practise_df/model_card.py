@@ -1,0 +1,141 @@
+"""A model card (``README.md`` in the Hugging Face Hub format) for a compressed-model folder, from the
+report of ``practise-df compress``, so the folder can be published as it is.
+
+The YAML front matter is written with ``huggingface_hub.ModelCardData``. Its tags do not claim that
+timm loads the folder: the weights only fit the source architecture with the dropped blocks replaced
+by identity, which :func:`practise_df.load_compressed` rebuilds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from huggingface_hub import ModelCardData
+
+from synth.files import write_text_atomic
+
+from .robustness import robustness_table
+
+README = 'README.md'
+TAGS = ['practise-df', 'image-classification', 'pruned', 'block-dropping']
+
+
+def command_line(argv: Optional[Sequence[str]] = None) -> str:
+    """The command that runs now, as a shell line (the program's base name, then its arguments)."""
+    argv = list(sys.argv if argv is None else argv)
+    return shlex.join([os.path.basename(argv[0])] + argv[1:]) if argv else ''
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(c):
+        return f'{c:.4g}' if isinstance(c, float) else str(c)
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    return '\n'.join(lines + ['| ' + ' | '.join(cell(c) for c in r) + ' |' for r in rows])
+
+
+def _pct(value: Optional[float]) -> str:
+    return 'n/a' if value is None else f'{value:.2f}%'
+
+
+def _accuracy(report: Dict[str, Any]) -> List[str]:
+    if 'eval' not in report:
+        return ['## Accuracy', '',
+                f"No labelled images were given. Top-1 agreement with the teacher on held-out "
+                f"{'synthesized ' if report.get('images') == 'synthesized' else ''}images: "
+                f"{_pct(report.get('heldout_agreement'))}. Check accuracy on labelled images of your own."]
+    ev = report['eval']
+    rows = [('teacher', _pct(ev['teacher'].get('top1')), _pct(ev['teacher'].get('top5')), ''),
+            ('student', _pct(ev['student'].get('top1')), _pct(ev['student'].get('top5')),
+             _pct(ev['student'].get('agreement')))]
+    if 'before_finetune' in ev:
+        b = ev['before_finetune']
+        rows.append(('student before finetuning', _pct(b.get('top1')), _pct(b.get('top5')), _pct(b.get('agreement'))))
+    return ['## Accuracy', '', f"On `{ev['data']}` ({ev['student'].get('images', '?')} images):", '',
+            _table(('model', 'top-1', 'top-5', 'top-1 agreement with the teacher'), rows)]
+
+
+def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model: Optional[str] = None,
+               command: Optional[str] = None, data_config: Optional[Dict[str, Any]] = None) -> str:
+    """README.md text for a compressed model, from a ``compress`` report (``report.json``).
+
+    Args:
+        report: the dict :func:`practise_df.compress.compress` returns.
+        license, base_model: Hub metadata (a license id, the teacher's Hub repo); ``unknown`` when None.
+        command: the command that made the model (shown so it can be run again).
+        data_config: the preprocessing saved in the folder's ``config.json``.
+    """
+    images = report.get('images', 'synthesized')
+    tags = TAGS + (['data-free'] if images == 'synthesized' else [])
+    meta = ModelCardData(license=license or 'unknown', base_model=base_model or 'unknown',
+                         library_name='practise-df', pipeline_tag='image-classification', tags=tags)
+    dropped = report['dropped_blocks']
+    lat = report['latency']
+    where = f"{lat.get('runtime', 'torch')}, {lat['device']}" + (
+        f", {lat['provider']}" if lat.get('provider') else '') + (
+        f", {lat['threads']} threads" if lat.get('threads') else '')
+    by_block = {s['block']: s for s in report.get('scores', [])}
+    weights = os.path.basename(str(report.get('weights')))  # a local file's name, not this machine's path
+    recovered_on = ('images synthesized from the model itself: no training data was used' if images == 'synthesized'
+                    else f'`{images}`')
+    lines = [
+        '---', meta.to_yaml(), '---', '',
+        f"# {report['model']} with {len(dropped)} block(s) dropped",
+        '',
+        f"Made with practise-df from `{report['model']}` (weights: `{weights}`; base model: "
+        f"{base_model or 'unknown'}) by dropping whole residual blocks (PRACTISE, Wang et al., CVPR 2023) and "
+        f"recovering on {recovered_on}.",
+        '',
+        '## Use',
+        '',
+        'The weights fit the source architecture with the dropped blocks replaced by identity, so load them '
+        'with practise-df, not with timm or torchvision alone:',
+        '',
+        '```python',
+        'import practise_df',
+        "model = practise_df.load_compressed('hf-hub:ORG/NAME')  # or the local folder",
+        '```',
+        '',
+        '`practise-df export --model FOLDER --format onnx --output model.onnx` writes an ONNX file that carries '
+        'the preprocessing in its metadata.',
+    ]
+    if data_config:
+        lines += ['', 'Preprocessing: ' + ', '.join(f'{k} `{v}`' for k, v in data_config.items()) + '.']
+    adaptors = ('adaptors fitted around them and folded into the neighbouring layers' if report.get('adaptors', True)
+                else 'no adaptors')
+    lines += ['', '## What was dropped', '',
+              f"Blocks dropped: {', '.join(f'`{b}`' for b in dropped) or 'none'}; {adaptors}; "
+              f"finetuning: {report['finetune']['loss']}, {report['finetune']['iterations']} iterations."]
+    if by_block:
+        lines += ['', _table(('block', 'recoverability (feature MSE)', 'latency saved alone'),
+                             [(b, by_block[b]['recoverability'], _pct(by_block[b]['saved_pct']))
+                              for b in dropped if b in by_block])]
+    lines += ['', '## Cost', '',
+              _table(('', 'teacher', 'student'),
+                     [(f"latency ms (batch {lat['batch_size']}, input {tuple(lat['input_size'])}; {where})",
+                       lat['teacher_ms'], lat['student_ms']),
+                      ('params', f"{report['params']['teacher']:,}", f"{report['params']['student']:,}"),
+                      ('MACs', f"{report['macs']['teacher'] / 1e6:.1f} M",
+                       f"{report['macs']['student'] / 1e6:.1f} M")]),
+              '', f"Latency saved: {lat['saved_pct']:.1f}%, measured on the machine that ran the job. Measure it where "
+              'the model will run: `practise-df latency --model FOLDER --runtime onnxruntime`.',
+              '']
+    lines += _accuracy(report)
+    if 'robustness' in report:
+        lines += ['', '## Robustness', '', 'ImageNet-C corruptions of the evaluation images (teacher as baseline):',
+                  '', '```', robustness_table(report['robustness']), '```']
+    if command:
+        lines += ['', '## How it was made', '', '```bash', command, '```']
+    return '\n'.join(lines) + '\n'
+
+
+def write_model_card(model_dir: str, report: Dict[str, Any], license: Optional[str] = None,
+                     base_model: Optional[str] = None, command: Optional[str] = None) -> str:
+    """Write ``model_dir/README.md`` (the preprocessing read from its ``config.json``); returns its path."""
+    with open(os.path.join(model_dir, 'config.json')) as f:
+        data_config = json.load(f).get('data_config')
+    path = os.path.join(model_dir, README)
+    write_text_atomic(path, model_card(report, license, base_model, command, data_config))
+    return path
