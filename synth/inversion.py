@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import build_augmentation
-from .losses import BatchNormStatHooks, competition_loss, image_priors
+from .losses import BatchNormStatHooks, competition_loss, image_priors, pixel_stats_loss
 from .param import image_parametrization
 from .presets import InversionConfig
 
@@ -96,6 +96,12 @@ def _cosine_with_warmup(warmup: int, steps: int) -> Callable[[int], float]:
     return factor
 
 
+def _parts(batch: int, micro_batch: Optional[int]) -> List[slice]:
+    """The slices of a batch run one forward pass each (the whole batch when ``micro_batch`` is None)."""
+    step = batch if not micro_batch else max(1, micro_batch)
+    return [slice(i, min(batch, i + step)) for i in range(0, batch, step)]
+
+
 def _autocast_dtype(device: torch.device, amp: Optional[bool]) -> Optional[torch.dtype]:
     if amp is None:
         amp = device.type == 'cuda'  # on CPU, autocast is slower than fp32 for these models
@@ -146,11 +152,18 @@ def invert_batch(
     fork_devices = [device] if device.type == 'cuda' else []
     history: Dict[str, List[torch.Tensor]] = {'loss': [], 'bn': [], 'ce': []}
     passes, global_step = 0, 0
+    pad = int(round(config.canvas * resolution))
+    size_full = resolution + pad
+    parts = _parts(batch, config.micro_batch)
+    m_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    natural = (torch.tensor(config.pixel_mean[:len(mean)], device=device),
+               torch.tensor(config.pixel_std[:len(mean)], device=device))
 
     with _frozen(model, student), BatchNormStatHooks(model, config.first_bn_multiplier) as bn_hooks, \
             torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
-        init = _init_images(config, (batch, len(mean), resolution, resolution), mean, std, device)
+        init = _init_images(config, (batch, len(mean), size_full, size_full), mean, std, device)
         image = image_parametrization(config.param, torch.max(torch.min(init, hi), lo))
         best = image().detach().clone()
         best_loss = torch.full((batch,), float('inf'), device=device)
@@ -164,26 +177,42 @@ def invert_batch(
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(config.warmup, steps))
             for _ in range(steps):
                 x = image()
-                view = x if size == resolution else F.adaptive_avg_pool2d(x, size)
-                view = augment(view)
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    logits = model(view)
-                    bn = bn_hooks.pop()
-                    student_logits = student(view) if student is not None else None
-                passes += batch
-                ce = F.cross_entropy(logits.float(), targets, reduction='none')
-                tv_sq, l2_sq = image_priors(view.float())
-                loss = (config.ce * ce.mean() + config.bn * bn + config.tv_l2 * tv_sq.sum().sqrt()
-                        + config.l2 * l2_sq.sqrt().mean())
-                per_image = config.ce * ce + config.bn * bn + config.tv_l2 * tv_sq.sqrt() + config.l2 * l2_sq.sqrt()
-                if student_logits is not None:
-                    comp = competition_loss(logits, student_logits)
-                    loss = loss + config.competition * comp.mean()
-                    per_image = per_image + config.competition * comp
+                if pad:  # one random crop of the canvas per step for the whole batch, as MCT
+                    dy, dx = torch.randint(0, pad + 1, (2,)).tolist()
+                    x_view = x[..., dy:dy + resolution, dx:dx + resolution]
+                else:
+                    x_view = x
+                view = x_view if size == resolution else F.adaptive_avg_pool2d(x_view, size)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                step_loss, step_bn, step_ce, per_image = 0.0, 0.0, 0.0, []
+                for k, part in enumerate(parts):
+                    bn_hooks.set_part(k if len(parts) > 1 else None)
+                    part_view = augment(view[part])
+                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                        logits = model(part_view)
+                        bn = bn_hooks.pop()
+                        student_logits = student(part_view) if student is not None else None
+                    passes += len(part_view)
+                    share = len(part_view) / batch  # the parts add up to the loss of the whole batch
+                    ce = F.cross_entropy(logits.float(), targets[part], reduction='none')
+                    tv_sq, l2_sq = image_priors(part_view.float())
+                    loss = (config.ce * ce.mean() + config.bn * bn) * share + \
+                        config.tv_l2 * tv_sq.sum().sqrt() * share ** 0.5 + config.l2 * l2_sq.sqrt().mean() * share
+                    part_image = (config.ce * ce + config.bn * bn + config.tv_l2 * tv_sq.sqrt()
+                                  + config.l2 * l2_sq.sqrt())
+                    if config.pixel_stats:  # a statistic of the set, shared by its images as the BatchNorm term
+                        pixel = config.pixel_stats * pixel_stats_loss(part_view.float() * s_t + m_t, *natural)
+                        loss, part_image = loss + pixel * share, part_image + pixel.detach()
+                    if student_logits is not None:
+                        comp = competition_loss(logits, student_logits)
+                        loss = loss + config.competition * comp.mean() * share
+                        part_image = part_image + config.competition * comp
+                    scaler.scale(loss).backward(retain_graph=k < len(parts) - 1)
+                    per_image.append(part_image.detach())
+                    step_loss, step_bn, step_ce = step_loss + loss.detach(), step_bn + bn.detach() * share, \
+                        step_ce + ce.detach().mean() * share
                 if final_phase:  # the loss was measured on x before this step's update
-                    per_image = per_image.detach()
+                    per_image = torch.cat(per_image)
                     better = per_image < best_loss
                     best_loss = torch.where(better, per_image, best_loss)
                     best[better] = x.detach()[better]
@@ -191,12 +220,14 @@ def invert_batch(
                 scaler.update()
                 scheduler.step()
                 image.project(lo, hi)  # pixels stay in the valid range after every step
-                history['loss'].append(loss.detach())
-                history['bn'].append(bn.detach())
-                history['ce'].append(ce.detach().mean())
+                history['loss'].append(step_loss)
+                history['bn'].append(step_bn)
+                history['ce'].append(step_ce)
                 global_step += 1
                 if on_step is not None:
                     on_step(global_step)
+    if pad:  # the saved image is the centre of the canvas
+        best = best[..., pad // 2:pad // 2 + resolution, pad // 2:pad // 2 + resolution]
 
     return InversionResult(images=best.cpu(), targets=targets.cpu(), best_loss=best_loss.cpu(),
                            teacher_passes=passes,

@@ -5,14 +5,14 @@ keep the best snapshot of each image; the BatchNorm term is a batch statistic an
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ['BatchNormStatHooks', 'batchnorm_layers', 'image_priors', 'competition_loss']
+__all__ = ['BatchNormStatHooks', 'batchnorm_layers', 'image_priors', 'pixel_stats_loss', 'competition_loss']
 
 
 def batchnorm_layers(model: nn.Module) -> List[Tuple[str, _BatchNorm]]:
@@ -23,9 +23,14 @@ def batchnorm_layers(model: nn.Module) -> List[Tuple[str, _BatchNorm]]:
 
 
 class BatchNormStatHooks:
-    """Forward hooks that compare the batch statistics entering every BatchNorm layer with its running
-    statistics: ``||mu_batch - mu_run||_2 + ||var_batch - var_run||_2`` per layer (DeepInversion's
-    ``r_feature``). Use as a context manager so the hooks never outlive the optimisation.
+    """Forward hooks that compare the statistics entering every BatchNorm layer with its running
+    statistics: ``||mu - mu_run||_2 + ||var - var_run||_2`` per layer (DeepInversion's ``r_feature``).
+    Use as a context manager so the hooks never outlive the optimisation.
+
+    By default ``mu`` and ``var`` are those of the batch just run. With :meth:`set_part` they are those of
+    a whole set run in parts (Sony MCT's data generation): the part just run, with gradients, pooled with
+    the last statistics of the other parts, without. A set larger than one forward pass then matches as
+    a set, and single images need not each carry the statistics of the whole data set.
 
     ``first_multiplier`` scales the first layer's term (DeepInversion uses 10: the stem statistics fix
     colour and contrast of the whole image).
@@ -42,6 +47,12 @@ class BatchNormStatHooks:
         self.first_multiplier = first_multiplier
         self._losses: List[torch.Tensor] = []
         self._handles = []
+        self._part: Optional[int] = None
+        self._sums: Dict[Tuple[int, int], Tuple[torch.Tensor, torch.Tensor, int]] = {}  # (layer, part) -> detached
+
+    def set_part(self, part: Optional[int]) -> None:
+        """The next forward pass is part ``part`` of a set (None: a batch on its own)."""
+        self._part = part
 
     def __enter__(self) -> 'BatchNormStatHooks':
         self._handles = [m.register_forward_hook(self._hook) for _, m in self.layers]
@@ -52,12 +63,22 @@ class BatchNormStatHooks:
             h.remove()
         self._handles = []
         self._losses = []
+        self._sums = {}
 
     def _hook(self, module: _BatchNorm, inputs, output) -> None:
         x = inputs[0].float()  # statistics in fp32 even under autocast
         dims = [d for d in range(x.dim()) if d != 1]
-        mean = x.mean(dims)
-        var = x.var(dims, unbiased=False)
+        count = x.numel() // x.shape[1]
+        total, total_sq = x.sum(dims), x.pow(2).sum(dims)
+        if self._part is not None:  # pool with the other parts of the set (no gradient through them)
+            layer = len(self._losses)
+            own = (total.detach(), total_sq.detach(), count)
+            for (other_layer, part), (s, q, n) in self._sums.items():
+                if other_layer == layer and part != self._part:
+                    total, total_sq, count = total + s, total_sq + q, count + n
+            self._sums[(layer, self._part)] = own
+        mean = total / count
+        var = (total_sq / count - mean.pow(2)).clamp_min(0)
         self._losses.append(torch.norm(module.running_mean - mean, 2) + torch.norm(module.running_var - var, 2))
 
     def pop(self) -> torch.Tensor:
@@ -84,6 +105,14 @@ def image_priors(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     d4 = x[:, :, :-1, :-1] - x[:, :, 1:, 1:]
     tv_sq = sum(d.pow(2).flatten(1).sum(1) for d in (d1, d2, d3, d4))
     return tv_sq, x.pow(2).flatten(1).sum(1)
+
+
+def pixel_stats_loss(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``||mu - mean||_2 + ||sigma - std||_2`` of the per-channel pixel statistics of ``images`` (B, C, H, W,
+    in [0, 1]) against natural-image statistics: the image itself treated as one more BatchNorm input
+    (Sony MCT matches it too), which keeps the colour balance of synthesized images natural."""
+    dims = [0, 2, 3]
+    return torch.norm(images.mean(dims) - mean, 2) + torch.norm(images.std(dims, unbiased=False) - std, 2)
 
 
 def competition_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,

@@ -33,6 +33,17 @@ class InversionConfig:
     color_jitter: float = 0.0  # kornia ColorJitter strength; 0 = off
     init: str = 'randn'  # 'randn' (white noise, DeepInversion) or 'smooth' (low-frequency noise)
     param: str = 'pixels'  # 'pixels' (DeepInversion) or 'pyramid' (synth/param.py)
+    # Optimise a canvas this fraction larger and show the teacher a random crop of the final size every step
+    # (Sony MCT: 256 px for 224); the saved image is the centre crop. 0 = off (DeepInversion's roll jitter).
+    canvas: float = 0.0
+    # Per-channel pixel mean/std of the images matched to natural-image statistics (MCT treats the image as one
+    # more BatchNorm input); keeps the colour balance natural. 0 = off.
+    pixel_stats: float = 0.0
+    pixel_mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet's, in [0, 1]
+    pixel_std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # Images per forward pass; a batch larger than this is optimised in parts whose BatchNorm statistics are
+    # pooled (the batch matches as a set, MCT). None = the whole batch in one pass.
+    micro_batch: Optional[int] = None
 
     @property
     def iterations(self) -> int:
@@ -67,6 +78,11 @@ PRESETS = {
     # at 128 px (benchmarks/bench_synth.py); kornia random resized crops cost top-1 agreement there and are off.
     'fast': InversionConfig(phases=((0.5, 300), (1.0, 300)), lr=0.05, warmup=24, bn=0.005,
                             jitter=16 / 224, init='smooth', param='pyramid'),
+    # 'fast' with Sony MCT's canvas (random 224 px crops of a 256 px canvas instead of the roll jitter) and a
+    # prior matching the pixel statistics to natural images (the fast images have a violet cast). Candidate,
+    # measured in BENCHMARKS.md (issue 14).
+    'natural': InversionConfig(phases=((0.5, 300), (1.0, 300)), lr=0.05, warmup=24, bn=0.005, jitter=0.0,
+                               canvas=32 / 224, pixel_stats=10.0, init='smooth', param='pyramid'),
 }
 
 

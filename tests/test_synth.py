@@ -1,4 +1,5 @@
 """synth: BatchNorm-statistic inversion, the resumable/sharded writer and the CLI, on tiny random models."""
+from dataclasses import replace
 import json
 import os
 
@@ -343,3 +344,46 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     shards = sorted(f for f in os.listdir(out) if f.startswith('metadata-rank'))
     assert shards == ['metadata-rank0.jsonl', 'metadata-rank1.jsonl']
     assert len(png_files(out)) == 5 and len(open(os.path.join(out, 'metadata.jsonl')).read().splitlines()) == 5
+
+
+def test_batchnorm_statistics_of_a_set_run_in_parts_equal_the_whole_batch(teacher):
+    """set_part pools each part's statistics with the other parts': once every part has run, the loss of a
+    part equals the loss of the whole batch run at once (MCT's set-level matching)."""
+    x = torch.randn(6, 3, RES, RES)
+    with torch.no_grad(), synth.BatchNormStatHooks(teacher) as hooks:
+        teacher.eval()(x)
+        whole = hooks.pop()
+        for part, chunk in enumerate((x[:2], x[2:4], x[4:])):
+            hooks.set_part(part)
+            teacher(chunk)
+            hooks.pop()
+        hooks.set_part(1)
+        teacher(x[2:4])
+        pooled = hooks.pop()
+    assert torch.allclose(pooled, whole, rtol=1e-4)
+
+
+def test_canvas_parts_and_pixel_prior_keep_the_output_contract(teacher):
+    """A canvas larger than the image, micro-batches and the pixel prior still give images of the asked size
+    and range, the same for the same seed."""
+    config = replace(TINY, canvas=0.25, micro_batch=2, pixel_stats=1.0, jitter=0.0)
+    targets = torch.tensor([0, 1, 2, 3, 4])
+    a = invert_batch(teacher, targets, config, resolution=RES, mean=MEAN, std=STD, seed=5)
+    b = invert_batch(teacher, targets, config, resolution=RES, mean=MEAN, std=STD, seed=5)
+    assert a.images.shape == (5, 3, RES, RES) and torch.equal(a.images, b.images)
+    lo, hi = pixel_bounds(MEAN, STD)
+    assert (a.images >= lo - 1e-6).all() and (a.images <= hi + 1e-6).all()
+    assert a.teacher_passes == 5 * TINY.iterations and torch.isfinite(a.best_loss).all()
+
+
+def test_pixel_prior_pulls_the_colour_towards_natural_statistics(teacher):
+    """With only the pixel prior (no class, no BatchNorm term) the mean colour moves to the target."""
+    target = torch.tensor([0.2, 0.5, 0.8])
+
+    def colour(weight):
+        config = replace(TINY, phases=((1.0, 40),), ce=0.0, bn=0.0, tv_l2=0.0, l2=0.0, pixel_stats=weight,
+                         pixel_mean=tuple(target.tolist()), jitter=0.0, flip=0.0, lr=0.05)
+        images = invert_batch(teacher, torch.tensor([0, 1, 2, 3]), config, resolution=RES, mean=MEAN, std=STD,
+                              seed=0).images
+        return (images * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)).mean((0, 2, 3))
+    assert (colour(1.0) - target).norm() < 0.5 * (colour(0.0) - target).norm()
