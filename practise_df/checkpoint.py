@@ -17,7 +17,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from safetensors.torch import load_file, save_file
 
-from synth.files import apply_umask
+from synth.files import apply_umask, check_writable
 
 from .blocks import drop_blocks, dropped_blocks
 from .models import HUB_PREFIX, create_model, resolve_data_config
@@ -74,6 +74,7 @@ def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str,
 def check_model_dir(path: str, overwrite: bool = False) -> None:
     """Before any work: ``path`` is new, an empty directory, or (with ``overwrite``) a compressed model to
     replace. Anything else (a file, a folder of the user's) is refused and left as it is."""
+    check_writable(path, 'model directory')  # written beside it under a temporary name, then renamed
     if not os.path.exists(path):
         return
     if not os.path.isdir(path):

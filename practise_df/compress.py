@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from synth import SingleImageCrops, SynthesizedImages, load_images, synthesize
 from synth.data import ImageFolderDataset, eval_transform, train_transform
-from synth.files import RunLock, append_jsonl, differing_settings, drop_partial_line, write_json_atomic
+from synth.files import (RunLock, append_jsonl, check_writable, differing_settings, drop_partial_line,
+                         write_json_atomic)
 
 from .blocks import check_blocks, drop_blocks, find_blocks
 from .checkpoint import load_compressed, load_model, save_compressed
@@ -75,7 +76,7 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
 def _run(config, teacher, data_config, checked, accelerator, resume, progress) -> Dict[str, Any]:
     out = config.output_dir
     torch.manual_seed(config.seed)
-    pool, train_pool = _images(config, teacher, data_config, accelerator, progress)
+    pool, train_pool = _images(config, teacher, data_config, checked['pool'], accelerator, progress)
     train_idx, held_idx = _split(pool, min(config.images.num_heldout, len(pool) - 1), config.seed)
     latency_kwargs = dict(input_size=data_config['input_size'], batch_size=config.latency.batch_size,
                           device=config.latency.device or str(accelerator.device), repeats=config.latency.repeats,
@@ -165,13 +166,19 @@ def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]
             raise ValueError(f"{config.latency.block_latency} has no latency for block(s) {', '.join(missing)}; "
                              f"measure every candidate, e.g. practise-df latency --model {config.model} --per-block "
                              '--output FILE')
+    pool = None
     if config.images.source is not None:
         _check_source(config.images.source)
+        images = config.images
+        pool = load_images(images.source, data_config, num_images=images.num_images, seed=config.seed)
+        if len(pool) < images.num_images:
+            raise ValueError(f"{images.source} holds {len(pool)} readable image(s), fewer than --num-images "
+                             f"{images.num_images}. Pass --num-images {len(pool)} or add images.")
     eval_data = None
     if config.eval.data:
         eval_data = ImageFolderDataset(config.eval.data, eval_transform(data_config),
                                        max_images=config.eval.max_images, seed=config.seed)
-    return {'candidates': candidates, 'latency': latency, 'eval_data': eval_data}
+    return {'candidates': candidates, 'latency': latency, 'pool': pool, 'eval_data': eval_data}
 
 
 def _check_source(source: str) -> None:
@@ -213,7 +220,9 @@ def prepare_output_dir(config: CompressConfig, overwrite: bool = False, resume: 
     run_file = os.path.join(out, RUN_FILE)
     if os.path.exists(out) and not os.path.isdir(out):
         raise FileExistsError(f"--output-dir '{out}' is a file, not a directory; choose another path.")
-    if os.path.isdir(out) and [f for f in os.listdir(out) if f != RunLock.NAME]:
+    check_writable(out, '--output-dir', inside=True)
+    earlier = [f for f in os.listdir(out) if f != RunLock.NAME] if os.path.isdir(out) else []
+    if earlier and earlier != [RUN_FILE]:  # a run that wrote only its settings did nothing yet: start it again
         if not os.path.isfile(run_file):
             raise FileExistsError(f"'{out}' is not empty and holds no {RUN_FILE}, so it is not a practise-df run. "
                                   "Choose an empty or new --output-dir; nothing was changed.")
@@ -222,13 +231,13 @@ def prepare_output_dir(config: CompressConfig, overwrite: bool = False, resume: 
         elif not overwrite:
             raise FileExistsError(f"'{out}' already holds a practise-df run. Pass --resume to continue it or "
                                   "--overwrite to replace it.")
-        else:
-            for name in ARTEFACTS:
-                path = os.path.join(out, name)
-                shutil.rmtree(path) if os.path.isdir(path) else (os.remove(path) if os.path.exists(path) else None)
     os.makedirs(out, exist_ok=True)
     if lock is not None:
-        lock.acquire()
+        lock.acquire()  # before anything is removed: a run still writing here keeps its files
+    if earlier and overwrite and not resume:
+        for name in ARTEFACTS:
+            path = os.path.join(out, name)
+            shutil.rmtree(path) if os.path.isdir(path) else (os.remove(path) if os.path.exists(path) else None)
     write_json_atomic(run_file, config.to_dict())
 
 
@@ -249,8 +258,9 @@ def _check_resume(config: CompressConfig, run_file: str) -> None:
 
 # --- stages ------------------------------------------------------------------------------------------
 
-def _images(config: CompressConfig, teacher, data_config, accelerator, progress) -> Tuple[Dataset, Dataset]:
-    """(pool, training pool): the images the run learns from, without and with training augmentation."""
+def _images(config: CompressConfig, teacher, data_config, loaded, accelerator, progress) -> Tuple[Dataset, Dataset]:
+    """(pool, training pool): the images the run learns from (synthesized now, or ``loaded`` by
+    :func:`check_inputs`), without and with training augmentation."""
     images = config.images
     if images.source is None:
         synth_dir = os.path.join(config.output_dir, SYNTH_DIR)
@@ -261,14 +271,10 @@ def _images(config: CompressConfig, teacher, data_config, accelerator, progress)
                    device=accelerator.device, progress=progress and accelerator.is_main_process)
         read = dict(input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'])
         return SynthesizedImages(synth_dir, **read), SynthesizedImages(synth_dir, augment=True, **read)
-    _stage(accelerator, f'[1/5] loading {images.num_images} images from {images.source}')
-    pool = load_images(images.source, data_config, num_images=images.num_images, seed=config.seed)
-    if len(pool) < images.num_images:
-        raise ValueError(f"{images.source} holds {len(pool)} readable image(s), fewer than --num-images "
-                         f"{images.num_images}. Pass --num-images {len(pool)} or add images.")
-    if isinstance(pool, SingleImageCrops) or not hasattr(pool, 'transform'):
-        return pool, pool  # crops are augmented already
-    return pool, _with_transform(pool, train_transform(data_config))
+    _stage(accelerator, f'[1/5] {images.num_images} images from {images.source}')
+    if isinstance(loaded, SingleImageCrops) or not hasattr(loaded, 'transform'):
+        return loaded, loaded  # crops are augmented already
+    return loaded, _with_transform(loaded, train_transform(data_config))
 
 
 def _with_transform(dataset: Dataset, transform) -> Dataset:
@@ -363,6 +369,7 @@ def _report(config, teacher, student, selection, history, held, checked, data_co
     device = latency_kwargs['device']
     report = {
         'model': config.model, 'weights': config.weights, 'images': config.images.source or 'synthesized',
+        'skipped_files': getattr(checked['pool'], 'skipped', 0),  # --images files that did not decode
         'dropped_blocks': selection['selected'], 'adaptors': config.scoring.keep_adaptors,
         'scores': selection['scores'], 'compressed_model': model_dir,
         'latency': {'device': device, 'batch_size': latency_kwargs['batch_size'], 'input_size': list(size),

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from synth import PRESETS
+from synth import get_preset
 
 from .corruptions import parse_corruptions, parse_severities
 from .finetune import FinetuneConfig
@@ -58,9 +58,8 @@ class SynthesisConfig:
     batch_size: int = 32
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
-            raise ValueError(f"Unknown synthesis preset '{self.preset}'; choose one of {sorted(PRESETS)}.")
         _positive(steps=self.steps, batch_size=self.batch_size)
+        get_preset(self.preset, self.steps)  # an unknown preset, or fewer steps than its phases, fails now
 
 
 @dataclass

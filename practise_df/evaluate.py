@@ -90,7 +90,7 @@ def evaluate_source(model: nn.Module, source: str, data_config: dict, teacher: O
                     device: str = 'cpu', progress: bool = True) -> Dict[str, float]:
     """:func:`evaluate` on an image source (folder, ``hf:NAME``, saved dataset) preprocessed with the model's
     data config; adds ``skipped_files`` (images that did not decode and were left out)."""
-    dataset = load_images(source, data_config, num_images=max_images, seed=seed)
+    dataset = load_images(source, data_config, num_images=max_images, seed=seed, crops=False)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     return {**evaluate(model, loader, device, teacher=teacher, progress=progress),
             'skipped_files': getattr(dataset, 'skipped', 0)}

@@ -6,17 +6,22 @@ published on the Hugging Face Hub; both through :func:`practise_df.load_model`).
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
+import socket
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import timm
 import timm.data
 import torch
 import torch.nn as nn
 import torchvision
+from huggingface_hub import constants as hub_constants
 from timm.models import load_state_dict
 
 _logger = logging.getLogger(__name__)
@@ -82,7 +87,8 @@ def create_model(
     pretrained = weights == 'pretrained'
     try:
         if parsed.library == 'timm':
-            model = timm.create_model(parsed.name, pretrained=pretrained, **kwargs)
+            with _cache_only_when_hub_unreachable(pretrained):
+                model = timm.create_model(parsed.name, pretrained=pretrained, **kwargs)
         else:
             hub = {'weights': 'DEFAULT'} if pretrained else {}
             model = torchvision.models.get_model(parsed.name, **hub, **kwargs)
@@ -92,12 +98,36 @@ def create_model(
         raise PretrainedUnavailableError(
             f"Cannot fetch the pretrained weights of {parsed} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
             "Without network access, download them on a connected machine and pass the local file with --weights "
-            "FILE (--teacher-weights FILE in the recipes).") from e
+            "FILE.") from e
     if weights and not pretrained:
         load_weights(model, weights)
     # Recorded so a compressed copy can be rebuilt without the original spec or a download.
     model.practise_df_source = {'model': str(parsed), 'kwargs': kwargs}
     return model.eval()
+
+
+@contextlib.contextmanager
+def _cache_only_when_hub_unreachable(pretrained: bool) -> Iterator[None]:
+    """Hub weights from the cache only when the Hugging Face Hub takes no connection (as HF_HUB_OFFLINE=1):
+    huggingface_hub 2.x retries an unreachable Hub 5 times with backoff, ~25 s per file (timm asks for two),
+    with no setting to shorten it (HF_HUB_ETAG_TIMEOUT bounds each request, not the retries)."""
+    if not pretrained or hub_constants.HF_HUB_OFFLINE or urllib.request.getproxies().get('https') or _hub_reachable():
+        yield  # behind a proxy the Hub may answer where a direct connection fails: let huggingface_hub try
+        return
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = False
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    url = urllib.parse.urlparse(hub_constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == 'https' else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 class PretrainedUnavailableError(ConnectionError, ValueError):

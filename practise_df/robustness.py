@@ -13,6 +13,7 @@ All are in percent; 100 means "as robust as the teacher".
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -30,6 +31,9 @@ from .corruptions import CORRUPTIONS, corrupt, parse_corruptions, parse_severiti
 from .evaluate import Tally
 
 __all__ = ['evaluate_robustness', 'evaluate_folder_robustness', 'robustness_table', 'save_heatmap']
+
+NOTHING_TO_MEASURE = ('Nothing to measure: the images have no labels (no class subfolders) and no teacher was given. '
+                      'Pass a labelled folder, or a teacher (--teacher) to measure agreement with.')
 
 
 @torch.no_grad()
@@ -89,8 +93,7 @@ def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader
     bar.close()
     with_teacher = teacher is not None
     if not with_teacher and not any(per_key['clean'].labelled for per_key in counts.values()):
-        raise ValueError('Nothing to measure: the images have no labels (no class subfolders) and no teacher was '
-                         'given. Pass a labelled folder, or a teacher (--teacher) to measure agreement with.')
+        raise ValueError(NOTHING_TO_MEASURE)
     results = {}
     for name, per_key in counts.items():
         clean = per_key['clean']
@@ -113,7 +116,9 @@ def evaluate_folder_robustness(model: Union[nn.Module, Mapping[str, nn.Module]],
     the model's data config; adds ``data`` and ``skipped_files`` (images that did not decode)."""
     corruptions, severities = parse_corruptions(corruptions), parse_severities(severities)  # fail before loading
     dataset = load_images(data, data_config, num_images=max_images, seed=seed,
-                          transform=eval_transform(data_config, normalize=False))
+                          transform=eval_transform(data_config, normalize=False), crops=False)
+    if teacher is None and not getattr(dataset, 'labelled', True):  # before hours of corrupting
+        raise ValueError(NOTHING_TO_MEASURE)
     result = evaluate_robustness(model, DataLoader(dataset, batch_size=batch_size, num_workers=num_workers),
                                  data_config['mean'], data_config['std'], teacher=teacher, corruptions=corruptions,
                                  severities=severities, seed=seed, device=device, progress=progress)
@@ -228,6 +233,9 @@ def save_heatmap(result: Dict, path: str, title: Optional[str] = None) -> str:
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
     return path

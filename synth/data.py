@@ -65,6 +65,8 @@ def scan_image_folder(root: str, class_to_idx: Optional[Dict[str, int]] = None
     model's class indices. Images directly in ``root`` are unlabeled (label -1).
     Returns (samples, class names); :func:`pick_readable` keeps those that decode.
     """
+    if os.path.isfile(root):
+        raise NotADirectoryError(f"'{root}' is a file, not an image folder: pass the folder that holds the images.")
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Image folder '{root}' does not exist.")
     entries = sorted(os.listdir(root))
@@ -116,6 +118,7 @@ class ImageFolderDataset(Dataset):
         samples, self.classes = scan_image_folder(root, class_to_idx)
         # Decoded once up front, so a broken file is skipped and counted here, not hours into a run.
         self.samples, self.skipped = pick_readable(samples, root, max_images, seed)
+        self.labelled = any(label != UNLABELED for _, label in self.samples)
         self.transform = transform
 
     def __len__(self) -> int:

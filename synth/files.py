@@ -1,12 +1,15 @@
 """Crash-safe files: JSON written under a temporary name and renamed, JSON-lines journals appended
 and synced line by line, with a line cut short by a crash dropped before the next append; files
-created with the user's umask; and a lock that keeps two runs out of one directory."""
+created with the user's umask; a lock that keeps two runs out of one directory; and the check, before
+any work, that an output path can be written at all."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
-from typing import Iterable, List, Optional
+from typing import Iterable, Iterator, List, Optional
 
 try:
     import fcntl
@@ -16,14 +19,41 @@ except ImportError:  # Windows
 _logger = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """A temporary name to write ``path``'s new content to: renamed over ``path`` when the block ends, removed
+    when it fails (a full disk, an interruption). Readers see the old file or the whole new one, never half
+    of it, and no half-written file is left behind."""
+    tmp = path + '.tmp'  # one writer per file: a leftover of a killed run is replaced by the next write
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text``; readers see the old file or the whole new one, never half of it."""
-    tmp = path + '.tmp'  # one writer per file: a crash's leftover is replaced by the next write
-    with open(tmp, 'w') as f:
+    """Write ``text`` atomically (see :func:`replacing`)."""
+    with replacing(path) as tmp, open(tmp, 'w') as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def check_writable(path: str, what: str = 'output', inside: bool = False) -> None:
+    """Before any work: ``path`` can be written: the nearest existing folder above it (with ``inside``, the
+    folder ``path`` itself when it exists: the writes go into it) is a writable folder, not a file.
+    ``what`` names ``path`` when it lies under a file (e.g. ``--output-dir``)."""
+    parent = path if inside and os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(f"{what} '{path}': '{parent}' is a file, so nothing can be written under it. "
+                                 'Choose another path.')
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"'{parent}' is not writable", path)
 
 
 def apply_umask(path: str) -> None:

@@ -48,6 +48,7 @@ def load_images(
         image_column: Optional[str] = None,
         label_column: Optional[str] = None,
         transform: Optional[Callable] = None,
+        crops: bool = True,
 ) -> Dataset:
     """A Dataset of ``(image, label)`` (label -1 when unknown) from any supported source (module docstring).
 
@@ -60,9 +61,15 @@ def load_images(
         image_column, label_column: Hugging Face columns (default: the Image feature and the ClassLabel
             feature or a column named ``label``).
         transform: replaces the eval transform of ``data_config`` (not used for crops).
+        crops: accept crops of photos (``crops:...`` or an image file); False for evaluation, which needs
+            a dataset.
     """
     if num_images is not None and num_images < 1:
         raise ValueError(f'num_images must be positive, got {num_images}.')
+    if not crops and (source.startswith('crops:') or os.path.isfile(source)):
+        raise ValueError(f"'{source}' is {'crops of photos' if source.startswith('crops:') else 'a file'}, not a "
+                         'dataset: pass a folder of images (one subfolder per class gives labels), hf:NAME[:SPLIT] or '
+                         'a save_to_disk folder.')
     if source.startswith('crops:'):
         paths = [p.strip() for p in source[len('crops:'):].split(',') if p.strip()]
         return SingleImageCrops(paths, num_images or DEFAULT_CROPS, data_config, seed)
@@ -159,6 +166,7 @@ class HFImageDataset(Dataset):
         elif label_column not in features:
             raise ValueError(f"'{name}' has no column '{label_column}' (columns: {list(features)}).")
         self.label_column = label_column
+        self.labelled = label_column is not None
         indices = list(range(len(ds)))
         if num_images is not None and num_images < len(indices):
             indices = subsample(indices, num_images, seed)
@@ -202,6 +210,8 @@ class SingleImageCrops(Dataset):
     normalisation. With probability ``cutmix`` a box of a second crop (from the next photo) is pasted in
     (CutMix, area drawn uniformly): new image statistics the teacher still labels, at no extra cost.
     """
+
+    labelled = False
 
     def __init__(self, paths: Sequence[str], num_images: int, data_config: dict, seed: int = 0,
                  scale: Tuple[float, float] = (0.02, 1.0), color_jitter: float = 0.4, cutmix: float = 0.0):

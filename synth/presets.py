@@ -54,8 +54,8 @@ class InversionConfig:
         if iterations is None or iterations == self.iterations:
             return self
         if iterations < len(self.phases):
-            raise ValueError(f'iterations={iterations} is fewer than the {len(self.phases)} resolution phases of '
-                             f'this preset; use at least {len(self.phases)}.')
+            raise ValueError(f'{iterations} synthesis step(s) are fewer than the {len(self.phases)} resolution phases '
+                             f'of this preset; use at least {len(self.phases)}.')
         total = self.iterations
         steps = [max(1, round(s * iterations / total)) for _, s in self.phases]
         steps[-1] = iterations - sum(steps[:-1])  # exact total whatever the rounding

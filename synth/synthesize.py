@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .files import guard_settings
+from .files import check_writable, guard_settings
 
 from .inversion import evaluate_images, invert_batch, quantize
 from .losses import batchnorm_layers
@@ -260,6 +260,7 @@ def check_output_folder(out_dir: str) -> None:
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, CONFIG)):
         raise FileExistsError(f"'{out_dir}' is not empty and holds no {CONFIG}, so it is not a synthesized set. "
                               "Choose a new or empty folder; nothing was changed.")
+    check_writable(out_dir, 'output folder', inside=True)
 
 
 def summarize(records: List[dict], shard: dict, **info) -> dict:

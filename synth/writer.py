@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .files import append_jsonl, drop_partial_line, write_text_atomic
+from .files import append_jsonl, drop_partial_line, replacing, write_text_atomic
 
 __all__ = ['ShardWriter', 'image_name', 'read_records', 'merge_metadata', 'class_to_idx']
 
@@ -47,9 +47,8 @@ def class_to_idx(out_dir: str) -> Dict[str, int]:
 
 
 def _save_png_atomic(pixels: np.ndarray, path: str) -> None:
-    tmp = path + '.tmp'  # one writer per file: a crash's leftover is replaced by the next write
-    Image.fromarray(pixels).save(tmp, format='PNG')
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format='PNG')
 
 
 class ShardWriter:

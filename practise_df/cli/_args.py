@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from synth.files import write_json_atomic
+from synth.files import check_writable, write_json_atomic
 
 from ..models import resolve_data_config
 from ..checkpoint import load_model
@@ -203,23 +203,18 @@ def load_teacher(args):
     return load_model(args.teacher, args.teacher_weights) if args.teacher else None
 
 
-def check_output_file(path: Optional[str], overwrite: bool) -> None:
+def check_output_file(path: Optional[str], overwrite: bool, flag: str = '--output') -> None:
     """Before any work: ``path`` can be written as a single result file without replacing anything of the
     user's (an existing file only with ``--overwrite``; never a directory)."""
     if path is None:
         return
     if os.path.isdir(path):
-        raise FileExistsError(f"--output '{path}' is a directory; name a file (e.g. {os.path.join(path, 'out.json')}).")
+        raise IsADirectoryError(f"{flag} '{path}' is a directory; name a file (e.g. "
+                                f"{os.path.join(path, 'out.json')}).")
     if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"--output '{path}' already exists. Pass --overwrite to replace it, or choose another "
+        raise FileExistsError(f"{flag} '{path}' already exists. Pass --overwrite to replace it, or choose another "
                               'name; nothing was changed.')
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise FileExistsError(f"--output '{path}': '{parent}' is a file, so no file can be written under it.")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"--output '{path}': '{parent}' is not writable.")
+    check_writable(path, flag)
 
 
 def write_output(path: Optional[str], result: dict) -> None:

@@ -173,6 +173,8 @@ def render_report(r: dict) -> str:
                                   'MMACs'))
             + f"\nlatency saved: {lat['saved_pct']:.1f}%   held-out top-1 agreement with the teacher: "
               f"{r['heldout_agreement']:.1f}%")
+    if r.get('skipped_files'):
+        text += f"\n{r['skipped_files']} file(s) of {r['images']} did not decode and were skipped"
     if 'eval' in r:
         t, s = r['eval']['teacher'], r['eval']['student']
         text += (f"\n{r['eval']['data']}: teacher top-1 {t.get('top1', float('nan')):.2f}%, student top-1 "

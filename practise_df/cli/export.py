@@ -31,6 +31,7 @@ def export_command_parser(subparsers):
 
 
 def export_command(args) -> dict:
+    _args.check_output_file(args.output, args.overwrite)
     model, config = _args.load(args)
     result = export_model(model, args.output, args.format, data_config=config, batch_size=args.batch_size,
                           dynamic_batch=args.dynamic_batch, opset=args.opset, data=args.data,

@@ -28,7 +28,7 @@ def robustness_command_parser(subparsers):
 def robustness_command(args) -> dict:
     parse_corruptions(args.corruptions), parse_severities(args.severities)  # bad names fail before any work
     _args.check_output_file(args.output, args.overwrite)
-    _args.check_output_file(args.heatmap, args.overwrite)
+    _args.check_output_file(args.heatmap, args.overwrite, '--heatmap')
     model, config = _args.load(args)
     result = {'model': args.model, 'teacher': args.teacher}
     result.update(evaluate_folder_robustness(

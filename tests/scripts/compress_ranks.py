@@ -1,10 +1,11 @@
 """One rank of a tiny ``practise-df compress`` under ``accelerate launch``; used by tests/test_reliability.py.
 
-    compress_ranks.py AUDIT_DIR [--crash-rank R] -- COMPRESS ARGS...
+    compress_ranks.py AUDIT_DIR [--crash-rank R [--crash-in finetune|scoring]] -- COMPRESS ARGS...
 
 Every file this rank opens for writing (or renames into place) is listed in AUDIT_DIR/rank{N}.txt,
 through Python's audit hooks, so the test can check that no two ranks write the same file. With
-``--crash-rank R``, rank R fails as finetuning starts, as a rank that runs out of memory would.
+``--crash-rank R``, rank R fails as finetuning starts, as a rank that runs out of memory would
+(``--crash-in scoring``: as scoring starts, a stage only the main process runs while the others wait).
 """
 import os
 import sys
@@ -43,11 +44,13 @@ if __name__ == '__main__':
     audit_writes(os.path.join(own[0], f'rank{rank}.txt'))
     if '--crash-rank' in own and rank == int(own[own.index('--crash-rank') + 1]):
         import importlib
+        stage = own[own.index('--crash-in') + 1] if '--crash-in' in own else 'finetune'
 
-        def failing_finetune(*args, **kwargs):
+        def failing(*args, **kwargs):
             raise RuntimeError(f'injected failure on rank {rank}')
         # the module, not the function practise_df.compress that the package exports under the same name
-        importlib.import_module('practise_df.compress').finetune = failing_finetune
+        target = {'finetune': 'finetune', 'scoring': 'score_blocks'}[stage]
+        setattr(importlib.import_module('practise_df.compress'), target, failing)
 
     from practise_df.cli import main
     sys.exit(main(['compress', *compress_args]))
