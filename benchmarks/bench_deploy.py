@@ -26,19 +26,18 @@ import platform
 import statistics
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 import numpy as np
 import onnxruntime
 import torch
 from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher, top1
 
 from practise_df import drop_blocks, export_model, find_blocks, load_exported
-from practise_df._io import write_json_atomic, write_text_atomic
-from practise_df.data import load_image_tensor
 from practise_df.export import onnxruntime_models
+from synth.data import load_image_tensor
 from practise_df.latency import measure_latencies
+from synth.files import write_json_atomic, write_text_atomic
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 STUDENT_BLOCKS = ['blocks.4.2', 'blocks.1.1']  # the quickstart's choice
 RUNTIMES = ('torch', 'onnxruntime')
