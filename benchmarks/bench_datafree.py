@@ -41,7 +41,7 @@ from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import ConcatDataset, Subset
 
 from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
-from practise_df import drop_blocks, evaluate
+from practise_df import drop_blocks, evaluate, save_compressed
 from practise_df.finetune import FinetuneConfig, finetune
 from practise_df.models import PrePoolFeatures
 from synth import SingleImageCrops, SynthesizedImages
@@ -71,9 +71,13 @@ class Row:
 
 ROWS: Dict[str, Row] = {
     'drop': Row(None),
-    'mir_real': Row('real', freeze_bn=False),  # the ceiling: official few-shot PRACTISE on the 500 dev images
+    'mir_real': Row('real', lr=0.02, freeze_bn=False),  # the ceiling: official few-shot PRACTISE on the dev images
     'mir_real_frozenbn': Row('real'),
     'mir_synth': Row('synth:fast224_s{seed}'),
+    'mir_natural': Row('synth:natural224_s{seed}'),
+    'kd_natural': Row('synth:natural224_s{seed}', loss='kd'),
+    'mirkd_natural': Row('synth:natural224_s{seed}', loss='mir+kd'),
+    'mir_natural_photos': Row('synth:natural224_s{seed}+photos'),
     'mir_photos': Row('photos'),
     'mir_photos_lr005': Row('photos', lr=0.005),
     'mir_photos_lr05': Row('photos', lr=0.05),
@@ -194,8 +198,9 @@ def main():
                 GradientState._reset_state()
                 # the folder names the iteration count and batch size, so a row never resumes another's checkpoint
                 run_dir = f"{key.replace('|', '_')}_it{args.iterations}_b{args.batch_size}"
-                history = finetune(student, teacher, data, config, output_dir=os.path.join(
-                    ROOT, 'runs', 'bench_datafree', run_dir), resume=True, progress=False)
+                run_dir = os.path.join(ROOT, 'runs', 'bench_datafree', run_dir)
+                history = finetune(student, teacher, data, config, output_dir=run_dir, resume=True, progress=False)
+                save_compressed(student, os.path.join(run_dir, 'student'), data_config=cfg, overwrite=True)
                 losses = history['loss']
                 info.update(loss=row.loss, lr=config.learning_rate, freeze_bn=row.freeze_bn, images=len(data),
                             iterations=args.iterations, batch_size=args.batch_size, threads=args.threads,
