@@ -41,9 +41,9 @@ from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import ConcatDataset, Subset
 
 from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
-from practise_df import drop_blocks, evaluate, save_compressed
+from practise_df import drop_blocks, evaluate, load_compressed, save_compressed
 from practise_df.finetune import FinetuneConfig, finetune
-from practise_df.models import PrePoolFeatures
+from practise_df.guard import SIGNALS, compare, guard_images
 from synth import SingleImageCrops, SynthesizedImages
 from synth.data import ImageFolderDataset, eval_transform, train_transform
 from synth.files import write_json_atomic
@@ -116,29 +116,8 @@ def training_data(row: Row, cfg: dict, seed: int, images_needed: int, dev_idx):
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
-@torch.no_grad()
-def signals(student, teacher, images: torch.Tensor) -> dict:
-    """Label-free comparison with the teacher: top-1 agreement (%), mean KL(teacher || student), feature MSE."""
-    fs, ft = PrePoolFeatures(student.eval(), with_logits=True), PrePoolFeatures(teacher.eval(), with_logits=True)
-    agree, kl, mse = 0, 0.0, 0.0
-    for batch in images.split(64):
-        (f_s, l_s), (f_t, l_t) = fs(batch), ft(batch)
-        agree += (l_s.argmax(1) == l_t.argmax(1)).sum().item()
-        kl += torch.nn.functional.kl_div(l_s.log_softmax(1), l_t.log_softmax(1), log_target=True,
-                                         reduction='sum').item()
-        mse += torch.nn.functional.mse_loss(f_s, f_t, reduction='sum').item() / f_s[0].numel()
-    n = len(images)
-    return {'agreement': round(100 * agree / n, 2), 'kl': round(kl / n, 5), 'feature_mse': round(mse / n, 5)}
-
-
 def stack(dataset, indices):
     return torch.stack([dataset[i][0] for i in indices]), torch.tensor([dataset.samples[i][1] for i in indices])
-
-
-def guard_images(cfg: dict, n: int = 256) -> torch.Tensor:
-    crops = SingleImageCrops([os.path.join(PHOTOS, f) for f in GUARD_PHOTOS], n, cfg, seed=12345,
-                             scale=(0.08, 1.0), color_jitter=0.0)
-    return torch.stack([crops[i][0] for i in range(n)])
 
 
 def main():
@@ -151,10 +130,21 @@ def main():
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--out', default=os.path.join(HERE, 'results', 'datafree.json'))
     parser.add_argument('--report', action='store_true', help='print the tables of the finished rows and exit')
+    parser.add_argument('--guard', action='store_true',
+                        help='measure the label-free guard signals of every saved student against the dropped one '
+                             '(results in --guard-out) and how often each picks the higher test top-1')
+    parser.add_argument('--guard-out', default=os.path.join(HERE, 'results', 'guard.json'))
+    parser.add_argument('--also', default='', help='more results files whose rows join the report / guard analysis')
     args = parser.parse_args()
     results = json.load(open(args.out)) if os.path.isfile(args.out) else {'rows': {}}
+    merged = {k: v for path in [args.out] + [p for p in args.also.split(',') if p] if os.path.isfile(path)
+              for k, v in json.load(open(path))['rows'].items()}
     if args.report:
-        print(report(results))
+        print(report({'rows': merged}))
+        return
+    if args.guard:
+        torch.set_num_threads(args.threads)
+        guard_analysis(merged, args.guard_out)
         return
     torch.set_num_threads(args.threads)
     names = [r for r in args.rows.split(',') if r]
@@ -167,7 +157,7 @@ def main():
     test_idx, dev_idx = split_sample(len(sample))
     test, test_labels = stack(sample, test_idx)
     dev, dev_labels = stack(sample, dev_idx)
-    guard = guard_images(cfg)
+    guard = guard_images(cfg, GUARD_SETS['heldout_photos'], seed=12345)
     blocks = POINTS[args.point]
 
     def save(key, row):
@@ -207,9 +197,54 @@ def main():
                             first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
                             cutmix=row.cutmix if 'photos' in row.data else None, **row.extra)
             info.update(top1=top1(student), dev_top1=top1(student, dev, dev_labels),
-                        guard=signals(student, teacher, guard), seconds=round(time.time() - start),
+                        guard=compare(student, teacher, guard), seconds=round(time.time() - start),
                         date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
             save(key, info)
+
+
+GUARD_SETS = {  # name: photos the guard crops (none of them is trained on by any row)
+    'sample_photos': None,  # scikit-image's natural photos: compress's default guard images
+    'heldout_photos': [os.path.join(PHOTOS, f) for f in GUARD_PHOTOS],
+}
+
+
+def guard_analysis(rows: dict, out: str) -> None:
+    """Every saved student and its point's dropped-only student compared with the teacher on each guard set;
+    a decision is right when the signal ranks the pair as the test top-1 does."""
+    teacher, cfg = lite0_teacher()
+    images = {name: guard_images(cfg, source, seed=12345) for name, source in GUARD_SETS.items()}
+    signals = json.load(open(out))['signals'] if os.path.isfile(out) else {}
+
+    def measure(key, model):
+        if key not in signals:
+            signals[key] = {name: compare(model, teacher, x) for name, x in images.items()}
+            write_json_atomic(out, {'signals': signals})
+            print(key, json.dumps(signals[key]), flush=True)
+
+    for point, blocks in POINTS.items():
+        measure(f'{point}|drop', drop_blocks(teacher, blocks))
+    for key, row in sorted(rows.items()):
+        point, name, seed = key.split('|')
+        folder = os.path.join(ROOT, 'runs', 'bench_datafree',
+                              f"{key.replace('|', '_')}_it{row.get('iterations')}_b{row.get('batch_size')}", 'student')
+        if row['data'] is not None and os.path.isdir(folder):
+            measure(key, load_compressed(folder))
+    decisions = {}
+    for key, row in sorted(rows.items()):
+        point = key.split('|')[0]
+        drop_key = f'{point}|drop|seed0'
+        if key not in signals or row['data'] is None or drop_key not in rows:
+            continue
+        truth = row['top1'] > rows[drop_key]['top1']
+        for name in images:
+            for signal, sign in SIGNALS.items():
+                says = sign * (signals[key][name][signal] - signals[f'{point}|drop'][name][signal]) > 0
+                decisions.setdefault(f'{name}/{signal}', []).append({'row': key, 'right': says == truth,
+                                                                     'recovered_better': truth})
+    summary = {k: {'right': sum(d['right'] for d in v), 'pairs': len(v)} for k, v in decisions.items()}
+    write_json_atomic(out, {'signals': signals, 'decisions': decisions, 'summary': summary})
+    for k, v in summary.items():
+        print(f"{k}: right on {v['right']} of {v['pairs']} pairs")
 
 
 def report(results: dict) -> str:

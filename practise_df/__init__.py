@@ -9,7 +9,7 @@ from synth import synthesize as synthesize
 from .blocks import drop_blocks as drop_blocks, find_blocks as find_blocks
 from .checkpoint import load_compressed as load_compressed, load_model as load_model
 from .checkpoint import save_compressed as save_compressed
-from .compress import compress as compress
+from .pipeline import compress as compress
 from .config import CompressConfig as CompressConfig, EvalConfig as EvalConfig, ImagesConfig as ImagesConfig
 from .config import LatencyConfig as LatencyConfig, RobustnessConfig as RobustnessConfig
 from .config import ScoringConfig as ScoringConfig, SynthesisConfig as SynthesisConfig

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from synth import get_preset
+from synth.ood import photo_paths
 
 from .corruptions import parse_corruptions, parse_severities
 from .finetune import FinetuneConfig
+from .guard import SIGNALS
 from .latency import RUNTIMES
 from .scoring import ESTIMATORS
 
@@ -115,9 +117,18 @@ class EvalConfig:
     data: Optional[str] = None  # labelled image folder for top-1/top-5
     max_images: Optional[int] = None
     batch_size: int = 32
+    # After finetuning, keep the finetuned student only if it is closer to the teacher than the dropped one on
+    # natural photos neither was trained on (practise_df.guard); both are listed in the report.
+    guard: bool = True
+    guard_images: Optional[List[str]] = None  # photos (files or folders); default: scikit-image's sample photos
+    guard_signal: str = 'kl'
 
     def __post_init__(self):
         _positive(max_images=self.max_images, batch_size=self.batch_size)
+        if self.guard_signal not in SIGNALS:
+            raise ValueError(f"Unknown guard signal '{self.guard_signal}'; choose from {', '.join(SIGNALS)}.")
+        if self.guard_images is not None:
+            photo_paths(self.guard_images)  # every path exists and folders hold photos
 
 
 @dataclass

@@ -62,7 +62,7 @@ def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model
     """README.md text for a compressed model, from a ``compress`` report (``report.json``).
 
     Args:
-        report: the dict :func:`practise_df.compress.compress` returns.
+        report: the dict :func:`practise_df.pipeline.compress` returns.
         license, base_model: Hub metadata (a license id, the teacher's Hub repo); ``unknown`` when None.
         command: the command that made the model (shown so it can be run again).
         data_config: the preprocessing saved in the folder's ``config.json``.

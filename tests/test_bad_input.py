@@ -27,7 +27,7 @@ from practise_df.cli.compress import render_report
 from synth.data import ImageFolderDataset, decode_image
 from synth.files import RunLock, write_json_atomic
 
-PIPELINE = importlib.import_module('practise_df.compress')  # the module: the package exports the function too
+PIPELINE = importlib.import_module('practise_df.pipeline')  # the module: the package exports the function too
 MODEL = ['--model', 'timm:resnet18', '--input-size', '32']
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
 # The cheapest compress run: 4 synthesized images, 2 steps, one block dropped, no finetuning.
@@ -64,7 +64,7 @@ def boom(*args, **kwargs):
     raise AssertionError('the long work started before the arguments were checked')
 
 
-LONG_WORK = {'practise_df.compress': 'synthesize', 'synth.synthesize': 'synthesize_shard',
+LONG_WORK = {'practise_df.pipeline': 'synthesize', 'synth.synthesize': 'synthesize_shard',
              'practise_df.scoring': 'score_blocks', 'practise_df.robustness': 'evaluate_robustness',
              'practise_df.cli.evaluate': 'evaluate_source', 'practise_df.cli.latency': 'model_latency_report',
              'practise_df.cli.export': 'export_model'}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from practise_df import load_compressed
-from practise_df.compress import compress
+from practise_df.pipeline import compress
 from practise_df.config import CompressConfig, EvalConfig, FinetuneConfig, ImagesConfig, LatencyConfig, ScoringConfig
 
 from conftest import make_image_folder, randomize_norms
@@ -32,8 +32,9 @@ def finished_run(tmp_path_factory):
 
 def test_compress_writes_every_artefact(finished_run):
     out, images, report = finished_run
-    assert sorted(os.listdir(out)) == ['block_latency.json', 'checkpoints', 'model', 'recovered', 'report.json',
-                                       'run.json', 'scores.json', 'scores.partial.jsonl']
+    rejected = ['finetuned'] if report['guard']['kept'] == 'dropped' else []  # the guard's choice, tests/test_guard.py
+    assert sorted(os.listdir(out)) == sorted(['block_latency.json', 'checkpoints', 'model', 'recovered', 'report.json',
+                                              'run.json', 'scores.json', 'scores.partial.jsonl'] + rejected)
     assert CompressConfig.from_file(str(out / 'run.json')) == _config(out, images), 'run.json is the settings file'
 
     assert json.load(open(out / 'report.json')) == json.loads(json.dumps(report))

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from conftest import ROOT, accelerate_launch, make_image_folder, randomize_norms
 from practise_df import create_model, find_blocks, load_compressed
-from practise_df.compress import compress
+from practise_df.pipeline import compress
 from practise_df.config import (CompressConfig, EvalConfig, FinetuneConfig, ImagesConfig, LatencyConfig, ScoringConfig,
                                 SynthesisConfig)
 from practise_df.finetune import COMPLETE_MARKER

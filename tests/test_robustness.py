@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from conftest import DEVICE, make_image_folder
 from practise_df import drop_blocks, resolve_data_config
 from practise_df.cli import main
-from practise_df.compress import CompressConfig, compress
+from practise_df.pipeline import CompressConfig, compress
 from synth.data import ImageFolderDataset, eval_transform
 from practise_df.finetune import FinetuneConfig
 from practise_df.robustness import _summary, evaluate_robustness, robustness_table, save_heatmap

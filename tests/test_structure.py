@@ -113,8 +113,8 @@ def test_no_import_of_our_modules_inside_a_function():
 
 def test_the_graph_sees_imports():  # the checks above must not pass because nothing was parsed
     graph, _ = _graph()
-    assert 'practise_df.compress' in graph['practise_df.cli.compress']
-    assert 'synth' in graph['practise_df.compress'] and 'synth.data' in graph['practise_df.compress']
+    assert 'practise_df.pipeline' in graph['practise_df.cli.compress']
+    assert 'synth' in graph['practise_df.pipeline'] and 'synth.data' in graph['practise_df.pipeline']
     assert 'practise_df.cli._args' in graph['practise_df.cli.compress']
 
 

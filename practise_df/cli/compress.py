@@ -1,4 +1,4 @@
-"""``practise-df compress``: the whole pipeline (``practise_df.compress``), and the recipes' entry point.
+"""``practise-df compress``: the whole pipeline (``practise_df.pipeline``), and the recipes' entry point.
 
 Each flag sets one field of :class:`practise_df.CompressConfig` (its ``dest`` is the field's dotted
 path). Values come, lowest first, from the config's defaults, a recipe's defaults, ``--config FILE``
@@ -16,9 +16,10 @@ from typing import Any, Dict, Optional, Sequence
 from synth import PRESETS
 
 from .._format import format_table
-from ..compress import compress
+from ..pipeline import compress
 from ..config import CompressConfig, read_settings_file
 from ..finetune import LOSSES, make_accelerator
+from ..guard import SIGNALS
 from ..scoring import ESTIMATORS
 from . import _args
 from ._run import run_command
@@ -96,6 +97,13 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add(g, '--eval-data', dest='eval.data', help='labelled image folder for top-1/top-5 at the end')
     add(g, '--eval-max-images', dest='eval.max_images', type=_args.positive_int, help='a seeded subset of it')
     add(g, '--eval-batch-size', dest='eval.batch_size', type=_args.positive_int, help='images per evaluation batch')
+    add(g, '--guard', dest='eval.guard', action=argparse.BooleanOptionalAction,
+        help='after finetuning, keep the finetuned student only if it is closer to the teacher than the dropped one '
+             'on natural photos neither was trained on (both are in the report)')
+    add(g, '--guard-images', dest='eval.guard_images', type=_args.block_list, metavar='PHOTOS',
+        help="photos (files or folders, comma-separated) the guard crops (default: scikit-image's sample photos)")
+    add(g, '--guard-signal', dest='eval.guard_signal', choices=sorted(SIGNALS),
+        help='what the guard compares: KL divergence of the predictions, top-1 agreement or feature MSE')
     add(g, '--robustness', dest='robustness.enabled', action='store_true',
         help='also evaluate teacher and student under ImageNet-C corruptions of --eval-data')
     add(g, '--robustness-corruptions', dest='robustness.corruptions', help='subset, e.g. noise,fog (default: all 15)')
@@ -183,8 +191,14 @@ def render_report(r: dict) -> str:
             b = r['eval']['before_finetune']
             text += (f"\n  before finetuning: top-1 {b.get('top1', float('nan')):.2f}% "
                      f"(agreement {b['agreement']:.1f}%)")
+        if 'finetuned' in r['eval']:
+            f = r['eval']['finetuned']
+            text += (f"\n  finetuned (rejected by the guard): top-1 {f.get('top1', float('nan')):.2f}% "
+                     f"(agreement {f['agreement']:.1f}%)")
         if r['eval'].get('skipped_files'):
             text += f"\n  {r['eval']['skipped_files']} image file(s) did not decode and were skipped"
+    if 'guard' in r:
+        text += f"\nguard: kept the {r['guard']['kept']} student: {r['guard']['reason']}"
     return text + f"\ncompressed model: {r['compressed_model']}"
 
 

@@ -48,9 +48,8 @@ if __name__ == '__main__':
 
         def failing(*args, **kwargs):
             raise RuntimeError(f'injected failure on rank {rank}')
-        # the module, not the function practise_df.compress that the package exports under the same name
         target = {'finetune': 'finetune', 'scoring': 'score_blocks'}[stage]
-        setattr(importlib.import_module('practise_df.compress'), target, failing)
+        setattr(importlib.import_module('practise_df.pipeline'), target, failing)
 
     from practise_df.cli import main
     sys.exit(main(['compress', *compress_args]))

@@ -1,4 +1,4 @@
-"""``practise-df compress``: teacher -> images -> score -> drop -> finetune -> evaluate -> save.
+"""The compression pipeline, ``practise-df compress``: teacher -> images -> score -> drop -> finetune -> save.
 
 Every argument that can be checked is checked before the first file is written, so a typo never costs
 a synthesis. Every stage writes its result into the output directory before the next starts, so
@@ -30,6 +30,7 @@ from .checkpoint import load_compressed, load_model, save_compressed
 from .config import STAGE_SETTINGS, CompressConfig
 from .evaluate import evaluate
 from .finetune import finetune, make_accelerator
+from .guard import choose, compare, guard_images
 from .latency import (block_latency_savings, count_macs, count_params, measure_latencies, read_block_latency,
                       runtime_info)
 from .model_card import command_line, write_model_card
@@ -44,10 +45,11 @@ LATENCY_FILE = 'block_latency.json'
 SYNTH_DIR = 'synth'
 RECOVERED_DIR = 'recovered'  # blocks dropped (adaptors folded with keep_adaptors), before finetuning
 MODEL_DIR = 'model'  # model.safetensors + config.json + README.md (the model card)
+REJECTED_DIR = 'finetuned'  # the finetuned student when the guard kept the dropped one
 REPORT_FILE = 'report.json'
 # What a run writes: --overwrite removes these and nothing else.
 ARTEFACTS = (RUN_FILE, SCORES_FILE, PARTIAL_SCORES_FILE, LATENCY_FILE, SYNTH_DIR, RECOVERED_DIR, 'checkpoints',
-             MODEL_DIR, REPORT_FILE, 'robustness.png')
+             MODEL_DIR, REJECTED_DIR, REPORT_FILE, 'robustness.png')
 
 
 def _stage(accelerator, message: str) -> None:
@@ -130,10 +132,13 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress) -
     if accelerator.is_main_process:
         _stage(accelerator, '[5/5] saving and evaluating')
         student, teacher = student.to('cpu').eval(), teacher.to('cpu').eval()
+        guard = None
+        if finetune_config.iterations > 0 and config.eval.guard:
+            student, guard = _guard(config, teacher, student, data_config)
         model_dir = save_compressed(student, os.path.join(out, MODEL_DIR), data_config=data_config, overwrite=True,
                                     extra={'scores': selection['scores']})
         report = _report(config, teacher, student, selection, history, Subset(pool, held_idx), checked,
-                         data_config, latency_kwargs, model_dir, progress)
+                         data_config, latency_kwargs, model_dir, guard, progress)
         write_json_atomic(os.path.join(out, REPORT_FILE), report)
         write_model_card(model_dir, report, config.card.license, config.card.base_model, command_line())
         if config.robustness.enabled:  # pictures after the numbers: a failed plot loses nothing
@@ -355,6 +360,23 @@ def _finetune_config(config: CompressConfig):
                                freeze_bn=(not config.images.real) if ft.freeze_bn is None else ft.freeze_bn)
 
 
+def _guard(config: CompressConfig, teacher, finetuned, data_config) -> Tuple[Any, Dict[str, Any]]:
+    """(the student to keep, what the guard measured): the finetuned student, unless it is no closer to the
+    teacher than the dropped one on the guard photos; a rejected one is saved in ``finetuned/``."""
+    dropped = load_compressed(os.path.join(config.output_dir, RECOVERED_DIR))
+    images = guard_images(data_config, config.eval.guard_images, seed=config.seed)
+    signals = {'dropped': compare(dropped, teacher, images), 'finetuned': compare(finetuned, teacher, images)}
+    kept, why = choose(signals['dropped'], signals['finetuned'], config.eval.guard_signal)
+    info = {'images': config.eval.guard_images or 'scikit-image sample photos', 'crops': len(images),
+            'signal': config.eval.guard_signal, **signals, 'kept': kept, 'reason': why}
+    if kept == 'dropped':
+        info['finetuned_model'] = save_compressed(finetuned, os.path.join(config.output_dir, REJECTED_DIR),
+                                                  data_config=data_config, overwrite=True,
+                                                  extra={'stage': 'finetuned, rejected by the guard'})
+        return dropped, info
+    return finetuned, info
+
+
 def _heatmap(result: dict, out: str, model: str) -> str:
     try:
         return save_heatmap(result, os.path.join(out, 'robustness.png'), title=f'{model}: student vs teacher')
@@ -363,7 +385,7 @@ def _heatmap(result: dict, out: str, model: str) -> str:
 
 
 def _report(config, teacher, student, selection, history, held, checked, data_config, latency_kwargs, model_dir,
-            progress) -> Dict[str, Any]:
+            guard, progress) -> Dict[str, Any]:
     size = data_config['input_size']
     before, after = measure_latencies([teacher, student], **latency_kwargs)
     device = latency_kwargs['device']
@@ -390,10 +412,15 @@ def _report(config, teacher, student, selection, history, held, checked, data_co
         report['eval'] = {'data': config.eval.data, 'skipped_files': checked['eval_data'].skipped,
                           'teacher': teacher_eval,
                           'student': evaluate(student, loader, device, teacher=predictions, progress=progress)}
-        if config.finetune.iterations > 0:  # what finetuning added over the recovered (dropped) model alone
-            recovered = load_compressed(os.path.join(config.output_dir, RECOVERED_DIR))
-            report['eval']['before_finetune'] = evaluate(recovered, loader, device, teacher=predictions,
-                                                         progress=progress)
+        # Both students of a finetuned run: the dropped one before finetuning, and a finetuned one the guard rejected.
+        others = {'before_finetune': RECOVERED_DIR if config.finetune.iterations > 0 else None,
+                  'finetuned': REJECTED_DIR if guard and guard['kept'] == 'dropped' else None}
+        for key, folder in others.items():
+            if folder is not None:
+                report['eval'][key] = evaluate(load_compressed(os.path.join(config.output_dir, folder)), loader,
+                                               device, teacher=predictions, progress=progress)
+    if guard is not None:
+        report['guard'] = guard
     if config.robustness.enabled:
         report['robustness'] = evaluate_folder_robustness(
             student, config.eval.data, data_config, teacher=teacher, corruptions=config.robustness.corruptions,

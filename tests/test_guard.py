@@ -1,0 +1,66 @@
+"""The guard: a label-free comparison of the finetuned and the dropped student with the teacher, on
+photos neither was trained on; compress keeps the closer one and lists both."""
+import json
+import os
+
+import pytest
+import torch
+
+from practise_df import drop_blocks, load_compressed
+from practise_df.pipeline import compress
+from practise_df.config import CompressConfig
+from practise_df.guard import SAMPLE_PHOTOS, choose, compare, guard_images
+
+from conftest import make_image_folder
+
+CONFIG = {'input_size': (3, 32, 32), 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+          'interpolation': 'bilinear', 'crop_pct': 1.0}
+
+
+def test_default_guard_images_are_the_sample_photos_offline():
+    images = guard_images(CONFIG, num_images=12, seed=0)
+    assert images.shape == (12, 3, 32, 32) and len(SAMPLE_PHOTOS) == 4
+    assert torch.equal(images, guard_images(CONFIG, num_images=12, seed=0))
+    assert not torch.equal(images, guard_images(CONFIG, num_images=12, seed=1))
+
+
+def test_compare_is_zero_distance_for_the_teacher_itself(tiny_resnet):
+    images = guard_images(CONFIG, num_images=8)
+    same = compare(tiny_resnet, tiny_resnet, images)
+    assert same['agreement'] == 100.0 and same['kl'] == pytest.approx(0, abs=1e-6) and same['feature_mse'] == 0
+    dropped = compare(drop_blocks(tiny_resnet, ['layer1.1', 'layer2.1']), tiny_resnet, images)
+    assert dropped['kl'] > 0 and dropped['feature_mse'] > 0
+
+
+def test_choose_keeps_the_finetuned_student_only_when_closer():
+    dropped, better, worse = ({'agreement': 50.0, 'kl': 0.5, 'feature_mse': 0.3},
+                              {'agreement': 60.0, 'kl': 0.4, 'feature_mse': 0.2},
+                              {'agreement': 40.0, 'kl': 0.6, 'feature_mse': 0.4})
+    for signal in ('agreement', 'kl', 'feature_mse'):
+        assert choose(dropped, better, signal)[0] == 'finetuned'
+        kept, why = choose(dropped, worse, signal)
+        assert kept == 'dropped' and signal in why
+    assert choose(dropped, dropped)[0] == 'dropped', 'a tie keeps the dropped student'
+    with pytest.raises(ValueError, match='Unknown guard signal'):
+        choose(dropped, better, 'loss')
+
+
+@pytest.mark.parametrize('verdict', ['dropped', 'finetuned'])
+def test_compress_keeps_what_the_guard_chose_and_lists_both(tmp_path, monkeypatch, verdict):
+    images = make_image_folder(str(tmp_path / 'images'), classes=('a', 'b', 'c'), per_class=4)
+    monkeypatch.setattr('practise_df.pipeline.choose', lambda d, f, s: (verdict, f'forced to {verdict}'))
+    out = tmp_path / 'run'
+    config = CompressConfig(model='timm:resnet18', output_dir=str(out), input_size=32,
+                            images={'source': images, 'num_images': 12, 'heldout': 4},
+                            scoring={'drop': 1, 'images': 8}, latency={'batch_size': 2, 'repeats': 2},
+                            eval={'data': images}, finetune={'iterations': 2, 'batch_size': 4})
+    report = compress(config, progress=False)
+    guard = report['guard']
+    assert guard['kept'] == verdict and {'dropped', 'finetuned'} <= set(guard) and guard['crops'] == 256
+    kept = load_compressed(str(out / 'model')).state_dict()
+    recovered = load_compressed(str(out / 'recovered')).state_dict()
+    same_as_dropped = all(torch.equal(v, recovered[k]) for k, v in kept.items())
+    assert same_as_dropped is (verdict == 'dropped')
+    assert os.path.isdir(out / 'finetuned') is (verdict == 'dropped'), 'a rejected student is kept aside'
+    assert ('finetuned' in report['eval']) is (verdict == 'dropped') and 'before_finetune' in report['eval']
+    assert json.load(open(out / 'report.json'))['guard']['kept'] == verdict
