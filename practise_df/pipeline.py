@@ -277,6 +277,10 @@ def _images(config: CompressConfig, teacher, data_config, loaded, accelerator, p
         read = dict(input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'])
         return SynthesizedImages(synth_dir, **read), SynthesizedImages(synth_dir, augment=True, **read)
     _stage(accelerator, f'[1/5] {images.num_images} images from {images.source}')
+    if isinstance(loaded, SynthesizedImages):  # flips and shifts only: what synthesis optimised for
+        train = copy.copy(loaded)
+        train.augment = True
+        return loaded, train
     if isinstance(loaded, SingleImageCrops) or not hasattr(loaded, 'transform'):
         return loaded, loaded  # crops are augmented already
     return loaded, _with_transform(loaded, train_transform(data_config))

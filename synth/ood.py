@@ -2,7 +2,8 @@
 
 ``load_images(source, data_config, ...)`` understands:
 
-* a local image folder, nested (one subfolder per class) or flat (unlabeled);
+* a local image folder, nested (one subfolder per class) or flat (unlabeled); a folder written by
+  :func:`synth.synthesize` is read as it was optimised (:class:`synth.SynthesizedImages`, never resized);
 * a folder written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``;
 * ``hf:NAME[:SPLIT]``, or a bare ``NAME`` that is not a local path: a Hugging Face Hub dataset (online);
 * ``crops:photo.jpg[,other.jpg]`` or ``crops:DIR``, or the path of one image file: random augmented crops of a few
@@ -23,8 +24,9 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .seeds import mix_seed
 from .data import IMAGE_SUFFIXES, UNLABELED, ImageFolderDataset, decode_image, eval_transform, subsample
+from .seeds import mix_seed
+from .synthesized import SynthesizedImages, is_synthesized
 
 __all__ = ['load_images', 'SingleImageCrops', 'HFImageDataset', 'HubUnreachableError']
 
@@ -78,6 +80,9 @@ def load_images(
             return SingleImageCrops([source], num_images or DEFAULT_CROPS, data_config, seed)
         raise ValueError(f"'{source}' is a file but not an image ({', '.join(IMAGE_SUFFIXES)}). Pass an image "
                          "folder, a save_to_disk folder, hf:NAME or an image to crop.")
+    if os.path.isdir(source) and transform is None and is_synthesized(source):  # used as optimised, never resized
+        return SynthesizedImages(source, data_config['input_size'], data_config['mean'], data_config['std'],
+                                 max_images=num_images, seed=seed)
     transform = transform or eval_transform(data_config)
     if os.path.isdir(source):
         if _is_saved_dataset(source):

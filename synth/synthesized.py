@@ -17,10 +17,15 @@ import torch
 import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 
-from .data import decode_image
+from .data import decode_image, subsample
 from .writer import CONFIG, read_records
 
-__all__ = ['SynthesizedImages', 'read_synth_settings']
+__all__ = ['SynthesizedImages', 'read_synth_settings', 'is_synthesized']
+
+
+def is_synthesized(root: str) -> bool:
+    """A folder written by :func:`synth.synthesize` (it holds its settings file)."""
+    return os.path.isfile(os.path.join(root, CONFIG))
 
 
 def read_synth_settings(root: str) -> dict:
@@ -45,10 +50,12 @@ class SynthesizedImages(Dataset):
         mean, std: the model's normalisation; a set made for another one is refused.
         augment: random horizontal flip and circular shift (up to the jitter the set was optimised
             with), drawn from torch's global generator (seed it per item, as finetuning does).
+        max_images, seed: keep a seeded subset of this many images.
     """
 
     def __init__(self, root: str, input_size=None, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None, augment: bool = False):
+                 std: Optional[Sequence[float]] = None, augment: bool = False, max_images: Optional[int] = None,
+                 seed: int = 0):
         settings = read_synth_settings(root)
         self.root, self.augment = root, augment
         self.resolution = int(settings['resolution'])
@@ -65,6 +72,8 @@ class SynthesizedImages(Dataset):
                 raise ValueError(f"'{root}' was synthesized for a model normalised with {name}={saved}, not "
                                  f"{list(given)}: it was made from another teacher. Synthesize from this one.")
         self.records = read_records(root)
+        if max_images is not None and max_images < len(self.records):
+            self.records = subsample(self.records, max_images, seed)
         if not self.records:
             raise ValueError(f"'{root}' holds no finished synthesized image yet; run the synthesis (again) to "
                              "complete it.")

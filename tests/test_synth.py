@@ -387,3 +387,11 @@ def test_pixel_prior_pulls_the_colour_towards_natural_statistics(teacher):
                               seed=0).images
         return (images * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)).mean((0, 2, 3))
     assert (colour(1.0) - target).norm() < 0.5 * (colour(0.0) - target).norm()
+
+
+def test_a_synthesized_folder_given_as_images_is_read_as_optimised(teacher, tmp_path):
+    """load_images (compress --images DIR) recognises a synthesized folder and never resizes it."""
+    run(teacher, tmp_path / 's', 4, classes=[2, 5])
+    pool = synth.load_images(str(tmp_path / 's'), DATA_CONFIG, num_images=3)
+    assert isinstance(pool, synth.SynthesizedImages) and len(pool) == 3
+    assert torch.equal(pool[0][0], synth.SynthesizedImages(str(tmp_path / 's'), max_images=3)[0][0])
