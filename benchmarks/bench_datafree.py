@@ -41,8 +41,9 @@ from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import ConcatDataset, Subset
 
 from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
-from practise_df import drop_blocks, evaluate, load_compressed, save_compressed
-from practise_df.finetune import FinetuneConfig, finetune
+from practise_df.models import efficientnet_lite0_weights
+from practise_df import CompressConfig, compress, drop_blocks, evaluate, load_compressed, save_compressed
+from practise_df.finetune import DEFAULT_LR, FinetuneConfig, finetune
 from practise_df.guard import SIGNALS, compare, guard_images
 from synth import SingleImageCrops, SynthesizedImages
 from synth.data import ImageFolderDataset, eval_transform, train_transform
@@ -78,6 +79,10 @@ ROWS: Dict[str, Row] = {
     'kd_natural': Row('synth:natural224_s{seed}', loss='kd'),
     'mirkd_natural': Row('synth:natural224_s{seed}', loss='mir+kd'),
     'mir_natural_photos': Row('synth:natural224_s{seed}+photos'),
+    # compress itself with its defaults (guard on), blocks pinned: what a user gets
+    'default_natural': Row('compress:natural224_s{seed}'),
+    'default_fast': Row('compress:fast224_s{seed}'),
+    'default_photos': Row('compress:photos'),
     'mir_photos': Row('photos'),
     'mir_photos_lr005': Row('photos', lr=0.005),
     'mir_photos_lr05': Row('photos', lr=0.05),
@@ -88,6 +93,30 @@ ROWS: Dict[str, Row] = {
     'kd_synth': Row('synth:fast224_s{seed}', loss='kd'),
     'mirkd_synth': Row('synth:fast224_s{seed}', loss='mir+kd'),
 }
+
+
+def compress_row(row: Row, blocks, seed: int, args, run_dir: str):
+    """``practise_df.compress`` with its default recovery (MiR, BatchNorm frozen, guard on), the blocks pinned,
+    the iterations and batch size of every finetuning row, on a pool: (the student it keeps, its report)."""
+    source = row.data[len('compress:'):].format(seed=seed)
+    if source == 'photos':
+        source = 'crops:' + ','.join(training_photos())
+    else:
+        source = os.path.join(POOLS, source)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    config = CompressConfig(
+        model='timm:tf_efficientnet_lite0', weights=efficientnet_lite0_weights(), output_dir=run_dir, seed=seed,
+        images={'source': source, 'num_images': args.iterations * args.batch_size if 'crops:' in source else 64,
+                'heldout': 1},
+        scoring={'blocks': blocks}, latency={'batch_size': 8, 'repeats': 3},
+        finetune={'iterations': args.iterations, 'batch_size': args.batch_size, 'checkpoint_every': 50})
+    report = compress(config, resume=os.path.isdir(run_dir), progress=False)
+    return load_compressed(os.path.join(run_dir, 'model')), report
+
+
+def training_photos():
+    return [os.path.join(PHOTOS, f) for f in sorted(os.listdir(PHOTOS)) if f.endswith('.jpg') and f not in GUARD_PHOTOS]
 
 
 def split_sample(n: int, seed: int = 0):
@@ -105,9 +134,7 @@ def training_data(row: Row, cfg: dict, seed: int, images_needed: int, dev_idx):
                 raise SystemExit(f'{folder} does not exist: synthesize it first (see BENCHMARKS.md for the command)')
             parts.append(SynthesizedImages(folder, cfg['input_size'], cfg['mean'], cfg['std'], augment=True))
         elif source == 'photos':
-            photos = [os.path.join(PHOTOS, f) for f in sorted(os.listdir(PHOTOS))
-                      if f.endswith('.jpg') and f not in GUARD_PHOTOS]
-            parts.append(SingleImageCrops(photos, images_needed, cfg, seed=seed, scale=row.photo_scale,
+            parts.append(SingleImageCrops(training_photos(), images_needed, cfg, seed=seed, scale=row.photo_scale,
                                           cutmix=row.cutmix))
         elif source == 'real':
             parts.append(Subset(ImageFolderDataset(IMAGENET_SAMPLE, train_transform(cfg, scale=(0.08, 1.0))), dev_idx))
@@ -179,16 +206,21 @@ def main():
             start = time.time()
             student = drop_blocks(teacher, blocks)
             info = {'blocks': blocks, 'data': row.data, 'seed': seed}
-            if row.data is not None:
+            # the folder names the iteration count and batch size, so a row never resumes another's checkpoint
+            run_dir = os.path.join(ROOT, 'runs', 'bench_datafree',
+                                   f"{key.replace('|', '_')}_it{args.iterations}_b{args.batch_size}")
+            if row.data is not None and row.data.startswith('compress:'):
+                student, run_report = compress_row(row, blocks, seed, args, run_dir)
+                info.update(loss='mir (default)', lr=DEFAULT_LR['mir'], freeze_bn=True, iterations=args.iterations,
+                            batch_size=args.batch_size, threads=args.threads, kept=run_report["guard"]["kept"],
+                            compress_guard=run_report["guard"], final_loss=run_report["finetune"]["final_loss"])
+            elif row.data is not None:
                 config = FinetuneConfig(loss=row.loss, iterations=args.iterations, batch_size=args.batch_size,
                                         lr=row.lr, freeze_bn=row.freeze_bn, seed=seed, checkpoint_every=50,
                                         **row.extra)
                 data = training_data(row, cfg, seed, args.iterations * args.batch_size, dev_idx)
                 AcceleratorState._reset_state(True)
                 GradientState._reset_state()
-                # the folder names the iteration count and batch size, so a row never resumes another's checkpoint
-                run_dir = f"{key.replace('|', '_')}_it{args.iterations}_b{args.batch_size}"
-                run_dir = os.path.join(ROOT, 'runs', 'bench_datafree', run_dir)
                 history = finetune(student, teacher, data, config, output_dir=run_dir, resume=True, progress=False)
                 save_compressed(student, os.path.join(run_dir, 'student'), data_config=cfg, overwrite=True)
                 losses = history['loss']

@@ -41,12 +41,14 @@ from synth.data import (
     train_transform,
 )
 from practise_df.finetune import FinetuneConfig, finetune, make_accelerator
+from synth import SingleImageCrops, SynthesizedImages, synthesize
 from practise_df.latency import measure_latencies
 from practise_df.scoring import BlockScore, score_blocks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 IMAGENET_SAMPLE = os.path.join(HERE, '..', '..', 'shared', 'data', 'imagenet-sample')
+OOD_PHOTOS = os.path.join(HERE, '..', '..', 'shared', 'data', 'ood-photos')  # Track A's out-of-domain images
 METHODS = ('practise', 'first-k', 'random', 'output-diff', 'filter-l1')
 SCORED = ('practise', 'output-diff')  # their block choice depends on the images they are scored on
 
@@ -267,20 +269,21 @@ class TrackA(Track):
             return sorted(out, key=lambda s: s.score)
         return super().scores(data, seed)
 
-    def _dataset(self, data, transform):
+    def _dataset(self, data, train):
+        # Synthesized images as optimised (flips and shifts only); out-of-domain: crops of the natural photos of
+        # ../shared/data/ood-photos. Rows cached before 2026-12-01 used the real-image loader (resize and crop)
+        # and Fashion-MNIST images instead (BENCHMARKS.md): superseded by bench_datafree.py.
         if data == 'synth':
-            return ImageFolderDataset(self._synth_dir(), transform)
-        images, _ = fmnist.load_fmnist('train', self.args.fmnist_dir)
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:self.args.ood_images]
-        return fmnist.FashionMNISTRGB(images[keep], transform)
+            return SynthesizedImages(self._synth_dir(), self.dc['input_size'], augment=train)
+        return SingleImageCrops([OOD_PHOTOS], self.args.ood_images, self.dc, seed=0, cutmix=0.5)
 
     def score_images(self, data, seed):
-        ds = self._dataset(data, eval_transform(self.dc))
+        ds = self._dataset(data, train=False)
         x = torch.stack([ds[i][0] for i in range(len(ds))])
         return split_tensor(x, len(x) - max(1, len(x) // 4), seed=0)
 
     def train_data(self, data, seed):
-        return self._dataset(data, train_transform(self.dc))
+        return self._dataset(data, train=True)
 
     def rows(self):
         """Ordered by priority: the rows that answer the main question first (see --deadline)."""
@@ -346,13 +349,12 @@ class TrackB(Track):
         return 32 if self.quick else self.args.images
 
     def _synth_dir(self, seed):
-        from synth import synthesize
         out = os.path.join(self.args.cache, f'synth_s{seed}')
 
         def compute():
             return synthesize(self.teacher, out, self._n_images(), data_config=self.dc,
                               batch_size=min(64, self._n_images()), seed=seed,
-                              iterations=12 if self.quick else self.args.synth_iters, progress=False)
+                              steps=12 if self.quick else self.args.synth_iters, progress=False)
         self.cached(f'synth|{seed}', compute)
         return out
 
@@ -516,7 +518,7 @@ def main():
     p.add_argument('--seeds', default=None, help='Track B seeds (default 0,1,2)')
     p.add_argument('--images', type=int, default=256, help='Track B: synthesized / out-of-domain images per seed')
     p.add_argument('--synth-iters', type=int, default=200, help='Track B: inversion steps per batch (fast preset)')
-    p.add_argument('--ood-images', type=int, default=64, help='Track A: Fashion-MNIST images')
+    p.add_argument('--ood-images', type=int, default=64, help='Track A: crops of the natural photos')
     p.add_argument('--ft-iters', type=int, default=None, help='finetuning iterations (A: 30 at batch 16, B: 100 at 64)')
     p.add_argument('--imagenet-sample', default=IMAGENET_SAMPLE)
     p.add_argument('--fmnist-dir', default=fmnist.FMNIST_DIR)
@@ -589,7 +591,7 @@ def main():
              f'({args.synth_run}/scores.json: fast estimator, 48 tiny / 16 held-out synthesized images); the '
              'score is recomputed with per-block latency savings at batch 32 from benchmarks/results/'
              'estimator_latency.json (measured for issue 3). Out-of-domain scores: fast estimator on '
-             f'{args.ood_images} Fashion-MNIST images.'),
+             f'{args.ood_images} crops of natural photos (Fashion-MNIST images in rows cached before 2026-12-01).'),
             ('Blocks are added in each method\'s order until the re-measured latency of the whole student '
              'reaches the target (2 interleaved runs at batch 32 per step): noisy on a shared machine, so the '
              'final saving is measured again and reported as is.')]

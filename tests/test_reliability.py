@@ -220,3 +220,18 @@ def test_a_crashing_rank_stops_the_job_with_its_error(tmp_path, teacher_files):
     assert 'injected failure on rank 1' in proc.stderr, proc.stderr[-3000:]
     assert time.time() - start < 600  # the launcher stopped rank 0 instead of leaving it waiting
     assert not os.path.exists(out / 'report.json')
+
+
+def test_a_run_json_reproduces_the_run(tmp_path, teacher_files):
+    """`compress --config RUN/run.json --output-dir NEW` makes the same run again: the same blocks and, on the
+    CPU, the same weights (block latency pinned with --block-latency, as live latency can change the choice)."""
+    from practise_df.cli import main
+    weights, latency = teacher_files
+    first, second = tmp_path / 'first', tmp_path / 'second'
+    assert main(_args(first, weights, latency) + ['--finetune-iters', '3', '--json']) == 0
+    assert main(['compress', '--config', str(first / 'run.json'), '--output-dir', str(second), '--json']) == 0
+    a, b = (json.load(open(d / 'run.json')) for d in (first, second))
+    assert {**a, 'output_dir': None} == {**b, 'output_dir': None}
+    assert json.load(open(first / 'scores.json'))['selected'] == json.load(open(second / 'scores.json'))['selected']
+    x, y = (load_compressed(str(d / 'model')).state_dict() for d in (first, second))
+    assert all(torch.equal(v, y[k]) for k, v in x.items())
