@@ -206,3 +206,46 @@ def test_seeded_samples_fix_augmentation_by_seed_epoch_and_index():
     data.set_epoch(1)
     assert [data[i][0] for i in range(4)] != first
     assert len(set(first)) == 4
+
+
+def _kd_data(n=240, scale=3.0):
+    gen = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.randn(n, 3, 32, 32, generator=gen) * scale, torch.full((n,), -1))
+
+
+def test_kd_defaults_stay_finite_where_the_old_recipe_diverged():
+    """KD used MiR's learning rate (0.02), a trainable classifier and no clipping, and diverged to NaN. On data
+    where that recipe diverges (checked here with a plain loop), KD's defaults (its own learning rate, the
+    classifier frozen, gradients clipped) stay finite."""
+    import math
+
+    import torch.nn.functional as F
+
+    def pair():
+        torch.manual_seed(0)
+        teacher = randomize_norms(create_model('timm:resnet18', num_classes=100)).eval()
+        return teacher, drop_blocks(teacher, ['layer2.1', 'layer3.1'])
+
+    teacher, old = pair()
+    old.train()
+    for m in old.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    opt = torch.optim.SGD(old.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
+    losses = []
+    for x, _ in torch.utils.data.DataLoader(_kd_data(), batch_size=8):
+        with torch.no_grad():
+            target = teacher(x)
+        loss = F.kl_div(F.log_softmax(old(x) / 4, 1), F.softmax(target / 4, 1), reduction='batchmean') * 16
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert not all(math.isfinite(v) for v in losses), 'the old recipe diverges on this data'
+
+    teacher, student = pair()
+    config = FinetuneConfig(loss='kd', iterations=30, batch_size=8)
+    history = finetune(student, teacher, _kd_data(), config, accelerator=make_accelerator(None, config, cpu=True),
+                       progress=False)
+    assert len(history['loss']) == 30 and all(math.isfinite(v) for v in history['loss'])
+    assert all(torch.isfinite(p).all() for p in student.parameters())
