@@ -268,11 +268,11 @@ def guard_analysis(rows: dict, out: str) -> None:
         if key not in signals or row['data'] is None or drop_key not in rows:
             continue
         truth = row['top1'] > rows[drop_key]['top1']
-        for name in images:
-            for signal, sign in SIGNALS.items():
-                says = sign * (signals[key][name][signal] - signals[f'{point}|drop'][name][signal]) > 0
-                decisions.setdefault(f'{name}/{signal}', []).append({'row': key, 'right': says == truth,
-                                                                     'recovered_better': truth})
+        verdicts = {f'{name}/{signal}': sign * (signals[key][name][signal] - signals[f'{point}|drop'][name][signal]) > 0
+                    for name in images for signal, sign in SIGNALS.items()}
+        verdicts['every set and signal'] = all(verdicts.values())  # the most conservative rule
+        for rule, says in verdicts.items():
+            decisions.setdefault(rule, []).append({'row': key, 'right': says == truth, 'recovered_better': truth})
     summary = {k: {'right': sum(d['right'] for d in v), 'pairs': len(v)} for k, v in decisions.items()}
     write_json_atomic(out, {'signals': signals, 'decisions': decisions, 'summary': summary})
     for k, v in summary.items():

@@ -58,9 +58,12 @@ class SynthesisConfig:
     preset: str = 'fast'
     steps: Optional[int] = None  # optimisation steps per batch; default: the preset's
     batch_size: int = 32
+    # Images per forward pass; a larger batch is optimised in parts whose BatchNorm statistics are pooled, so
+    # the batch matches as a set (Sony MCT). None: the whole batch in one pass.
+    micro_batch: Optional[int] = None
 
     def __post_init__(self):
-        _positive(steps=self.steps, batch_size=self.batch_size)
+        _positive(steps=self.steps, batch_size=self.batch_size, micro_batch=self.micro_batch)
         get_preset(self.preset, self.steps)  # an unknown preset, or fewer steps than its phases, fails now
 
 

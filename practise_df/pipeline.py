@@ -271,8 +271,9 @@ def _images(config: CompressConfig, teacher, data_config, loaded, accelerator, p
         synth_dir = os.path.join(config.output_dir, SYNTH_DIR)
         _stage(accelerator, f'[1/5] synthesising {images.num_images} images at '
                             f"{data_config['input_size'][-1]} px into {synth_dir}")
-        synthesize(teacher, synth_dir, images.num_images, data_config=data_config, steps=config.synthesis.steps,
-                   batch_size=config.synthesis.batch_size, seed=config.seed, preset=config.synthesis.preset,
+        syn = config.synthesis
+        synthesize(teacher, synth_dir, images.num_images, data_config=data_config, preset=syn.preset, steps=syn.steps,
+                   micro_batch=syn.micro_batch, batch_size=syn.batch_size, seed=config.seed,
                    device=accelerator.device, progress=progress and accelerator.is_main_process)
         read = dict(input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'])
         return SynthesizedImages(synth_dir, **read), SynthesizedImages(synth_dir, augment=True, **read)

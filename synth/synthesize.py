@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
 import timm.data
@@ -168,6 +168,7 @@ def synthesize(
         data_config: Optional[dict] = None,
         preset: str = 'fast',
         steps: Optional[int] = None,
+        micro_batch: Optional[int] = None,
         config: Optional[InversionConfig] = None,
         batch_size: int = 32,
         seed: int = 0,
@@ -191,6 +192,9 @@ def synthesize(
             ``resolve_model_data_config``).
         preset: ``'fast'`` (ours) or ``'reference'`` (DeepInversion's published settings).
         steps: optimisation steps per batch (default: the preset's; its phases are scaled).
+        micro_batch: images per forward pass; a larger batch is optimised in parts whose BatchNorm
+            statistics are pooled, so the batch matches as a set (default: the config's, else one pass).
+            Resuming and sharding work per batch, so the statistics are pooled within a batch.
         config: a full :class:`InversionConfig`, instead of ``preset``.
         batch_size: images optimised together (BatchNorm statistics are batch statistics: keep it >= 16).
         seed: base seed; batch ``b`` uses ``batch_seed(seed, b)``.
@@ -217,6 +221,8 @@ def synthesize(
     data_config = data_config or timm.data.resolve_model_data_config(model)
     preset_name = preset if config is None else 'custom'
     config = (config or get_preset(preset)).scaled(steps)
+    if micro_batch is not None:
+        config = replace(config, micro_batch=micro_batch)
     model.to(device)
     if student is not None:
         student.to(device)

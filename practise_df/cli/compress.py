@@ -55,6 +55,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     _args.deprecated(g, '--iterations', '--synth-steps', dest='synthesis.steps', type=_args.positive_int)
     add(g, '--synth-batch-size', dest='synthesis.batch_size', type=_args.positive_int,
         help='images synthesised together')
+    add(g, '--synth-micro-batch', dest='synthesis.micro_batch', type=_args.positive_int,
+        help='images per forward pass: a larger batch is optimised in parts that match BatchNorm statistics as one set')
     g = parser.add_argument_group('block selection')
     sel = _args.add_selection(g, prefix='scoring.')
     sel.add_argument('--blocks', dest='scoring.blocks', type=_args.block_list, metavar='B1,B2',

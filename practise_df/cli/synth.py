@@ -33,6 +33,9 @@ def synth_command_parser(subparsers):
     g.add_argument('--synth-steps', type=_args.positive_int, default=None, help=_args.SYNTH_STEPS_HELP)
     _args.deprecated(g, '--iterations', '--synth-steps', type=_args.positive_int)
     _args.add_batch_size(g, 32)
+    g.add_argument('--micro-batch', type=_args.positive_int, default=None,
+                   help='images per forward pass: a larger batch is optimised in parts that match BatchNorm '
+                        'statistics as one set')
     g.add_argument('--classes', type=_classes, default=None, help='comma-separated class indices (default: all)')
     g.add_argument('--student', default=None, help='student model spec: adds the Adaptive DeepInversion term')
     g.add_argument('--student-weights', default=None, help='weights of --student')
@@ -50,7 +53,8 @@ def synth_command(args) -> dict:
     student = load_model(args.student, args.student_weights) if args.student else None
     # A bare 'cuda' becomes each process's own GPU under `accelerate launch` (synth.synthesize).
     return synthesize(model, args.output_dir, args.num_images, data_config=config, preset=args.preset,
-                      steps=args.synth_steps, batch_size=args.batch_size, seed=args.seed, classes=args.classes,
+                      steps=args.synth_steps, micro_batch=args.micro_batch, batch_size=args.batch_size, seed=args.seed,
+                      classes=args.classes,
                       student=student, device=args.device, amp=args.amp, progress=not args.json)
 
 
