@@ -79,6 +79,9 @@ ROWS: Dict[str, Row] = {
     'kd_natural': Row('synth:natural224_s{seed}', loss='kd'),
     'mirkd_natural': Row('synth:natural224_s{seed}', loss='mir+kd'),
     'mir_natural_photos': Row('synth:natural224_s{seed}+photos'),
+    # 1024 images x 1000 steps synthesized on a GPU in bf16 (benchmarks/gpu_check.sh, CHECKS=datafree)
+    'mir_gpu1024': Row('synth:gpu1024_s{seed}'),
+    'kd_gpu1024': Row('synth:gpu1024_s{seed}', loss='kd'),
     # compress itself with its defaults (guard on), blocks pinned: what a user gets
     'default_natural': Row('compress:natural224_s{seed}'),
     'default_fast': Row('compress:fast224_s{seed}'),

@@ -6,6 +6,7 @@
 #   2. benchmarks/bench_corruptions_device.py: top-1 against the reference and images/s, then a whole
 #      evaluate_robustness pass (teacher + student, 15 corruptions x 5 severities);
 #   3. the CLI on cuda (`practise-df robustness --device cuda`), with a heatmap.
+#   4. with CHECKS=datafree (or CHECKS=corruptions,datafree): data-free synthesis and recovery on the GPU (below).
 # DATA: the images of bench_corruptions.py (make them with
 #   `python benchmarks/bench_corruptions_device.py --export DIR` where ../shared/data/imagenet-sample exists).
 # Results go to $OUT (default runs/gpu_check); at most 8 files.
@@ -15,6 +16,8 @@ DATA=${DATA:-.devdata/imagenet160}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+if [[ "${CHECKS:-corruptions}" == *corruptions* ]]; then
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   $PY -c "import torch, timm, kornia; print('torch', torch.__version__, 'timm', timm.__version__, 'kornia',
@@ -30,3 +33,20 @@ timeout 180 $PY -m practise_df.cli robustness --model timm:tf_efficientnet_lite0
   --weights "$weights" --data "$DATA" --device cuda --heatmap "$OUT/cli_heatmap.png" --output "$OUT/cli.json" \
   2>&1 | tail -30 | tee "$OUT/cli.log"
 echo "CLI wall $((SECONDS - start)) s" | tee -a "$OUT/cli.log"
+fi
+
+# CHECKS=datafree (issue 14): synthesize 1024 tf_efficientnet_lite0 images at 224 px with 1000 steps in bf16 (the
+# 'natural' preset, set-level BatchNorm statistics over micro-batches of 64 in batches of 256), record images/s,
+# then recover the 25% point's student from them with MiR and KD (bench_datafree.py rows mir_gpu1024, kd_gpu1024:
+# same 200 iterations x 32 images as every CPU row) next to the dropped-only row. Not run yet: no GPU was lent
+# to the session that wrote it. Both logs and the results file land in $OUT.
+if [[ "${CHECKS:-corruptions}" == *datafree* ]]; then
+  weights=$($PY -c "from practise_df.models import efficientnet_lite0_weights as w; print(w())")
+  start=$SECONDS
+  timeout 1800 $PY -m practise_df.cli synth --model timm:tf_efficientnet_lite0 --weights "$weights" \
+    --output-dir runs/pools/gpu1024_s0 --num-images 1024 --preset natural --synth-steps 1000 --batch-size 256 \
+    --micro-batch 64 --device cuda --amp --seed 0 2>&1 | tail -12 | tee "$OUT/synth_gpu1024.log"
+  echo "synthesis wall $((SECONDS - start)) s" | tee -a "$OUT/synth_gpu1024.log"
+  (cd benchmarks && timeout 1200 $PY bench_datafree.py --point 25 --rows drop,mir_gpu1024,kd_gpu1024 --threads 4 \
+    --out "$OUT/datafree_gpu.json") 2>&1 | tail -8 | tee "$OUT/datafree_gpu.log"
+fi

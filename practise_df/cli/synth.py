@@ -29,7 +29,8 @@ def synth_command_parser(subparsers):
     g.add_argument('--num-images', type=_args.positive_int, required=True,
                    help=_args.NUM_IMAGES_HELP)
     g.add_argument('--preset', choices=sorted(PRESETS), default='fast',
-                   help="'fast' (default, ours) or 'reference' (DeepInversion's published settings)")
+                   help="'fast' (default, ours), 'natural' (fast with MCT's canvas crops and a natural-colour prior)"
+                        " or 'reference' (DeepInversion's published settings)")
     g.add_argument('--synth-steps', type=_args.positive_int, default=None, help=_args.SYNTH_STEPS_HELP)
     _args.deprecated(g, '--iterations', '--synth-steps', type=_args.positive_int)
     _args.add_batch_size(g, 32)
