@@ -256,21 +256,37 @@ def guard_analysis(rows: dict, out: str) -> None:
             write_json_atomic(out, {'signals': signals})
             print(key, json.dumps(signals[key]), flush=True)
 
+    sample = None
     for point, blocks in POINTS.items():
         measure(f'{point}|drop', drop_blocks(teacher, blocks))
     for key, row in sorted(rows.items()):
-        point, name, seed = key.split('|')
-        folder = os.path.join(ROOT, 'runs', 'bench_datafree',
-                              f"{key.replace('|', '_')}_it{row.get('iterations')}_b{row.get('batch_size')}", 'student')
-        if row['data'] is not None and os.path.isdir(folder):
-            measure(key, load_compressed(folder))
+        run_dir = os.path.join(ROOT, 'runs', 'bench_datafree',
+                               f"{key.replace('|', '_')}_it{row.get('iterations')}_b{row.get('batch_size')}")
+        if row['data'] is None:
+            continue
+        if not row['data'].startswith('compress:'):
+            if os.path.isdir(os.path.join(run_dir, 'student')):
+                measure(key, load_compressed(os.path.join(run_dir, 'student')))
+            continue
+        # a compress row: its finetuned student (the one kept, or the one its guard rejected) and that
+        # student's test top-1, which the row itself does not record when the guard rejected it
+        folder = os.path.join(run_dir, 'finetuned' if row.get('kept') == 'dropped' else 'model')
+        if key not in signals and os.path.isdir(folder):
+            if sample is None:
+                sample = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(cfg))
+                test, test_labels = stack(sample, split_sample(len(sample))[0])
+            model = load_compressed(folder)
+            top1 = evaluate(model, list(zip(test.split(100), test_labels.split(100))), progress=False)['top1']
+            measure(key, model)
+            signals[key]['finetuned_top1'] = round(top1, 2)
+            write_json_atomic(out, {'signals': signals})
     decisions = {}
     for key, row in sorted(rows.items()):
         point = key.split('|')[0]
         drop_key = f'{point}|drop|seed0'
         if key not in signals or row['data'] is None or drop_key not in rows:
             continue
-        truth = row['top1'] > rows[drop_key]['top1']
+        truth = signals[key].get('finetuned_top1', row['top1']) > rows[drop_key]['top1']
         verdicts = {f'{name}/{signal}': sign * (signals[key][name][signal] - signals[f'{point}|drop'][name][signal]) > 0
                     for name in images for signal, sign in SIGNALS.items()}
         verdicts['every set and signal'] = all(verdicts.values())  # the most conservative rule
@@ -284,14 +300,15 @@ def guard_analysis(rows: dict, out: str) -> None:
 
 def report(results: dict) -> str:
     rows = results['rows']
-    lines = ['| point | row | data | loss | lr | BN | seed | test top-1 | dev top-1 | guard agreement | guard KL |',
-             '|---|---|---|---|---:|---|---:|---:|---:|---:|---:|']
+    lines = ['| point | row | data | loss | lr | BN | seed | test top-1 | dev top-1 | guard agreement | guard KL '
+             '| kept |',
+             '|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---|']
     for key, r in sorted(rows.items()):
         point, name, seed = key.split('|')
         lines.append(f"| {point} | {name} | {r['data'] or '-'} | {r.get('loss', '-')} | {r.get('lr', '-')} | "
                      f"{'-' if r['data'] is None else ('frozen' if r['freeze_bn'] else 'train')} | {seed[4:]} | "
                      f"{r['top1']:.1f} | {r.get('dev_top1', float('nan')):.1f} | {r['guard']['agreement']:.1f} | "
-                     f"{r['guard']['kl']:.4f} |")
+                     f"{r['guard']['kl']:.4f} | {r.get('kept', '-')} |")
     return '\n'.join(lines)
 
 
