@@ -44,7 +44,7 @@ from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
 from practise_df.models import efficientnet_lite0_weights
 from practise_df import CompressConfig, compress, drop_blocks, evaluate, load_compressed, save_compressed
 from practise_df.finetune import DEFAULT_LR, FinetuneConfig, finetune
-from practise_df.guard import SIGNALS, compare, guard_images
+from practise_df.guard import MIN_Z, SIGNALS, choose, closeness, compare, guard_images
 from synth import SingleImageCrops, SynthesizedImages
 from synth.data import ImageFolderDataset, eval_transform, train_transform
 from synth.files import write_json_atomic
@@ -244,17 +244,25 @@ GUARD_SETS = {  # name: photos the guard crops (none of them is trained on by an
 
 
 def guard_analysis(rows: dict, out: str) -> None:
-    """Every saved student and its point's dropped-only student compared with the teacher on each guard set;
-    a decision is right when the signal ranks the pair as the test top-1 does."""
+    """Every saved student and its point's dropped-only student compared with the teacher, crop by crop, on
+    each guard set; a decision is right when the rule ranks the pair as the test top-1 does. Rules: each
+    set and signal by its mean (the first guard), the same with compress's paired test
+    (``practise_df.guard.choose``), and all signals on all sets at once (the most conservative)."""
     teacher, cfg = lite0_teacher()
     images = {name: guard_images(cfg, source, seed=12345) for name, source in GUARD_SETS.items()}
-    signals = json.load(open(out))['signals'] if os.path.isfile(out) else {}
+    cached = json.load(open(out)) if os.path.isfile(out) else {}
+    signals, top1s = cached.get('per_crop', {}), cached.get('finetuned_top1', {})
+
+    def save(**more):
+        write_json_atomic(out, {'per_crop': signals, 'finetuned_top1': top1s, **more})
 
     def measure(key, model):
         if key not in signals:
-            signals[key] = {name: compare(model, teacher, x) for name, x in images.items()}
-            write_json_atomic(out, {'signals': signals})
-            print(key, json.dumps(signals[key]), flush=True)
+            signals[key] = {name: {k: [round(v, 6) for v in t.tolist()]
+                                   for k, t in closeness(model, teacher, x).items()} for name, x in images.items()}
+            save()
+            print(key, {name: {k: round(sum(v) / len(v), 4) for k, v in m.items()} for name, m in signals[key].items()},
+                  flush=True)
 
     sample = None
     for point, blocks in POINTS.items():
@@ -277,25 +285,35 @@ def guard_analysis(rows: dict, out: str) -> None:
                 test, test_labels = stack(sample, split_sample(len(sample))[0])
             model = load_compressed(folder)
             top1 = evaluate(model, list(zip(test.split(100), test_labels.split(100))), progress=False)['top1']
+            top1s[key] = round(top1, 2)
             measure(key, model)
-            signals[key]['finetuned_top1'] = round(top1, 2)
-            write_json_atomic(out, {'signals': signals})
     decisions = {}
     for key, row in sorted(rows.items()):
         point = key.split('|')[0]
         drop_key = f'{point}|drop|seed0'
         if key not in signals or row['data'] is None or drop_key not in rows:
             continue
-        truth = signals[key].get('finetuned_top1', row['top1']) > rows[drop_key]['top1']
-        verdicts = {f'{name}/{signal}': sign * (signals[key][name][signal] - signals[f'{point}|drop'][name][signal]) > 0
-                    for name in images for signal, sign in SIGNALS.items()}
-        verdicts['every set and signal'] = all(verdicts.values())  # the most conservative rule
+        finetuned_top1 = top1s.get(key, row['top1'])
+        truth = finetuned_top1 > rows[drop_key]['top1']
+        verdicts = {}
+        for name in images:
+            dropped = {k: torch.tensor(v) for k, v in signals[f'{point}|drop'][name].items()}
+            ours = {k: torch.tensor(v) for k, v in signals[key][name].items()}
+            for signal, sign in SIGNALS.items():
+                verdicts[f'{name}/{signal}'] = sign * (ours[signal].mean() - dropped[signal].mean()).item() > 0
+                verdicts[f'{name}/{signal}, paired z>{MIN_Z:g}'] = choose(dropped, ours, signal)[0] == 'finetuned'
+        verdicts['every set and signal'] = all(v for k, v in verdicts.items() if 'paired' not in k)
         for rule, says in verdicts.items():
-            decisions.setdefault(rule, []).append({'row': key, 'right': says == truth, 'recovered_better': truth})
-    summary = {k: {'right': sum(d['right'] for d in v), 'pairs': len(v)} for k, v in decisions.items()}
-    write_json_atomic(out, {'signals': signals, 'decisions': decisions, 'summary': summary})
+            decisions.setdefault(rule, []).append({'row': key, 'finetuned_top1': finetuned_top1,
+                                                   'dropped_top1': rows[drop_key]['top1'], 'kept_finetuned': says,
+                                                   'right': says == truth})
+    summary = {k: {'right': sum(d['right'] for d in v), 'pairs': len(v),
+                   'kept_a_worse_student': sum(d['kept_finetuned'] and not d['right'] for d in v)}
+               for k, v in decisions.items()}
+    save(decisions=decisions, summary=summary)
     for k, v in summary.items():
-        print(f"{k}: right on {v['right']} of {v['pairs']} pairs")
+        print(f"{k}: right on {v['right']} of {v['pairs']} pairs; kept a worse student {v['kept_a_worse_student']} "
+              'times')
 
 
 def report(results: dict) -> str:

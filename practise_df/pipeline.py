@@ -30,7 +30,7 @@ from .checkpoint import load_compressed, load_model, save_compressed
 from .config import STAGE_SETTINGS, CompressConfig
 from .evaluate import evaluate
 from .finetune import finetune, make_accelerator
-from .guard import choose, compare, guard_images
+from .guard import choose, closeness, guard_images
 from .latency import (block_latency_savings, count_macs, count_params, measure_latencies, read_block_latency,
                       runtime_info)
 from .model_card import command_line, write_model_card
@@ -366,14 +366,16 @@ def _finetune_config(config: CompressConfig):
 
 
 def _guard(config: CompressConfig, teacher, finetuned, data_config) -> Tuple[Any, Dict[str, Any]]:
-    """(the student to keep, what the guard measured): the finetuned student, unless it is no closer to the
-    teacher than the dropped one on the guard photos; a rejected one is saved in ``finetuned/``."""
+    """(the student to keep, what the guard measured): the finetuned student, unless it is not clearly closer
+    to the teacher than the dropped one on the guard photos (``guard.choose``); a rejected one is saved in
+    ``finetuned/``."""
     dropped = load_compressed(os.path.join(config.output_dir, RECOVERED_DIR))
     images = guard_images(data_config, config.eval.guard_images, seed=config.seed)
-    signals = {'dropped': compare(dropped, teacher, images), 'finetuned': compare(finetuned, teacher, images)}
-    kept, why = choose(signals['dropped'], signals['finetuned'], config.eval.guard_signal)
+    per_crop = {'dropped': closeness(dropped, teacher, images), 'finetuned': closeness(finetuned, teacher, images)}
+    kept, why = choose(per_crop['dropped'], per_crop['finetuned'], config.eval.guard_signal)
+    means = {name: {signal: v.mean().item() for signal, v in values.items()} for name, values in per_crop.items()}
     info = {'images': config.eval.guard_images or 'scikit-image sample photos', 'crops': len(images),
-            'signal': config.eval.guard_signal, **signals, 'kept': kept, 'reason': why}
+            'signal': config.eval.guard_signal, **means, 'kept': kept, 'reason': why}
     if kept == 'dropped':
         info['finetuned_model'] = save_compressed(finetuned, os.path.join(config.output_dir, REJECTED_DIR),
                                                   data_config=data_config, overwrite=True,
