@@ -24,10 +24,13 @@ import torch.nn as nn
 from synth.data import image_loader
 
 from .blocks import dropped_blocks
+from .guard import guard_images
 from .models import model_device, resolve_data_config
 from .runtime import OnnxRuntimeModel, require_deploy
 
 FORMATS = ('onnx', 'torch-export')
+QUANTIZATIONS = ('int8',)
+CALIBRATION_IMAGES = 64
 # The lowest opset torch's exporter implements. It "converts" lower requests after exporting at 18 and,
 # when that fails (it does for ResNets), silently keeps 18, so lower opsets are refused up front.
 MIN_OPSET = 18
@@ -180,10 +183,65 @@ def _check(checks: Dict[str, dict], atol: float, fmt: str, output: str) -> None:
                 f"Nothing was written to '{output}'.")
 
 
+def calibration_images(data_config: Dict[str, Any], source: Optional[str] = None,
+                       num_images: int = CALIBRATION_IMAGES, seed: int = 0) -> torch.Tensor:
+    """Images that set the int8 activation ranges: ``num_images`` from an image folder, or by default crops
+    of natural photos (the guard's scikit-image sample photos: no data of the user's is needed)."""
+    if source is None:
+        return guard_images(data_config, num_images=num_images, seed=seed)
+    images = [x for x, _ in image_loader(source, data_config, batch_size=num_images, max_images=num_images, seed=seed)]
+    return torch.cat(images)[:num_images]
+
+
+def quantize_onnx(src: str, dst: str, images: torch.Tensor, batch_size: int = 1, dynamic_batch: bool = False,
+                  metadata: Optional[Dict[str, Any]] = None) -> str:
+    """``src`` quantized to int8 by ONNX Runtime's static quantizer (QDQ format, per-channel int8 weights,
+    uint8 activations with ranges calibrated on ``images``), written to ``dst`` with ``metadata`` (default:
+    ``src``'s)."""
+    onnx = require_deploy('onnx')
+    quantization = require_deploy('onnxruntime.quantization', 'int8 quantization')
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    step = 8 if dynamic_batch else batch_size  # a static graph takes only its own batch size
+    batches = [b for b in images.split(step) if len(b) == step] or [images[:step]]
+    if len(batches[0]) < step:
+        raise ValueError(f'int8 calibration needs at least {step} images (the exported batch size); got {len(images)}.')
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{INPUT_NAME: b.numpy()} for b in batches])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    prepared = dst + '.prep.onnx'
+    try:
+        quant_pre_process(src, prepared, skip_symbolic_shape=True)  # fold and infer shapes, as ORT recommends
+    except Exception:  # pre-processing only improves the result; the quantizer works without it
+        shutil.copyfile(src, prepared)
+    try:
+        quantization.quantize_static(prepared, dst, Reader(), quant_format=quantization.QuantFormat.QDQ,
+                                     per_channel=True, activation_type=quantization.QuantType.QUInt8,
+                                     weight_type=quantization.QuantType.QInt8)
+    finally:
+        if os.path.exists(prepared):
+            os.remove(prepared)
+    meta = _encode(metadata) if metadata is not None else \
+        {p.key: p.value for p in onnx.load(src, load_external_data=False).metadata_props}
+    model = onnx.load(dst)
+    model.metadata_props.clear()
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, dst)
+    return dst
+
+
 def export_model(model: nn.Module, output: str, format: str = 'onnx', *, data_config: Optional[dict] = None,
                  input_size: Optional[int] = None, batch_size: int = 1, dynamic_batch: bool = False,
                  opset: Optional[int] = None, data: Optional[str] = None, max_images: Optional[int] = None,
-                 atol: float = ATOL, device: str = 'cpu', overwrite: bool = False, seed: int = 0) -> Dict[str, Any]:
+                 atol: float = ATOL, device: str = 'cpu', overwrite: bool = False, seed: int = 0,
+                 quantize: Optional[str] = None, calibration: Optional[str] = None,
+                 num_calibration: int = CALIBRATION_IMAGES) -> Dict[str, Any]:
     """Export ``model`` to ``output`` and check it against PyTorch; returns what was written and checked.
 
     Args:
@@ -196,6 +254,12 @@ def export_model(model: nn.Module, output: str, format: str = 'onnx', *, data_co
         data: an image folder to check on as well as random inputs; ``max_images`` caps it.
         atol: the largest absolute logit difference allowed; the top-1 class must also match.
         device: where ONNX Runtime runs the check ('cpu' or 'cuda').
+        quantize: ``'int8'``: ONNX only, quantized by ONNX Runtime's static quantizer after the float export
+            matched PyTorch (see :func:`quantize_onnx`). The int8 model is compared with PyTorch the same way
+            and its differences are reported, not refused: quantization changes logits by design, so measure
+            its accuracy (``practise-df eval`` takes no ONNX file; ``load_exported`` + ``evaluate`` do).
+        calibration: image folder whose first ``num_calibration`` images set the int8 ranges (default:
+            crops of natural sample photos, :func:`calibration_images`).
 
     Raises:
         ValueError: unknown format, refused opset, a model the exporter cannot trace, or an exported model
@@ -205,6 +269,10 @@ def export_model(model: nn.Module, output: str, format: str = 'onnx', *, data_co
         raise ValueError(f"Unknown export format '{format}'; choose from {', '.join(FORMATS)}.")
     if opset is not None and format != 'onnx':
         raise ValueError(f"--opset applies to ONNX only, not to format '{format}'.")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"Unknown quantization '{quantize}'; choose from {', '.join(QUANTIZATIONS)}.")
+    if quantize is not None and format != 'onnx':
+        raise ValueError(f"--quantize {quantize} is done by ONNX Runtime: use --format onnx, not '{format}'.")
     if batch_size < 1:
         raise ValueError('batch_size must be at least 1.')
     check_opset(opset)
@@ -235,13 +303,27 @@ def export_model(model: nn.Module, output: str, format: str = 'onnx', *, data_co
             checks['image'] = compare_outputs(model, exported, _image_batches(data, config, batch_size, dynamic_batch,
                                                                               max_images, seed))
         _check(checks, atol, format, output)
+        if quantize:
+            source = calibration or 'natural sample photos (scikit-image)'
+            metadata['quantization'] = f'{quantize}: ONNX Runtime static QDQ, per-channel weights, calibrated on ' \
+                                       f'{num_calibration} images of {source}'
+            program = tmp + '.float.onnx'
+            os.replace(tmp, program)
+            quantize_onnx(program, tmp, calibration_images(config, calibration, num_calibration, seed), batch_size,
+                          dynamic_batch, metadata)
+            os.remove(program)
+            quantized = load_exported(tmp, device=device)
+            checks = {where: compare_outputs(model, quantized, batches) for where, batches in
+                      [('random', random_batches)] + ([('image', _image_batches(data, config, batch_size,
+                                                                               dynamic_batch, max_images, seed))]
+                                                      if data else [])}
         for name in os.listdir(tmp_dir):  # the model (and an external-data file, if any) move in together
             os.replace(os.path.join(tmp_dir, name), os.path.join(target_dir, name))
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     result = {'output': output, 'format': format, 'input_size': list(shape), 'batch_size': batch_size,
               'dynamic_batch': dynamic_batch, 'atol': atol, 'checks': checks, 'metadata': metadata,
-              'bytes': os.path.getsize(output)}
+              'quantize': quantize, 'bytes': os.path.getsize(output)}
     if format == 'onnx':
         result['opset'] = _opset(output)
     return result

@@ -250,3 +250,37 @@ def test_compress_measures_in_onnxruntime_and_writes_a_model_card(tmp_path, imag
     card = ModelCard.load(str(tmp_path / 'run' / 'model' / 'README.md'))
     assert card.data.license == 'mit' and card.data.base_model == 'unknown'
     assert f"`{report['dropped_blocks'][0]}`" in card.text and 'onnxruntime, cpu' in card.text
+
+
+def test_int8_quantization_is_onnx_runtime_static_with_metadata_and_reported_differences(student_dir, tmp_path,
+                                                                                         capsys):
+    images = make_image_folder(str(tmp_path / 'images'), classes=('a', 'b'), per_class=4, size=40)
+    out = tmp_path / 'int8.onnx'
+    code, stdout, _ = run(capsys, 'export', '--model', student_dir, '--output', out, '--dynamic-batch',
+                          '--quantize', 'int8', '--calibration', images, '--calibration-images', 8, '--data', images,
+                          '--json')
+    assert code == 0
+    result = json.loads(stdout)
+    assert result['quantize'] == 'int8' and set(result['checks']) == {'random', 'image'}
+    meta = read_metadata(str(out))
+    assert meta['quantization'].startswith('int8: ONNX Runtime static QDQ') and meta['num_classes'] == 10
+    assert meta['mean'] == [0.5, 0.5, 0.5], 'the float export\'s preprocessing metadata survives quantization'
+    require_deploy('onnx')
+    import onnx
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert {'QuantizeLinear', 'DequantizeLinear'} <= ops
+    quantized, student = load_exported(str(out)), load_compressed(student_dir).eval()
+    x = torch.randn(5, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        a, b = student(x), quantized(x)
+    assert b.shape == a.shape and torch.isfinite(b).all()
+    assert 0 < result['checks']['random']['max_abs_diff'] < float('inf'), 'int8 changes logits, and says by how much'
+    assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.9, 'int8 logits follow the float ones'
+    # without --calibration the sample photos calibrate it (no data of the user's)
+    default = export_model(load_compressed(student_dir), str(tmp_path / 'photos.onnx'), quantize='int8',
+                           num_calibration=4)
+    assert 'natural sample photos' in default['metadata']['quantization']
+    with pytest.raises(ValueError, match="--quantize int8 is done by ONNX Runtime: use --format onnx"):
+        export_model(load_compressed(student_dir), str(tmp_path / 'x.pt2'), 'torch-export', quantize='int8')
+    with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
+        export_model(load_compressed(student_dir), str(tmp_path / 'x.onnx'), quantize='int4')

@@ -100,8 +100,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add(g, '--eval-max-images', dest='eval.max_images', type=_args.positive_int, help='a seeded subset of it')
     add(g, '--eval-batch-size', dest='eval.batch_size', type=_args.positive_int, help='images per evaluation batch')
     add(g, '--guard', dest='eval.guard', action=argparse.BooleanOptionalAction,
-        help='after finetuning, keep the finetuned student only if it is closer to the teacher than the dropped one '
-             'on natural photos neither was trained on (both are in the report)')
+        help='after finetuning, keep the finetuned student only if it is clearly closer to the teacher than the '
+             'dropped one (by twice the per-crop noise) on natural photos neither was trained on (both are in the '
+             'report)')
     add(g, '--guard-images', dest='eval.guard_images', type=_args.block_list, metavar='PHOTOS',
         help="photos (files or folders, comma-separated) the guard crops (default: scikit-image's sample photos)")
     add(g, '--guard-signal', dest='eval.guard_signal', choices=sorted(SIGNALS),
