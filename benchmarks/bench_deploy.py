@@ -7,8 +7,11 @@ whole models and per dropped block.
    go through ``practise_df.export_model`` (ONNX, dynamic batch) and are checked against PyTorch on the
    imagenet-sample images (max |logit difference| and top-1 mismatches on every image), then scored in
    ONNX Runtime. With no mismatch their top-1 is PyTorch's too.
+   Then both are quantized to int8 (``export_model(quantize='int8')``: ONNX Runtime's static quantizer,
+   calibrated on 64 crops of the scikit-image sample photos, no ImageNet image) and scored the same way.
 2. Whole models at batch 1 and 32: eager teacher and student, their ONNX Runtime sessions (static batch, as
-   ``practise-df latency --runtime onnxruntime`` times them) and the dynamic-batch student, timed interleaved.
+   ``practise-df latency --runtime onnxruntime`` times them), the dynamic-batch student and the int8 teacher
+   and student (dynamic batch), timed interleaved.
 3. Per block, at each of ``--block-batches``: every candidate dropped alone, in both runtimes, timed
    interleaved in one run; the run is repeated ``--block-repeats`` times. Savings are reported as median and
    min/max over the repeats; the block rankings of the two runtimes are compared (Spearman), against how
@@ -61,16 +64,27 @@ def export_check(models, cfg, args, out_dir):
                       'onnxruntime_top1': top1(session, images, labels), 'path': os.path.relpath(path, ROOT)}
         print(f"{name}: exported, {result['checks']['image']}; ONNX Runtime top-1 {rows[name]['onnxruntime_top1']}",
               flush=True)
+        path = os.path.join(out_dir, f'{name}_int8.onnx')
+        result = export_model(model, path, dynamic_batch=True, data=args.data, max_images=args.max_images,
+                              data_config=cfg, overwrite=True, quantize='int8')
+        session = load_exported(path, threads=args.threads)
+        rows[f'{name} int8'] = {'checks': result['checks'], 'opset': result['opset'], 'mb': result['bytes'] / 1e6,
+                                'onnxruntime_top1': top1(session, images, labels), 'path': os.path.relpath(path, ROOT),
+                                'quantization': result['metadata']['quantization']}
+        print(f"{name} int8: {result['checks']['image']}; top-1 {rows[f'{name} int8']['onnxruntime_top1']}",
+              flush=True)
     return rows
 
 
-def whole_models(teacher, student, cfg, args, student_dynamic):
+def whole_models(teacher, student, cfg, args, student_dynamic, int8):
     size, rows = cfg['input_size'], []
     for batch in args.whole_batches:
         sessions = onnxruntime_models([teacher, student], size, batch, threads=args.threads)
         named = [('teacher', 'torch', teacher), ('student', 'torch', student),
                  ('teacher', 'onnxruntime', sessions[0]), ('student', 'onnxruntime', sessions[1]),
-                 ('student (dynamic batch)', 'onnxruntime', student_dynamic)]
+                 ('student (dynamic batch)', 'onnxruntime', student_dynamic),
+                 ('teacher int8 (dynamic batch)', 'onnxruntime', int8['teacher']),
+                 ('student int8 (dynamic batch)', 'onnxruntime', int8['student'])]
         lats = timed([m for *_, m in named], size, batch, args.threads, args.repeats)
         for (name, runtime, _), lat in zip(named, lats):
             rows.append({'model': name, 'runtime': runtime, 'batch_size': batch, 'median_ms': lat.median_ms,
@@ -211,7 +225,9 @@ def main():
                          'load_average_start': os.getloadavg()[0]}}
     results['export'] = export_check({'teacher': teacher, 'student': student}, cfg, args, onnx_dir)
     student_dynamic = load_exported(os.path.join(onnx_dir, 'student.onnx'), threads=args.threads)
-    results['whole'] = whole_models(teacher, student, cfg, args, student_dynamic)
+    int8 = {name: load_exported(os.path.join(onnx_dir, f'{name}_int8.onnx'), threads=args.threads)
+            for name in ('teacher', 'student')}
+    results['whole'] = whole_models(teacher, student, cfg, args, student_dynamic, int8)
     results['per_block'] = [per_block(teacher, blocks, cfg, args, b) for b in args.block_batches]
     results['setup']['load_average_end'] = os.getloadavg()[0]  # other jobs on the machine skew wall-clock times
     write_json_atomic(out, results)
