@@ -8,8 +8,10 @@ teacher itself (BatchNorm inversion, at the model's 224 px), scores its blocks w
 fitted around each dropped block, recoverability per latency saved), drops the two best, and reports
 latency saved and accuracy: top-1 of the teacher and of the student on ../shared/data/imagenet-sample
 when that folder exists (one real ImageNet image per class), else agreement with the teacher on
-held-out synthetic images. Sizes are chosen to finish within about ten minutes on a 2-core CPU; every
-one is a flag (see `--help`).
+held-out synthetic images. Sizes are chosen to finish within about ten minutes on a 2-core CPU (4.3
+minutes measured); every one is a flag (see `--help`). It does not finetune: on this model no recovery
+measured so far beats the plainly dropped student (BENCHMARKS.md, issue 14); `--finetune-iters 200` turns
+MiR on, and the guard then keeps whichever student is closer to the teacher on natural photos.
 """
 import os
 import sys
