@@ -11,7 +11,7 @@ when that folder exists (one real ImageNet image per class), else agreement with
 held-out synthetic images. Sizes are chosen to finish within about ten minutes on a 2-core CPU (4.3
 minutes measured); every one is a flag (see `--help`). It does not finetune: on this model no recovery
 measured so far beats the plainly dropped student (BENCHMARKS.md, issue 14); `--finetune-iters 200` turns
-MiR on, and the guard then keeps whichever student is closer to the teacher on natural photos.
+MiR on, and the guard then decides which student to keep (README, the pipeline).
 """
 import os
 import sys
