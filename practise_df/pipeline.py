@@ -132,12 +132,17 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress) -
     if accelerator.is_main_process:
         _stage(accelerator, '[5/5] saving and evaluating')
         student, teacher = student.to('cpu').eval(), teacher.to('cpu').eval()
-        guard = None
-        if finetune_config.iterations > 0 and config.eval.guard:
-            student, guard = _guard(config, teacher, student, data_config)
+        guard, others = None, {}  # others: the students of a finetuned run that are not kept, by report name
+        if finetune_config.iterations > 0:
+            others['before_finetune'] = load_compressed(recovered_dir)  # what finetuning added over dropping
+            if config.eval.guard:
+                finetuned = student
+                student, guard = _guard(config, teacher, finetuned, others['before_finetune'], data_config)
+                if student is not finetuned:
+                    others['finetuned'] = finetuned  # rejected by the guard
         model_dir = save_compressed(student, os.path.join(out, MODEL_DIR), data_config=data_config, overwrite=True,
                                     extra={'scores': selection['scores']})
-        report = _report(config, teacher, student, selection, history, Subset(pool, held_idx), checked,
+        report = _report(config, teacher, student, others, selection, history, Subset(pool, held_idx), checked,
                          data_config, latency_kwargs, model_dir, guard, progress)
         write_json_atomic(os.path.join(out, REPORT_FILE), report)
         write_model_card(model_dir, report, config.card.license, config.card.base_model, command_line())
@@ -365,11 +370,10 @@ def _finetune_config(config: CompressConfig):
                                freeze_bn=(not config.images.real) if ft.freeze_bn is None else ft.freeze_bn)
 
 
-def _guard(config: CompressConfig, teacher, finetuned, data_config) -> Tuple[Any, Dict[str, Any]]:
+def _guard(config: CompressConfig, teacher, finetuned, dropped, data_config) -> Tuple[Any, Dict[str, Any]]:
     """(the student to keep, what the guard measured): the finetuned student, unless it is not clearly closer
     to the teacher than the dropped one on the guard photos (``guard.choose``); a rejected one is saved in
     ``finetuned/``."""
-    dropped = load_compressed(os.path.join(config.output_dir, RECOVERED_DIR))
     images = guard_images(data_config, config.eval.guard_images, seed=config.seed)
     per_crop = {'dropped': closeness(dropped, teacher, images), 'finetuned': closeness(finetuned, teacher, images)}
     kept, why = choose(per_crop['dropped'], per_crop['finetuned'], config.eval.guard_signal)
@@ -391,8 +395,8 @@ def _heatmap(result: dict, out: str, model: str) -> str:
         return f'not drawn: {e}'
 
 
-def _report(config, teacher, student, selection, history, held, checked, data_config, latency_kwargs, model_dir,
-            guard, progress) -> Dict[str, Any]:
+def _report(config, teacher, student, others, selection, history, held, checked, data_config, latency_kwargs,
+            model_dir, guard, progress) -> Dict[str, Any]:
     size = data_config['input_size']
     before, after = measure_latencies([teacher, student], **latency_kwargs)
     device = latency_kwargs['device']
@@ -419,13 +423,11 @@ def _report(config, teacher, student, selection, history, held, checked, data_co
         report['eval'] = {'data': config.eval.data, 'skipped_files': checked['eval_data'].skipped,
                           'teacher': teacher_eval,
                           'student': evaluate(student, loader, device, teacher=predictions, progress=progress)}
-        # Both students of a finetuned run: the dropped one before finetuning, and a finetuned one the guard rejected.
-        others = {'before_finetune': RECOVERED_DIR if config.finetune.iterations > 0 else None,
-                  'finetuned': REJECTED_DIR if guard and guard['kept'] == 'dropped' else None}
-        for key, folder in others.items():
-            if folder is not None:
-                report['eval'][key] = evaluate(load_compressed(os.path.join(config.output_dir, folder)), loader,
-                                               device, teacher=predictions, progress=progress)
+        # Both students of a finetuned run: the dropped one before finetuning, and a finetuned one the guard
+        # rejected; the dropped one is the kept student when the guard rejected finetuning (evaluated once).
+        for key, model in others.items():
+            report['eval'][key] = report['eval']['student'] if model is student else \
+                evaluate(model, loader, device, teacher=predictions, progress=progress)
     if guard is not None:
         report['guard'] = guard
     if config.robustness.enabled:

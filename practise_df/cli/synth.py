@@ -55,8 +55,7 @@ def synth_command(args) -> dict:
     # A bare 'cuda' becomes each process's own GPU under `accelerate launch` (synth.synthesize).
     return synthesize(model, args.output_dir, args.num_images, data_config=config, preset=args.preset,
                       steps=args.synth_steps, micro_batch=args.micro_batch, batch_size=args.batch_size, seed=args.seed,
-                      classes=args.classes,
-                      student=student, device=args.device, amp=args.amp, progress=not args.json)
+                      classes=args.classes, student=student, device=args.device, amp=args.amp, progress=not args.json)
 
 
 def render_synth(r: Optional[dict]) -> str:
