@@ -252,12 +252,18 @@ def test_a_read_only_output_is_refused_up_front(capsys, no_long_work, images, re
     assert not os.path.exists(out)
 
 
+def _default_sigint():
+    # A shell starts background jobs (pytest ... &) with SIGINT ignored, the child inherits that and Python then
+    # never raises KeyboardInterrupt: give the child the default a terminal user has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_resume_continues(tmp_path):
     out = tmp_path / 'run'
     proc = subprocess.Popen([sys.executable, '-m', 'practise_df.cli', 'compress', *MODEL, '--drop', '1',
                              '--num-images', '64', '--synth-batch-size', '4', '--synth-steps', '400',
                              '--output-dir', str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
-                            cwd=ROOT, text=True)
+                            cwd=ROOT, text=True, preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while not (out / 'synth' / 'synth_config.json').exists():  # synthesis has started
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
