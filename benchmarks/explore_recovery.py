@@ -1,0 +1,179 @@
+"""Issue 14 exploration: recovery variants outside the library, to see whether any of them lifts the real
+top-1 of the dropped tf_efficientnet_lite0 above plain dropping.
+
+    python benchmarks/explore_recovery.py shift                      # restore each dropped block's mean output
+    python benchmarks/explore_recovery.py mir --train norm --data photos --lr 0.01
+    python benchmarks/explore_recovery.py stagewise --data natural --lr 1e-4
+
+Variants (all at bench_datafree's 25% block set, from the plainly dropped student, BatchNorm statistics
+and classifier frozen, batch 32, SGD momentum 0.9, gradients clipped at norm 5, step x0.1 at 40%):
+
+- ``shift``: no training. Each dropped block becomes ``x + beta``, beta the bias of the block's last
+  BatchNorm: the residual branch's mean output under the teacher's own statistics (data-free, as DFQ's bias
+  correction). Measured beside the plainly dropped student.
+- ``mir --train all|norm``: end-to-end MiR on pre-pooling features, training every weight or only the
+  BatchNorm affine parameters (33k of 4.7M): does a low-capacity recovery drift less?
+- ``stagewise``: each stage that lost a block is trained alone to map the teacher's input of that stage to
+  the teacher's output (MSE), as block reconstruction does in data-free quantization (BRECQ, Genie), so the
+  change stays local and errors cannot compound.
+
+This loop is written here, not taken from ``practise_df.finetune``, because it trains parts of the student
+the library does not expose; it records the dev top-1 (the 500 dev images of bench_datafree, never the
+test images) every ``--eval-every`` steps. Results are appended to ``results/explore_recovery.json``.
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Subset
+
+from _sample import IMAGENET_SAMPLE, lite0_teacher
+from bench_datafree import HERE, POINTS, POOLS, Row, split_sample, stack, training_photos
+from practise_df import drop_blocks
+from synth import SingleImageCrops, SynthesizedImages
+from synth.data import ImageFolderDataset, eval_transform, train_transform
+from synth.files import write_json_atomic
+
+
+class Shift(nn.Module):
+    """A dropped block replaced by its mean output: ``x + beta``."""
+
+    def __init__(self, beta: torch.Tensor):
+        super().__init__()
+        self.register_buffer('beta', beta.detach().clone().view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return x + self.beta
+
+
+def stage_io(model, x):
+    """Inputs and outputs of every stage of a timm EfficientNet's ``blocks``."""
+    x = model.bn1(model.conv_stem(x))
+    ins, outs = [], []
+    for stage in model.blocks:
+        ins.append(x)
+        x = stage(x)
+        outs.append(x)
+    return ins, outs
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('variant', choices=('shift', 'mir', 'stagewise'))
+    p.add_argument('--train', choices=('all', 'norm'), default='all', help='mir: which parameters train')
+    p.add_argument('--data', choices=('photos', 'natural', 'fast', 'real'), default='photos',
+                   help='photo crops, the synthesized pool natural224_s0 / fast224_s0, or the 500 dev images (a '
+                        'control: their dev top-1 is measured on the images trained on)')
+    p.add_argument('--min-confidence', type=float, default=0.0,
+                   help="photos: train only on crops the teacher classifies with at least this softmax probability")
+    p.add_argument('--lr', type=float, default=0.002)
+    p.add_argument('--iterations', type=int, default=100)
+    p.add_argument('--eval-every', type=int, default=25)
+    p.add_argument('--point', choices=sorted(POINTS), default='25')
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--out', default=os.path.join(HERE, 'results', 'explore_recovery.json'))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    teacher, cfg = lite0_teacher()
+    teacher.eval()
+    sample = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(cfg))
+    dev_idx = split_sample(len(sample))[1]
+    dev, dev_labels = stack(sample, dev_idx)
+
+    @torch.no_grad()
+    def dev_top1(model):
+        model.eval()
+        hits = sum((model(dev[i:i + 50]).argmax(1) == dev_labels[i:i + 50]).sum().item()
+                   for i in range(0, len(dev), 50))
+        return 100 * hits / len(dev)
+
+    blocks = POINTS[args.point]
+    student = drop_blocks(teacher, blocks)
+    trained = args.train if args.variant == 'mir' else 'stages'
+    key = f'{args.point}|{args.variant}' + ('' if args.variant == 'shift' else f'|{trained}|{args.data}|lr{args.lr}')
+    key += f'|conf{args.min_confidence}' if args.min_confidence > 0 else ''
+    result = {'variant': args.variant, 'point': args.point, 'blocks': blocks, 'dropped_dev_top1': dev_top1(student),
+              'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'threads': args.threads}
+
+    def save():  # read again: two variants may run side by side into one file
+        results = json.load(open(args.out)) if os.path.isfile(args.out) else {}
+        results[key] = result
+        write_json_atomic(args.out, results)
+        print(key, json.dumps(result), flush=True)
+
+    if args.variant == 'shift':
+        for name in blocks:
+            last_bn = [m for m in teacher.get_submodule(name).modules() if isinstance(m, nn.BatchNorm2d)][-1]
+            student.set_submodule(name, Shift(last_bn.bias))
+        result['dev_top1'] = dev_top1(student)
+        return save()
+
+    student.requires_grad_(False)
+    if args.variant == 'stagewise':
+        stages = sorted({int(b.split('.')[1]) for b in blocks})
+        params = [q for s in stages for q in student.blocks[s].parameters()]
+    else:
+        params = [q for n, q in student.named_parameters() if not n.startswith('classifier')
+                  and (args.train == 'all' or isinstance(student.get_submodule(n.rpartition('.')[0]), nn.BatchNorm2d))]
+    for q in params:
+        q.requires_grad_(True)
+    n = args.iterations
+    if args.data == 'photos':
+        pool = SingleImageCrops(training_photos(), n * 32 * 50, cfg, seed=0, scale=Row('photos').photo_scale,
+                                cutmix=Row('photos').cutmix)
+    elif args.data == 'real':
+        pool = Subset(ImageFolderDataset(IMAGENET_SAMPLE, train_transform(cfg, scale=(0.08, 1.0))), dev_idx)
+    else:
+        pool = SynthesizedImages(os.path.join(POOLS, f'{args.data}224_s0'), cfg['input_size'], cfg['mean'], cfg['std'],
+                                 augment=True)
+    g = torch.Generator().manual_seed(0)
+
+    drawn = [0]  # photo crops drawn so far: fresh ones for every step
+
+    @torch.no_grad()
+    def batch(it):  # the other pools are drawn from at random
+        if args.data != 'photos':
+            return torch.stack([pool[i][0] for i in torch.randint(len(pool), (32,), generator=g).tolist()])
+        kept = []
+        while sum(len(k) for k in kept) < 32:
+            x = torch.stack([pool[i][0] for i in range(drawn[0], drawn[0] + 32)])
+            drawn[0] += 32
+            kept.append(x if args.min_confidence <= 0 else
+                        x[teacher(x).softmax(1).amax(1) >= args.min_confidence])
+        return torch.cat(kept)[:32]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4 if args.train == 'all' else 0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, max(1, int(0.4 * n)), 0.1)
+    result.update(trainable=sum(q.numel() for q in params), lr=args.lr, data=args.data, iterations=n, curve=[],
+                  min_confidence=args.min_confidence)
+    start = time.time()
+    for it in range(n):
+        x = batch(it)
+        student.eval()  # BatchNorm statistics frozen
+        with torch.no_grad():
+            if args.variant == 'stagewise':
+                t_in, t_out = stage_io(teacher, x)
+            else:
+                target = teacher.forward_features(x)
+        if args.variant == 'stagewise':
+            loss = sum(F.mse_loss(student.blocks[s](t_in[s]), t_out[s]) for s in stages)
+        else:
+            loss = F.mse_loss(student.forward_features(x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        optimizer.step()
+        scheduler.step()
+        if (it + 1) % args.eval_every == 0 or it + 1 == n:
+            result['curve'].append({'step': it + 1, 'loss': loss.item(), 'dev_top1': dev_top1(student)})
+            result.update(seconds=round(time.time() - start), crops_drawn=drawn[0])
+            save()
+
+
+if __name__ == '__main__':
+    main()
