@@ -108,9 +108,19 @@ def main():
         print(key, json.dumps(result), flush=True)
 
     if args.variant == 'shift':
+        measured = {}  # the branch's mean output on 64 dev images, to check beta against
+        hooks = [teacher.get_submodule(name).register_forward_hook(
+            lambda m, i, o, name=name: measured.__setitem__(name, (o - i[0]).mean((0, 2, 3)))) for name in blocks]
+        with torch.no_grad():
+            teacher(dev[:64])
+        for h in hooks:
+            h.remove()
+        result['cosine_beta_vs_measured_mean'] = {}
         for name in blocks:
             last_bn = [m for m in teacher.get_submodule(name).modules() if isinstance(m, nn.BatchNorm2d)][-1]
             student.set_submodule(name, Shift(last_bn.bias))
+            result['cosine_beta_vs_measured_mean'][name] = round(
+                F.cosine_similarity(last_bn.bias.detach(), measured[name], dim=0).item(), 4)
         result['dev_top1'] = dev_top1(student)
         return save()
 
