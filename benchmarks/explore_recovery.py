@@ -70,6 +70,9 @@ def main():
                         'control: their dev top-1 is measured on the images trained on)')
     p.add_argument('--min-confidence', type=float, default=0.0,
                    help="photos: train only on crops the teacher classifies with at least this softmax probability")
+    p.add_argument('--normalize', action='store_true',
+                   help="divide each channel's squared error by the teacher's variance of that channel (in the batch), "
+                        'so that large-magnitude channels do not dominate the loss')
     p.add_argument('--lr', type=float, default=0.002)
     p.add_argument('--iterations', type=int, default=100)
     p.add_argument('--eval-every', type=int, default=25)
@@ -98,6 +101,7 @@ def main():
     trained = args.train if args.variant == 'mir' else 'stages'
     key = f'{args.point}|{args.variant}' + ('' if args.variant == 'shift' else f'|{trained}|{args.data}|lr{args.lr}')
     key += f'|conf{args.min_confidence}' if args.min_confidence > 0 else ''
+    key += '|normalized' if args.normalize else ''
     result = {'variant': args.variant, 'point': args.point, 'blocks': blocks, 'dropped_dev_top1': dev_top1(student),
               'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'threads': args.threads}
 
@@ -160,7 +164,14 @@ def main():
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4 if args.train == 'all' else 0)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, max(1, int(0.4 * n)), 0.1)
     result.update(trainable=sum(q.numel() for q in params), lr=args.lr, data=args.data, iterations=n, curve=[],
-                  min_confidence=args.min_confidence)
+                  min_confidence=args.min_confidence, normalize=args.normalize)
+
+    def mse(output, target):
+        if not args.normalize:
+            return F.mse_loss(output, target)
+        variance = target.var(dim=(0, 2, 3), keepdim=True) + 1e-3
+        return ((output - target) ** 2 / variance).mean()
+
     start = time.time()
     for it in range(n):
         x = batch(it)
@@ -171,9 +182,9 @@ def main():
             else:
                 target = teacher.forward_features(x)
         if args.variant == 'stagewise':
-            loss = sum(F.mse_loss(student.blocks[s](t_in[s]), t_out[s]) for s in stages)
+            loss = sum(mse(student.blocks[s](t_in[s]), t_out[s]) for s in stages)
         else:
-            loss = F.mse_loss(student.forward_features(x), target)
+            loss = mse(student.forward_features(x), target)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
