@@ -178,8 +178,7 @@ def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]
                              '--output FILE')
     pool = None
     if config.images.source is not None:
-        _check_source(config.images.source)
-        images = config.images
+        images = config.images  # load_images refuses a missing path or photo with a message
         pool = load_images(images.source, data_config, num_images=images.num_images, seed=config.seed)
         if len(pool) < images.num_images:
             raise ValueError(f"{images.source} holds {len(pool)} readable image(s), fewer than --num-images "
@@ -189,20 +188,6 @@ def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]
         eval_data = ImageFolderDataset(config.eval.data, eval_transform(data_config),
                                        max_images=config.eval.max_images, seed=config.seed)
     return {'candidates': candidates, 'latency': latency, 'pool': pool, 'eval_data': eval_data}
-
-
-def _check_source(source: str) -> None:
-    """A local image source must exist; hub names are checked when loaded."""
-    if source.startswith('crops:'):
-        for path in source[len('crops:'):].split(','):
-            if path.strip() and not os.path.exists(path.strip()):
-                raise FileNotFoundError(f"--images crops:{path.strip()}: no such photo or folder.")
-    elif os.path.isfile(source) and not os.path.isdir(source):
-        return  # an image file (crops) or a clear error from load_images
-    elif (source.startswith(('/', '.', '~')) or os.sep in source.rstrip(os.sep)) and not source.startswith('hf:') \
-            and not os.path.exists(source) and source.count('/') != 1:
-        raise FileNotFoundError(f"--images '{source}' does not exist. Pass an image folder, hf:NAME[:SPLIT], a "
-                                "save_to_disk folder or crops:PHOTO.jpg.")
 
 
 # --- the output directory ------------------------------------------------------------------------

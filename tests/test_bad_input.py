@@ -307,6 +307,9 @@ BAD_COMPRESS_ARGS = {
     'eval batch -1': (['--eval-batch-size', '-1'], 'at least 1'),
     'score images 0': (['--score-images', '0'], 'at least 1'),
     'more images than the folder': (['--images', '{images}', '--num-images', '50'], 'fewer than --num-images 50'),
+    'images missing': (['--images', '{tmp}/missing'], 'does not exist'),
+    'photo for crops missing': (['--images', 'crops:{tmp}/missing.jpg'], 'does not exist'),
+    'folder for crops without photos': (['--images', 'crops:{tmp}/empty'], 'holds no image'),
 }
 
 
