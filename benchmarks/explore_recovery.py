@@ -102,6 +102,7 @@ def main():
     key = f'{args.point}|{args.variant}' + ('' if args.variant == 'shift' else f'|{trained}|{args.data}|lr{args.lr}')
     key += f'|conf{args.min_confidence}' if args.min_confidence > 0 else ''
     key += '|normalized' if args.normalize else ''
+    key += f'|it{args.iterations}' if args.variant != 'shift' and args.iterations != 100 else ''
     result = {'variant': args.variant, 'point': args.point, 'blocks': blocks, 'dropped_dev_top1': dev_top1(student),
               'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'threads': args.threads}
 
