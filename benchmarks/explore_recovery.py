@@ -33,7 +33,7 @@ from torch.utils.data import Subset
 
 from _sample import IMAGENET_SAMPLE, lite0_teacher
 from bench_datafree import HERE, POINTS, POOLS, Row, split_sample, stack, training_photos
-from practise_df import drop_blocks
+from practise_df import drop_blocks, evaluate
 from synth import SingleImageCrops, SynthesizedImages
 from synth.data import ImageFolderDataset, eval_transform, train_transform
 from synth.files import write_json_atomic
@@ -89,12 +89,8 @@ def main():
     dev_idx = split_sample(len(sample))[1]
     dev, dev_labels = stack(sample, dev_idx)
 
-    @torch.no_grad()
     def dev_top1(model):
-        model.eval()
-        hits = sum((model(dev[i:i + 50]).argmax(1) == dev_labels[i:i + 50]).sum().item()
-                   for i in range(0, len(dev), 50))
-        return 100 * hits / len(dev)
+        return evaluate(model, list(zip(dev.split(100), dev_labels.split(100))), progress=False)['top1']
 
     blocks = POINTS[args.point]
     student = drop_blocks(teacher, blocks)
@@ -162,6 +158,7 @@ def main():
             kept.append(x if args.min_confidence <= 0 else
                         x[teacher(x).softmax(1).amax(1) >= args.min_confidence])
         return torch.cat(kept)[:32]
+
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4 if args.train == 'all' else 0)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, max(1, int(0.4 * n)), 0.1)
     result.update(trainable=sum(q.numel() for q in params), lr=args.lr, data=args.data, iterations=n, curve=[],
