@@ -16,6 +16,23 @@ and classifier frozen, batch 32, SGD momentum 0.9, gradients clipped at norm 5, 
 - ``stagewise``: each stage that lost a block is trained alone to map the teacher's input of that stage to
   the teacher's output (MSE), as block reconstruction does in data-free quantization (BRECQ, Genie), so the
   change stays local and errors cannot compound.
+- ``bnstats --bn-mode adabn|delta``: no training. The running statistics of every BatchNorm after the first
+  dropped block are re-estimated, because dropping shifts the distribution those layers normalize.
+  ``adabn`` sets them to the student's statistics on the images (AdaBN; right only for real images);
+  ``delta`` keeps the teacher's running statistics and moves them by the shift dropping causes *on the
+  images*: mean + (student mean - teacher mean), variance x (student var / teacher var), so out-of-domain
+  images only have to show the change, not the real distribution. Each layer is corrected before the
+  next is measured, in one pass over the images as one batch. With ``--data real`` the first 250 dev images calibrate
+  and the other 250 measure (``dev_top1_heldout`` beside the dropped student's on the same 250).
+- ``interpolate --student NAME``: no training. The weights of a finetuned student saved by bench_datafree
+  (``runs/bench_datafree/NAME/student``) are interpolated with the dropped student's, ``dropped + a *
+  (finetuned - dropped)`` for a = 0.1, 0.25, 0.5, 0.75, as WiSE-FT does to keep what finetuning gained without
+  all of its drift. Several comma-separated students are averaged first (a model soup: they all start
+  from the dropped student, so their updates can be averaged).
+- ``teacher-bn``: how the teacher itself takes BatchNorm statistics other than its running ones, on the
+  second 250 dev images: forward in train mode (batch statistics, batches of 50 and of 250), and AdaBN
+  (every layer re-estimated on the first 250 dev images). Train-mode BatchNorm is what the official
+  few-shot setting (the ``mir_real`` ceiling of bench_datafree) finetunes with.
 
 This loop is written here, not taken from ``practise_df.finetune``, because it trains parts of the student
 the library does not expose; it records the dev top-1 (the 500 dev images of bench_datafree, never the
@@ -31,9 +48,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from _sample import IMAGENET_SAMPLE, lite0_teacher
+from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
 from bench_datafree import HERE, POINTS, POOLS, Row, split_sample, stack, training_photos
-from practise_df import drop_blocks, evaluate
+from practise_df import drop_blocks, evaluate, load_compressed
 from synth import SingleImageCrops, SynthesizedImages
 from synth.data import ImageFolderDataset, eval_transform, train_transform
 from synth.files import write_json_atomic
@@ -61,18 +78,74 @@ def stage_io(model, x):
     return ins, outs
 
 
+@torch.no_grad()
+def bn_input_stats(model, images, names, batch_size=64):
+    """Per-channel (mean, variance) of the input of each named BatchNorm over ``images``, model in eval mode."""
+    sums = {}
+
+    def hook(module, inputs, name):
+        x = inputs[0].double().transpose(0, 1).flatten(1)
+        n, s1, s2 = sums.get(name, (0, 0.0, 0.0))
+        sums[name] = (n + x.shape[1], s1 + x.sum(1), s2 + (x * x).sum(1))
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(lambda m, i, name=name: hook(m, i, name))
+               for name in names]
+    model.eval()
+    for chunk in images.split(batch_size):
+        model(chunk)
+    for h in handles:
+        h.remove()
+    return {name: (s1 / n, s2 / n - (s1 / n) ** 2) for name, (n, s1, s2) in sums.items()}
+
+
+@torch.no_grad()
+def recalibrate(teacher, student, images, first_dropped, mode):
+    """Re-estimate the student's BatchNorm statistics after ``first_dropped`` (all if None; see ``bnstats``).
+
+    One forward pass over all ``images`` as one batch: each layer's statistics are set from its input just
+    before it normalizes, so every layer sees the corrected layers upstream (as AdaBN's train-mode pass).
+    """
+    order = [name for name, _ in student.named_modules()]
+    start = order.index(first_dropped) if first_dropped else -1
+    names = [name for name, m in student.named_modules() if isinstance(m, nn.BatchNorm2d) and order.index(name) > start]
+    teacher_stats = bn_input_stats(teacher, images, names) if mode == 'delta' else None
+
+    def set_statistics(bn, inputs, name):
+        x = inputs[0].double().transpose(0, 1).flatten(1)
+        mean, var = x.mean(1), x.var(1, unbiased=False)
+        if mode == 'delta':
+            t_bn, (t_mean, t_var) = teacher.get_submodule(name), teacher_stats[name]
+            mean = t_bn.running_mean.double() + mean - t_mean
+            var = t_bn.running_var.double() * (var + bn.eps) / (t_var + bn.eps)
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+
+    handles = [student.get_submodule(name).register_forward_pre_hook(
+        lambda m, i, name=name: set_statistics(m, i, name)) for name in names]
+    student.eval()
+    student(images)
+    for h in handles:
+        h.remove()
+    return names
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('variant', choices=('shift', 'mir', 'stagewise'))
+    p.add_argument('variant', choices=('shift', 'mir', 'stagewise', 'bnstats', 'teacher-bn', 'interpolate'))
     p.add_argument('--train', choices=('all', 'norm'), default='all', help='mir: which parameters train')
-    p.add_argument('--data', choices=('photos', 'natural', 'fast', 'real'), default='photos',
-                   help='photo crops, the synthesized pool natural224_s0 / fast224_s0, or the 500 dev images (a '
-                        'control: their dev top-1 is measured on the images trained on)')
+    p.add_argument('--data', choices=('photos', 'natural', 'fast', 'real', 'real-half'), default='photos',
+                   help='photo crops, the synthesized pool natural224_s0 / fast224_s0, the 500 dev images (a '
+                        'control: their dev top-1 is measured on the images trained on), or the first 250 dev '
+                        'images (real-image control measured on the other 250: dev_top1_heldout)')
     p.add_argument('--min-confidence', type=float, default=0.0,
                    help="photos: train only on crops the teacher classifies with at least this softmax probability")
     p.add_argument('--normalize', action='store_true',
                    help="divide each channel's squared error by the teacher's variance of that channel (in the batch), "
                         'so that large-magnitude channels do not dominate the loss')
+    p.add_argument('--bn-mode', choices=('adabn', 'delta'), default='delta',
+                   help='bnstats: how statistics are re-estimated')
+    p.add_argument('--calib-images', type=int, default=256, help='bnstats: photo crops to calibrate on')
+    p.add_argument('--student', help='interpolate: a run folder of bench_datafree (25_mirkd_photos_seed0_it200_b32)')
     p.add_argument('--lr', type=float, default=0.002)
     p.add_argument('--iterations', type=int, default=100)
     p.add_argument('--eval-every', type=int, default=25)
@@ -92,10 +165,20 @@ def main():
     def dev_top1(model):
         return evaluate(model, list(zip(dev.split(100), dev_labels.split(100))), progress=False)['top1']
 
+    def heldout_top1(model):  # the 250 dev images the real-half control does not train on
+        return evaluate(model, [(dev[250:], dev_labels[250:])], progress=False)['top1']
+
     blocks = POINTS[args.point]
     student = drop_blocks(teacher, blocks)
     trained = args.train if args.variant == 'mir' else 'stages'
     key = f'{args.point}|{args.variant}' + ('' if args.variant == 'shift' else f'|{trained}|{args.data}|lr{args.lr}')
+    if args.variant == 'teacher-bn':
+        key = 'teacher-bn'
+    if args.variant == 'interpolate':
+        key = f'{args.point}|interpolate|{args.student}'
+    if args.variant == 'bnstats':
+        key = f'{args.point}|bnstats|{args.bn_mode}|{args.data}'
+        key += f'|n{args.calib_images}' if args.data == 'photos' else ''
     key += f'|conf{args.min_confidence}' if args.min_confidence > 0 else ''
     key += '|normalized' if args.normalize else ''
     key += f'|it{args.iterations}' if args.variant != 'shift' and args.iterations != 100 else ''
@@ -125,6 +208,59 @@ def main():
         result['dev_top1'] = dev_top1(student)
         return save()
 
+    if args.variant == 'teacher-bn':
+        x, y = dev[250:], dev_labels[250:]
+        result = {'variant': args.variant, 'date': result['date'], 'eval_mode': heldout_top1(teacher)}
+        with torch.no_grad():
+            teacher.train()
+            for size in (50, 250):
+                predictions = torch.cat([teacher(chunk).argmax(1) for chunk in x.split(size)])
+                result[f'train_mode_batch{size}'] = round(100 * predictions.eq(y).float().mean().item(), 1)
+            teacher.eval()
+        recalibrate(teacher, teacher, dev[:250], None, 'adabn')
+        result['adabn_250'] = heldout_top1(teacher)
+        return save()
+
+    if args.variant == 'interpolate':
+        if not args.student:
+            p.error('interpolate needs --student NAME (a folder under runs/bench_datafree)')
+        finetuned = [load_compressed(os.path.join(ROOT, 'runs', 'bench_datafree', name, 'student'))
+                     for name in args.student.split(',')]
+        start_weights = {k: v.clone() for k, v in student.state_dict().items()}
+        end_weights = {k: sum(f.state_dict()[k] for f in finetuned) / len(finetuned) if v.is_floating_point() else v
+                       for k, v in start_weights.items()}  # several students: their average (a model soup)
+        student.load_state_dict(end_weights)
+        result.update(student=args.student, finetuned_dev_top1=dev_top1(student), curve=[])
+        for a in (0.1, 0.25, 0.5, 0.75):
+            student.load_state_dict({k: v + a * (end_weights[k] - v) if v.is_floating_point() else v
+                                     for k, v in start_weights.items()})
+            result['curve'].append({'alpha': a, 'dev_top1': dev_top1(student)})
+        return save()
+
+    if args.variant == 'bnstats':
+        first_dropped = [name for name, _ in teacher.named_modules() if name in blocks][0]
+        real = args.data in ('real', 'real-half')  # both calibrate on the first 250 dev images
+        if args.data == 'photos':
+            crops = SingleImageCrops(training_photos(), args.calib_images, cfg, seed=0, scale=Row('photos').photo_scale)
+            images = torch.stack([crops[i][0] for i in range(len(crops))])
+        elif real:
+            images = dev[:250]
+        else:
+            pool = SynthesizedImages(os.path.join(POOLS, f'{args.data}224_s0'), cfg['input_size'], cfg['mean'],
+                                     cfg['std'], augment=False)
+            images = torch.stack([pool[i][0] for i in range(len(pool))])
+            images = torch.cat([images, images.flip(3)])
+        if real:
+            result['dropped_dev_top1_heldout'] = heldout_top1(student)
+        start = time.time()
+        result['recalibrated_layers'] = len(recalibrate(teacher, student, images, first_dropped, args.bn_mode))
+        result.update(calib_images=len(images), seconds=round(time.time() - start), dev_top1=dev_top1(student))
+        if real:
+            result['dev_top1_heldout'] = heldout_top1(student)
+        return save()
+
+    if args.data == 'real-half':
+        result['dropped_dev_top1_heldout'] = heldout_top1(student)
     student.requires_grad_(False)
     if args.variant == 'stagewise':
         stages = sorted({int(b.split('.')[1]) for b in blocks})
@@ -138,8 +274,9 @@ def main():
     if args.data == 'photos':
         pool = SingleImageCrops(training_photos(), n * 32 * 50, cfg, seed=0, scale=Row('photos').photo_scale,
                                 cutmix=Row('photos').cutmix)
-    elif args.data == 'real':
-        pool = Subset(ImageFolderDataset(IMAGENET_SAMPLE, train_transform(cfg, scale=(0.08, 1.0))), dev_idx)
+    elif args.data in ('real', 'real-half'):
+        pool = Subset(ImageFolderDataset(IMAGENET_SAMPLE, train_transform(cfg, scale=(0.08, 1.0))),
+                      dev_idx if args.data == 'real' else dev_idx[:250])
     else:
         pool = SynthesizedImages(os.path.join(POOLS, f'{args.data}224_s0'), cfg['input_size'], cfg['mean'], cfg['std'],
                                  augment=True)
@@ -190,6 +327,8 @@ def main():
         scheduler.step()
         if (it + 1) % args.eval_every == 0 or it + 1 == n:
             result['curve'].append({'step': it + 1, 'loss': loss.item(), 'dev_top1': dev_top1(student)})
+            if args.data == 'real-half':
+                result['curve'][-1]['dev_top1_heldout'] = heldout_top1(student)
             result.update(seconds=round(time.time() - start), crops_drawn=drawn[0])
             save()
 
