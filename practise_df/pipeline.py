@@ -29,7 +29,7 @@ from .blocks import check_blocks, drop_blocks, find_blocks
 from .checkpoint import load_compressed, load_model, save_compressed
 from .config import STAGE_SETTINGS, CompressConfig
 from .evaluate import evaluate
-from .finetune import finetune, make_accelerator
+from .finetune import DATAFREE_MIX, finetune, make_accelerator
 from .guard import choose, closeness, guard_images
 from .latency import (block_latency_savings, count_macs, count_params, measure_latencies, read_block_latency,
                       runtime_info)
@@ -123,7 +123,8 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress) -
     finetune_config = _finetune_config(config)
     if finetune_config.iterations > 0:
         _stage(accelerator, f'[4/5] finetuning ({finetune_config.loss}, {finetune_config.iterations} iterations, '
-                            f"BatchNorm {'frozen' if finetune_config.freeze_bn else 'in train mode'})")
+                            f"BatchNorm {'frozen' if finetune_config.freeze_bn else 'in train mode'}, "
+                            f'keeping {finetune_config.mix:g} of the update)')
         history = finetune(student, teacher, Subset(train_pool, train_idx), finetune_config, accelerator=accelerator,
                            output_dir=out, resume=resume, progress=progress)
 
@@ -348,11 +349,14 @@ def _score(config, teacher, pool, train_idx, held_idx, checked, latency_kwargs, 
 
 
 def _finetune_config(config: CompressConfig):
-    """The run's finetuning settings, with its seed and BatchNorm mode filled in: BatchNorm trains only on
-    real images (``images.real``), as the official few-shot setting; elsewhere it keeps the teacher's."""
-    ft = config.finetune
+    """The run's finetuning settings, with its seed, BatchNorm mode and mix filled in. On real images
+    (``images.real``) BatchNorm trains and the finetuned weights are kept whole, as the official few-shot
+    setting; elsewhere BatchNorm keeps the teacher's statistics and only ``DATAFREE_MIX`` of the update is
+    kept (WiSE-FT), since out-of-domain images move the student away from real ones."""
+    ft, real = config.finetune, config.images.real
     return dataclasses.replace(ft, seed=config.seed if ft.seed is None else ft.seed,
-                               freeze_bn=(not config.images.real) if ft.freeze_bn is None else ft.freeze_bn)
+                               freeze_bn=(not real) if ft.freeze_bn is None else ft.freeze_bn,
+                               mix=(1.0 if real else DATAFREE_MIX) if ft.mix is None else ft.mix)
 
 
 def _guard(config: CompressConfig, teacher, finetuned, dropped, data_config) -> Tuple[Any, Dict[str, Any]]:
@@ -370,6 +374,8 @@ def _guard(config: CompressConfig, teacher, finetuned, dropped, data_config) -> 
                                                   data_config=data_config, overwrite=True,
                                                   extra={'stage': 'finetuned, rejected by the guard'})
         return dropped, info
+    # a student an earlier, resumed try of this run rejected is not what this run kept: it must not linger
+    shutil.rmtree(os.path.join(config.output_dir, REJECTED_DIR), ignore_errors=True)
     return finetuned, info
 
 
@@ -382,7 +388,7 @@ def _heatmap(result: dict, out: str, model: str) -> str:
 
 def _report(config, teacher, student, others, selection, history, held, checked, data_config, latency_kwargs,
             model_dir, guard, progress) -> Dict[str, Any]:
-    size = data_config['input_size']
+    size, ft = data_config['input_size'], _finetune_config(config)
     before, after = measure_latencies([teacher, student], **latency_kwargs)
     device = latency_kwargs['device']
     report = {
@@ -396,7 +402,7 @@ def _report(config, teacher, student, others, selection, history, held, checked,
                     'runtime': before.runtime, 'threads': before.threads, 'provider': before.provider},
         'params': {'teacher': count_params(teacher), 'student': count_params(student)},
         'macs': {'teacher': count_macs(teacher, size), 'student': count_macs(student, size)},
-        'finetune': {'loss': config.finetune.loss, 'iterations': config.finetune.iterations,
+        'finetune': {'loss': ft.loss, 'iterations': ft.iterations, 'freeze_bn': ft.freeze_bn, 'mix': ft.mix,
                      'final_loss': history['loss'][-1] if history['loss'] else None},
     }
     report['heldout_agreement'] = evaluate(student, DataLoader(held, batch_size=config.eval.batch_size), device,

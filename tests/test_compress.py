@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from practise_df import load_compressed
-from practise_df.pipeline import compress
+from practise_df.finetune import DATAFREE_MIX
+from practise_df.pipeline import _finetune_config, compress
 from practise_df.config import CompressConfig, EvalConfig, FinetuneConfig, ImagesConfig, LatencyConfig, ScoringConfig
 
 from conftest import make_image_folder, randomize_norms
@@ -46,10 +47,24 @@ def test_compress_writes_every_artefact(finished_run):
     assert report['eval']['student']['images'] == 12 and 'top5' in report['eval']['teacher']
     assert report['eval']['before_finetune']['images'] == 12
     assert 'predictions' not in report['eval']['teacher']
+    assert report['finetune']['mix'] == DATAFREE_MIX and report['finetune']['freeze_bn'] is True
     scores = json.load(open(out / 'scores.json'))
     assert scores['selected'] == report['dropped_blocks'] == [min(scores['scores'], key=lambda s: s['score'])['block']]
     student = load_compressed(str(out / 'model'))
     assert student(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize('real, finetune, expected', [
+    (False, {}, (True, DATAFREE_MIX)),  # synthesized or out-of-domain images: frozen BatchNorm, WiSE-FT
+    (True, {}, (False, 1.0)),  # real images: the official few-shot setting, the finetuned weights whole
+    (False, {'mix': 1.0, 'freeze_bn': False}, (False, 1.0)),  # what the user sets wins
+    (True, {'mix': 0.5}, (False, 0.5)),
+])
+def test_finetune_defaults_follow_the_images(real, finetune, expected):
+    config = CompressConfig(model='timm:resnet18', output_dir='unused', images=ImagesConfig(real=real),
+                            scoring=ScoringConfig(drop=1), finetune=FinetuneConfig(**finetune))
+    resolved = _finetune_config(config)
+    assert (resolved.freeze_bn, resolved.mix) == expected
 
 
 def test_resume_reuses_scores_and_checkpoints(finished_run):

@@ -7,7 +7,8 @@ from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import TensorDataset
 
 from practise_df import create_model, drop_blocks
-from practise_df.finetune import FinetuneConfig, finetune, latest_checkpoint, make_accelerator
+from practise_df.finetune import (FinetuneConfig, finetune, interpolate_weights, latest_checkpoint,
+                                  make_accelerator)
 
 from conftest import accelerate_launch, randomize_norms
 
@@ -28,11 +29,11 @@ def _data(n=16, labels=True):
     return TensorDataset(torch.randn(n, 3, 32, 32, generator=gen), y)
 
 
-def _run(student, teacher, data, tmp_path=None, eval_data=None, **kw):
+def _run(student, teacher, data, tmp_path=None, eval_data=None, resume=False, **kw):
     config = FinetuneConfig(batch_size=8, lr=0.01, **kw)
     acc = make_accelerator(str(tmp_path) if tmp_path else None, config, cpu=True)
     return finetune(student, teacher, data, config, accelerator=acc, eval_data=eval_data,
-                    output_dir=str(tmp_path) if tmp_path else None, progress=False)
+                    output_dir=str(tmp_path) if tmp_path else None, resume=resume, progress=False)
 
 
 def test_mir_lowers_the_loss_keeps_classifier_and_teacher(pair):
@@ -249,3 +250,47 @@ def test_kd_defaults_stay_finite_where_the_old_recipe_diverged():
                        progress=False)
     assert len(history['loss']) == 30 and all(math.isfinite(v) for v in history['loss'])
     assert all(torch.isfinite(p).all() for p in student.parameters())
+
+
+def test_mix_keeps_that_fraction_of_the_update(pair):
+    """mix=0.5 ends halfway between the dropped weights and the fully finetuned ones, buffers included;
+    the last evaluation measures the mixed student."""
+    teacher, student = pair
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    full = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
+    _run(full, teacher, _data(), iterations=4, freeze_bn=False)
+    history = _run(student, teacher, _data(), iterations=4, freeze_bn=False, mix=0.5, eval_data=_data(8))
+    changed = [k for k, v in full.state_dict().items() if v.is_floating_point() and not torch.equal(v, start[k])]
+    assert any('running_' in k for k in changed) and any('conv' in k for k in changed)
+    for k in changed:
+        torch.testing.assert_close(student.state_dict()[k], (start[k] + full.state_dict()[k]) / 2)
+    assert torch.equal(student.state_dict()['bn1.num_batches_tracked'], full.state_dict()['bn1.num_batches_tracked'])
+    images = _data(8).tensors[0]
+    with torch.no_grad():
+        agreement = 100 * student.eval()(images).argmax(1).eq(teacher.eval()(images).argmax(1)).float().mean()
+    assert history['eval'][-1]['agreement'] == pytest.approx(agreement.item())
+
+
+def test_a_finished_run_resumed_with_another_mix_needs_no_training(pair, tmp_path):
+    teacher, student = pair
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    _run(student, teacher, _data(), tmp_path, iterations=4)
+    finetuned = {k: v.clone() for k, v in student.state_dict().items()}
+    again = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
+    history = _run(again, teacher, _data(), tmp_path, iterations=4, mix=0.25, resume=True)
+    assert history['step'] == []
+    for k, v in again.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, start[k] + 0.25 * (finetuned[k] - start[k]))
+
+
+@pytest.mark.parametrize('mix', [0.0, -0.5, 1.5])
+def test_mix_outside_zero_one_is_a_clear_error(mix):
+    with pytest.raises(ValueError, match=r'mix is the fraction of the finetuning update kept, in \(0, 1\]'):
+        FinetuneConfig(mix=mix)
+
+
+def test_interpolate_weights_names_missing_weights(pair):
+    teacher, student = pair
+    with pytest.raises(KeyError, match='start has no weights for'):
+        interpolate_weights(teacher, student.state_dict(), 0.5)  # the teacher has the dropped blocks' weights

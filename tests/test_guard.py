@@ -87,3 +87,7 @@ def test_compress_keeps_what_the_guard_chose_and_lists_both(tmp_path, monkeypatc
     assert os.path.isdir(out / 'finetuned') is (verdict == 'dropped'), 'a rejected student is kept aside'
     assert ('finetuned' in report['eval']) is (verdict == 'dropped') and 'before_finetune' in report['eval']
     assert json.load(open(out / 'report.json'))['guard']['kept'] == verdict
+    if verdict == 'dropped':  # resumed with another verdict (e.g. another --finetune-mix): no stale rejected student
+        monkeypatch.setattr('practise_df.pipeline.choose', lambda d, f, s: ('finetuned', 'forced'))
+        assert compress(config, resume=True, progress=False)['guard']['kept'] == 'finetuned'
+        assert not os.path.exists(out / 'finetuned') and 'finetuned' not in json.load(open(out / 'report.json'))['eval']

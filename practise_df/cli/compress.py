@@ -18,7 +18,7 @@ from synth import PRESETS
 from .._format import format_table
 from ..pipeline import compress
 from ..config import CompressConfig, read_settings_file
-from ..finetune import LOSSES, make_accelerator
+from ..finetune import DATAFREE_MIX, LOSSES, make_accelerator
 from ..guard import SIGNALS
 from ..scoring import ESTIMATORS
 from . import _args
@@ -89,6 +89,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add(g, '--lr', dest='finetune.lr', type=float, help='learning rate (default: per loss, see practise_df.finetune)')
     add(g, '--freeze-bn', dest='finetune.freeze_bn', action=argparse.BooleanOptionalAction,
         help='keep BatchNorm statistics fixed while finetuning (default: yes, unless --real-images)')
+    add(g, '--finetune-mix', dest='finetune.mix', type=float, metavar='FRACTION',
+        help='keep this fraction of the finetuning update, interpolating the weights between the dropped and '
+             f'the finetuned student (WiSE-FT; default: {DATAFREE_MIX}, or 1 with --real-images)')
     add(g, '--gradient-accumulation-steps', '--gradient_accumulation_steps',
         dest='finetune.gradient_accumulation_steps', type=_args.positive_int, help='batches per optimizer step')
     add(g, '--checkpointing-steps', '--checkpointing_steps', dest='finetune.checkpoint_every',
