@@ -32,6 +32,7 @@ checkpoint under ``runs/bench_datafree``.
 import argparse
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional
@@ -68,6 +69,9 @@ class Row:
     cutmix: float = 0.5  # photos only
     photo_scale: tuple = (0.08, 1.0)  # photos only: random resized crop area range
     extra: dict = field(default_factory=dict)  # other FinetuneConfig fields
+    # a row whose training this one repeats exactly (it differs only after training, e.g. in ``mix``): its
+    # checkpoints are copied in, when it has run, and resumed with no training
+    same_training_as: Optional[str] = None
 
 
 ROWS: Dict[str, Row] = {
@@ -95,12 +99,25 @@ ROWS: Dict[str, Row] = {
     'mir_mix': Row('synth:fast224_s{seed}+photos'),
     'kd_synth': Row('synth:fast224_s{seed}', loss='kd'),
     'mirkd_synth': Row('synth:fast224_s{seed}', loss='mir+kd'),
+    # WiSE-FT: a quarter of the finetuning update kept (finetune's ``mix``)
+    'mirkd_photos_mix25': Row('photos', loss='mir+kd', extra={'mix': 0.25}, same_training_as='mirkd_photos'),
+    'kd_photos_mix25': Row('photos', loss='kd', extra={'mix': 0.25}, same_training_as='kd_photos'),
+    'mir_natural_photos_mix25': Row('synth:natural224_s{seed}+photos', extra={'mix': 0.25},
+                                    same_training_as='mir_natural_photos'),
+    'mirkd_photos_mix10': Row('photos', loss='mir+kd', extra={'mix': 0.1}, same_training_as='mirkd_photos'),
+    'mir_synth_mix10': Row('synth:fast224_s{seed}', extra={'mix': 0.1}, same_training_as='mir_synth'),
+    'mir_natural_mix10': Row('synth:natural224_s{seed}', extra={'mix': 0.1}, same_training_as='mir_natural'),
+    # compress's defaults (guard on) since it keeps only a fraction of the update (finetune.DATAFREE_MIX, recorded
+    # as ``mix``), resumed from the training of the default rows before it (their run.json leaves mix unset)
+    'default_photos_wise': Row('compress:photos', same_training_as='default_photos'),
+    'default_natural_wise': Row('compress:natural224_s{seed}', same_training_as='default_natural'),
 }
 
 
 def compress_row(row: Row, blocks, seed: int, args, run_dir: str):
-    """``practise_df.compress`` with its default recovery (MiR, BatchNorm frozen, guard on), the blocks pinned,
-    the iterations and batch size of every finetuning row, on a pool: (the student it keeps, its report)."""
+    """``practise_df.compress`` with its default recovery (MiR, BatchNorm frozen, guard on; ``row.extra`` sets other
+    finetuning settings), the blocks pinned, the iterations and batch size of every finetuning row, on a pool:
+    (the student it keeps, its report)."""
     source = row.data[len('compress:'):].format(seed=seed)
     if source == 'photos':
         source = 'crops:' + ','.join(training_photos())
@@ -113,7 +130,7 @@ def compress_row(row: Row, blocks, seed: int, args, run_dir: str):
         images={'source': source, 'num_images': args.iterations * args.batch_size if 'crops:' in source else 64,
                 'heldout': 1},
         scoring={'blocks': blocks}, latency={'batch_size': 8, 'repeats': 3},
-        finetune={'iterations': args.iterations, 'batch_size': args.batch_size, 'checkpoint_every': 50})
+        finetune={'iterations': args.iterations, 'batch_size': args.batch_size, 'checkpoint_every': 50, **row.extra})
     report = compress(config, resume=os.path.isdir(run_dir), progress=False)
     return load_compressed(os.path.join(run_dir, 'model')), report
 
@@ -144,6 +161,10 @@ def training_data(row: Row, cfg: dict, seed: int, images_needed: int, dev_idx):
         else:
             raise SystemExit(f'unknown image source {source!r}')
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def run_folder(key: str, iterations: int, batch_size: int) -> str:
+    return os.path.join(ROOT, 'runs', 'bench_datafree', f"{key.replace('|', '_')}_it{iterations}_b{batch_size}")
 
 
 def stack(dataset, indices):
@@ -210,13 +231,19 @@ def main():
             student = drop_blocks(teacher, blocks)
             info = {'blocks': blocks, 'data': row.data, 'seed': seed}
             # the folder names the iteration count and batch size, so a row never resumes another's checkpoint
-            run_dir = os.path.join(ROOT, 'runs', 'bench_datafree',
-                                   f"{key.replace('|', '_')}_it{args.iterations}_b{args.batch_size}")
+            run_dir = run_folder(key, args.iterations, args.batch_size)
+            source = row.same_training_as and run_folder(f'{args.point}|{row.same_training_as}|seed{seed}',
+                                                         args.iterations, args.batch_size)
+            if source and os.path.isdir(source) and not os.path.isdir(run_dir):  # its training, not its outputs
+                shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns('student', 'model', 'finetuned',
+                                                                               'report.json'))
+                info['training_copied_from'] = row.same_training_as
             if row.data is not None and row.data.startswith('compress:'):
                 student, run_report = compress_row(row, blocks, seed, args, run_dir)
                 info.update(loss='mir (default)', lr=DEFAULT_LR['mir'], freeze_bn=True, iterations=args.iterations,
                             batch_size=args.batch_size, threads=args.threads, kept=run_report["guard"]["kept"],
-                            compress_guard=run_report["guard"], final_loss=run_report["finetune"]["final_loss"])
+                            compress_guard=run_report["guard"], final_loss=run_report["finetune"]["final_loss"],
+                            mix=run_report['finetune'].get('mix', 1.0))
             elif row.data is not None:
                 config = FinetuneConfig(loss=row.loss, iterations=args.iterations, batch_size=args.batch_size,
                                         lr=row.lr, freeze_bn=row.freeze_bn, seed=seed, checkpoint_every=50,
@@ -268,8 +295,7 @@ def guard_analysis(rows: dict, out: str) -> None:
     for point, blocks in POINTS.items():
         measure(f'{point}|drop', drop_blocks(teacher, blocks))
     for key, row in sorted(rows.items()):
-        run_dir = os.path.join(ROOT, 'runs', 'bench_datafree',
-                               f"{key.replace('|', '_')}_it{row.get('iterations')}_b{row.get('batch_size')}")
+        run_dir = run_folder(key, row.get('iterations'), row.get('batch_size'))
         if row['data'] is None:
             continue
         if not row['data'].startswith('compress:'):
