@@ -105,6 +105,8 @@ ROWS: Dict[str, Row] = {
     'mir_natural_photos_mix25': Row('synth:natural224_s{seed}+photos', extra={'mix': 0.25},
                                     same_training_as='mir_natural_photos'),
     'mirkd_photos_mix10': Row('photos', loss='mir+kd', extra={'mix': 0.1}, same_training_as='mirkd_photos'),
+    'mir_real_mix10': Row('real', lr=0.02, freeze_bn=False, extra={'mix': 0.1}, same_training_as='mir_real'),
+    'mir_real_frozenbn_mix10': Row('real', extra={'mix': 0.1}, same_training_as='mir_real_frozenbn'),
     'mir_synth_mix10': Row('synth:fast224_s{seed}', extra={'mix': 0.1}, same_training_as='mir_synth'),
     'mir_natural_mix10': Row('synth:natural224_s{seed}', extra={'mix': 0.1}, same_training_as='mir_natural'),
     # compress's defaults (guard on) since it keeps only a fraction of the update (finetune.DATAFREE_MIX, recorded
@@ -333,13 +335,20 @@ def guard_analysis(rows: dict, out: str) -> None:
             decisions.setdefault(rule, []).append({'row': key, 'finetuned_top1': finetuned_top1,
                                                    'dropped_top1': rows[drop_key]['top1'], 'kept_finetuned': says,
                                                    'right': says == truth})
+    # wrong decisions include keeping a finetuned student that only ties; what a wrong decision costs is the
+    # test top-1 between the two students
     summary = {k: {'right': sum(d['right'] for d in v), 'pairs': len(v),
-                   'kept_a_worse_student': sum(d['kept_finetuned'] and not d['right'] for d in v)}
+                   'kept_a_worse_student': sum(d['kept_finetuned'] and not d['right'] for d in v),
+                   'kept_a_strictly_worse_student': sum(d['kept_finetuned'] and d['finetuned_top1'] < d['dropped_top1']
+                                                        for d in v),
+                   'largest_loss': round(max([abs(d['finetuned_top1'] - d['dropped_top1']) for d in v
+                                              if not d['right']], default=0.0), 2)}
                for k, v in decisions.items()}
     save(decisions=decisions, summary=summary)
     for k, v in summary.items():
-        print(f"{k}: right on {v['right']} of {v['pairs']} pairs; kept a worse student {v['kept_a_worse_student']} "
-              'times')
+        print(f"{k}: right on {v['right']} of {v['pairs']} pairs; kept a student not better "
+              f"{v['kept_a_worse_student']} times, strictly worse {v['kept_a_strictly_worse_student']}; largest loss "
+              f"{v['largest_loss']} points")
 
 
 def report(results: dict) -> str:
