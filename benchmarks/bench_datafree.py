@@ -245,7 +245,7 @@ def main():
                 info.update(loss='mir (default)', lr=DEFAULT_LR['mir'], freeze_bn=True, iterations=args.iterations,
                             batch_size=args.batch_size, threads=args.threads, kept=run_report["guard"]["kept"],
                             compress_guard=run_report["guard"], final_loss=run_report["finetune"]["final_loss"],
-                            mix=run_report['finetune'].get('mix', 1.0))
+                            mix=run_report['finetune']['mix'])
             elif row.data is not None:
                 config = FinetuneConfig(loss=row.loss, iterations=args.iterations, batch_size=args.batch_size,
                                         lr=row.lr, freeze_bn=row.freeze_bn, seed=seed, checkpoint_every=50,

@@ -51,6 +51,7 @@ from torch.utils.data import Subset
 from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
 from bench_datafree import HERE, POINTS, POOLS, Row, split_sample, stack, training_photos
 from practise_df import drop_blocks, evaluate, load_compressed
+from practise_df.finetune import interpolate_weights
 from synth import SingleImageCrops, SynthesizedImages
 from synth.data import ImageFolderDataset, eval_transform, train_transform
 from synth.files import write_json_atomic
@@ -153,6 +154,8 @@ def main():
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--out', default=os.path.join(HERE, 'results', 'explore_recovery.json'))
     args = p.parse_args()
+    if args.variant == 'interpolate' and not args.student:
+        p.error('interpolate needs --student NAME (a folder under runs/bench_datafree)')
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -222,8 +225,6 @@ def main():
         return save()
 
     if args.variant == 'interpolate':
-        if not args.student:
-            p.error('interpolate needs --student NAME (a folder under runs/bench_datafree)')
         finetuned = [load_compressed(os.path.join(ROOT, 'runs', 'bench_datafree', name, 'student'))
                      for name in args.student.split(',')]
         start_weights = {k: v.clone() for k, v in student.state_dict().items()}
@@ -232,8 +233,8 @@ def main():
         student.load_state_dict(end_weights)
         result.update(student=args.student, finetuned_dev_top1=dev_top1(student), curve=[])
         for a in (0.1, 0.25, 0.5, 0.75):
-            student.load_state_dict({k: v + a * (end_weights[k] - v) if v.is_floating_point() else v
-                                     for k, v in start_weights.items()})
+            student.load_state_dict(end_weights)
+            interpolate_weights(student, start_weights, a)  # what finetune's mix does
             result['curve'].append({'alpha': a, 'dev_top1': dev_top1(student)})
         return save()
 

@@ -54,7 +54,7 @@ LOSSES = ('mir', 'kd', 'mir+kd', 'ce')
 # 0.02 moved furthest (BENCHMARKS.md), and KD diverged at 0.02. CE: the official 'BP' baseline's.
 DEFAULT_LR = {'mir': 0.002, 'kd': 0.002, 'mir+kd': 0.002, 'ce': 1e-4}
 # Fraction of the finetuning update compress keeps on synthesized or out-of-domain images (``mix``), chosen on
-# the dev images of bench_datafree: of 0.1, 0.25, 0.5 and 0.75 it gave the best mean and worst case over eight
+# the dev images of bench_datafree: of 0.1, 0.25, 0.5 and 0.75 it gave the best mean and worst case over nine
 # students finetuned on photos or synthesized images (0.25 suits photos, 0.1 synthesized images; BENCHMARKS.md).
 DATAFREE_MIX = 0.1
 
