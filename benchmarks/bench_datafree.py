@@ -54,6 +54,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PHOTOS = os.path.join(ROOT, '..', 'shared', 'data', 'ood-photos')
 GUARD_PHOTOS = ('Dune.jpg', 'LadyBird.jpg', 'Storm.jpg')  # held out whole: the guard's images, never trained on
 POOLS = os.path.join(ROOT, 'runs', 'pools')
+SEPARATED = 1.0  # test top-1 points: about one paired standard error on the 500 test images (the estimate)
 POINTS = {
     '25': ['blocks.1.1', 'blocks.3.2', 'blocks.3.1', 'blocks.2.1', 'blocks.4.2'],
     '15': ['blocks.4.2', 'blocks.1.1'],
@@ -336,8 +337,15 @@ def guard_analysis(rows: dict, out: str) -> None:
                                                    'dropped_top1': rows[drop_key]['top1'], 'kept_finetuned': says,
                                                    'right': says == truth})
     # wrong decisions include keeping a finetuned student that only ties; what a wrong decision costs is the
-    # test top-1 between the two students
+    # test top-1 between the two students. Two readings that spare the noise: ties counted right either way,
+    # and only the pairs more than one paired standard error apart (SEPARATED points on the 500 test images)
+    def apart(d):
+        return abs(d['finetuned_top1'] - d['dropped_top1']) > SEPARATED
+
     summary = {k: {'right': sum(d['right'] for d in v), 'pairs': len(v),
+                   'right_ties_either_way': sum(d['right'] or d['finetuned_top1'] == d['dropped_top1'] for d in v),
+                   'right_where_apart': sum(d['right'] for d in v if apart(d)),
+                   'pairs_apart': sum(apart(d) for d in v),
                    'kept_a_worse_student': sum(d['kept_finetuned'] and not d['right'] for d in v),
                    'kept_a_strictly_worse_student': sum(d['kept_finetuned'] and d['finetuned_top1'] < d['dropped_top1']
                                                         for d in v),
@@ -346,7 +354,9 @@ def guard_analysis(rows: dict, out: str) -> None:
                for k, v in decisions.items()}
     save(decisions=decisions, summary=summary)
     for k, v in summary.items():
-        print(f"{k}: right on {v['right']} of {v['pairs']} pairs; kept a student not better "
+        print(f"{k}: right on {v['right']} of {v['pairs']} pairs ({v['right_ties_either_way']} with ties right either "
+              f"way; {v['right_where_apart']} of the {v['pairs_apart']} more than {SEPARATED:g} point apart); kept a "
+              f"student not better "
               f"{v['kept_a_worse_student']} times, strictly worse {v['kept_a_strictly_worse_student']}; largest loss "
               f"{v['largest_loss']} points")
 

@@ -29,6 +29,13 @@ and classifier frozen, batch 32, SGD momentum 0.9, gradients clipped at norm 5, 
   (finetuned - dropped)`` for a = 0.1, 0.25, 0.5, 0.75, as WiSE-FT does to keep what finetuning gained without
   all of its drift. Several comma-separated students are averaged first (a model soup: they all start
   from the dropped student, so their updates can be averaged).
+- ``head --data photos|natural|fast|real-half``: no gradient training. A linear correction of the dropped
+  student's pooled features, fitted in closed form (ridge regression toward the identity) to the teacher's
+  pooled features (``--fit feature``: ``A s + c``, then folded into the classifier, ``W A`` and ``W c + b``;
+  a 1x1-conv adaptor before global pooling, as pooling is linear), or only per channel (``diag``). (Fitting
+  the logits instead gives the same classifier: the ridge solution is linear in its targets.) The ridge weight is swept
+  (relative to the features' mean variance; the largest is a mean shift only). Cheap: one forward pass of
+  teacher and student per image, and the dev top-1 of each fit from the student's stored dev features.
 - ``teacher-bn``: how the teacher itself takes BatchNorm statistics other than its running ones, on the
   second 250 dev images: forward in train mode (batch statistics, batches of 50 and of 250), and AdaBN
   (every layer re-estimated on the first 250 dev images). Train-mode BatchNorm is what the official
@@ -130,9 +137,75 @@ def recalibrate(teacher, student, images, first_dropped, mode):
     return names
 
 
+@torch.no_grad()
+def pooled(model, images, batch_size=64):
+    """Pooled pre-logit features (float64) of ``images``, model in eval mode."""
+    model.eval()
+    return torch.cat([model.forward_head(model.forward_features(x), pre_logits=True)
+                      for x in images.split(batch_size)]).double()
+
+
+def ridge_toward(inputs, targets, lam):
+    """``D, c`` minimizing ``sum |targets - inputs D^T - c|^2 + lam n |D|^2`` (rows are samples)."""
+    mean_in, mean_out = inputs.mean(0), targets.mean(0)
+    xc, yc = inputs - mean_in, targets - mean_out
+    n, d = xc.shape
+    gram = xc.T @ xc + lam * n * torch.eye(d, dtype=xc.dtype)
+    delta = torch.linalg.solve(gram, xc.T @ yc).T
+    return delta, mean_out - delta @ mean_in
+
+
+def fit_head(args, teacher, student, cfg, dev, dev_labels, result, save):
+    """The ``head`` variant: closed-form linear corrections of the student's pooled features (docstring)."""
+    if args.data == 'photos':
+        crops = SingleImageCrops(training_photos(), args.fit_images, cfg, seed=0, scale=Row('photos').photo_scale,
+                                 cutmix=Row('photos').cutmix)
+        images = torch.stack([crops[i][0] for i in range(len(crops))])
+    elif args.data == 'real-half':
+        images = dev[:250]
+    elif args.data in ('natural', 'fast'):
+        pool = SynthesizedImages(os.path.join(POOLS, f'{args.data}224_s0'), cfg['input_size'], cfg['mean'],
+                                 cfg['std'], augment=False)
+        images = torch.stack([pool[i][0] for i in range(len(pool))])
+        images = torch.cat([images, images.flip(3)])
+    else:
+        raise SystemExit(f'head: --data {args.data} is not supported (photos, natural, fast, real-half)')
+    start = time.time()
+    s_fit, t_fit, s_dev = pooled(student, images), pooled(teacher, images), pooled(student, dev)
+    weight, bias = student.classifier.weight.double(), student.classifier.bias.double()
+    scale = s_fit.var(0).mean().item()  # the ridge weight is relative to the features' variance
+
+    def top1(logits, labels):
+        return round(100 * logits.argmax(1).eq(labels).double().mean().item(), 1)
+
+    result.update(fit=args.fit, data=args.data, fit_images=len(images), seconds_features=round(time.time() - start),
+                  dev_top1_check=top1(s_dev @ weight.T + bias, dev_labels), curve=[])
+    for lam in (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, float('inf')):
+        if args.fit == 'feature':
+            if lam == float('inf'):
+                new_w, new_b = weight, bias + weight @ (t_fit - s_fit).mean(0)
+            else:
+                delta, c = ridge_toward(s_fit, t_fit - s_fit, lam * scale)
+                new_w, new_b = weight + weight @ delta, bias + weight @ c
+        else:  # diag
+            sc, rc = s_fit - s_fit.mean(0), (t_fit - s_fit) - (t_fit - s_fit).mean(0)
+            a = (sc * rc).mean(0) / (sc.var(0, unbiased=False) + (0 if lam == float('inf') else lam * scale))
+            a = torch.zeros_like(a) if lam == float('inf') else a
+            c = (t_fit - s_fit).mean(0) - a * s_fit.mean(0)
+            new_w, new_b = weight * (1 + a), bias + weight @ c
+        logits = s_dev @ new_w.T + new_b
+        point = {'ridge': lam if lam != float('inf') else 'mean shift only', 'dev_top1': top1(logits, dev_labels),
+                 'dev_top1_heldout': top1(logits[250:], dev_labels[250:]),
+                 'fit_agreement': top1(s_fit @ new_w.T + new_b, (t_fit @ weight.T + bias).argmax(1))}
+        result['curve'].append(point)
+        print(point, flush=True)
+    result['dropped_dev_top1_heldout'] = top1((s_dev @ weight.T + bias)[250:], dev_labels[250:])
+    return save()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('variant', choices=('shift', 'mir', 'stagewise', 'bnstats', 'teacher-bn', 'interpolate'))
+    p.add_argument('variant', choices=('shift', 'mir', 'stagewise', 'bnstats', 'teacher-bn', 'interpolate', 'head'))
     p.add_argument('--train', choices=('all', 'norm'), default='all', help='mir: which parameters train')
     p.add_argument('--data', choices=('photos', 'natural', 'fast', 'real', 'real-half'), default='photos',
                    help='photo crops, the synthesized pool natural224_s0 / fast224_s0, the 500 dev images (a '
@@ -146,6 +219,8 @@ def main():
     p.add_argument('--bn-mode', choices=('adabn', 'delta'), default='delta',
                    help='bnstats: how statistics are re-estimated')
     p.add_argument('--calib-images', type=int, default=256, help='bnstats: photo crops to calibrate on')
+    p.add_argument('--fit', choices=('feature', 'diag'), default='feature', help='head: what is fitted')
+    p.add_argument('--fit-images', type=int, default=4096, help='head: photo crops to fit on')
     p.add_argument('--student', help='interpolate: a run folder of bench_datafree (25_mirkd_photos_seed0_it200_b32)')
     p.add_argument('--lr', type=float, default=0.002)
     p.add_argument('--iterations', type=int, default=100)
@@ -182,6 +257,8 @@ def main():
     if args.variant == 'bnstats':
         key = f'{args.point}|bnstats|{args.bn_mode}|{args.data}'
         key += f'|n{args.calib_images}' if args.data == 'photos' else ''
+    if args.variant == 'head':
+        key = f'{args.point}|head|{args.fit}|{args.data}' + (f'|n{args.fit_images}' if args.data == 'photos' else '')
     key += f'|conf{args.min_confidence}' if args.min_confidence > 0 else ''
     key += '|normalized' if args.normalize else ''
     key += f'|it{args.iterations}' if args.variant != 'shift' and args.iterations != 100 else ''
@@ -237,6 +314,9 @@ def main():
             interpolate_weights(student, start_weights, a)  # what finetune's mix does
             result['curve'].append({'alpha': a, 'dev_top1': dev_top1(student)})
         return save()
+
+    if args.variant == 'head':
+        return fit_head(args, teacher, student, cfg, dev, dev_labels, result, save)
 
     if args.variant == 'bnstats':
         first_dropped = [name for name, _ in teacher.named_modules() if name in blocks][0]
