@@ -2,6 +2,7 @@
 
     python benchmarks/bench_datafree.py --point 25 --rows drop,mir_real,mir_photos [--seeds 0,1] [--threads 1]
     python benchmarks/bench_datafree.py --report          # tables of every finished row (markdown)
+    python benchmarks/bench_datafree.py --paired --also ...  # each student against dropped, image by image
 
 Teacher: tf_efficientnet_lite0 with its ImageNet weights (87.3% on all 1000 imagenet-sample images).
 ``../shared/data/imagenet-sample`` is split by seed 0 into 500 **test** images, used for nothing but the
@@ -31,6 +32,7 @@ checkpoint under ``runs/bench_datafree``.
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import time
@@ -188,6 +190,11 @@ def main():
                         help='measure the label-free guard signals of every saved student against the dropped one '
                              '(results in --guard-out) and how often each picks the higher test top-1')
     parser.add_argument('--guard-out', default=os.path.join(HERE, 'results', 'guard.json'))
+    parser.add_argument('--paired', action='store_true',
+                        help="compare every saved student with its point's dropped one image by image on the test "
+                             'images: the images only one of them gets right, the paired standard error of the '
+                             'difference and an exact sign test (results in --paired-out)')
+    parser.add_argument('--paired-out', default=os.path.join(HERE, 'results', 'paired.json'))
     parser.add_argument('--also', default='', help='more results files whose rows join the report / guard analysis')
     args = parser.parse_args()
     results = json.load(open(args.out)) if os.path.isfile(args.out) else {'rows': {}}
@@ -199,6 +206,10 @@ def main():
     if args.guard:
         torch.set_num_threads(args.threads)
         guard_analysis(merged, args.guard_out)
+        return
+    if args.paired:
+        torch.set_num_threads(args.threads)
+        paired_analysis(merged, args.paired_out)
         return
     torch.set_num_threads(args.threads)
     names = [r for r in args.rows.split(',') if r]
@@ -359,6 +370,76 @@ def guard_analysis(rows: dict, out: str) -> None:
               f"student not better "
               f"{v['kept_a_worse_student']} times, strictly worse {v['kept_a_strictly_worse_student']}; largest loss "
               f"{v['largest_loss']} points")
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact p-value of ``wins`` against ``losses`` under a fair coin (McNemar's exact test)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_analysis(rows: dict, out: str) -> None:
+    """Every saved student against its point's dropped-only student on the same test images, image by image.
+
+    Top-1 differences of a few tenths are only two or three images; whether such a difference is more than
+    chance depends on how many images the two students disagree on, which the top-1 alone does not say. For
+    each row: ``wins`` (images only the student gets right), ``losses`` (only the dropped one), the difference,
+    its paired standard error ``sqrt(w + l - (w - l)^2 / n) / n`` and the exact sign test on ``wins`` vs
+    ``losses``. The student measured is the one the row handed back (``student/``, or ``model/`` for the
+    compress rows); per-image results are cached in ``out``."""
+    teacher, cfg = lite0_teacher()
+    cached = json.load(open(out)) if os.path.isfile(out) else {}
+    correct = cached.get('correct', {})  # key: '0'/'1' per test image
+    test = None
+
+    def measure(key, model):
+        nonlocal test
+        if key in correct:
+            return
+        if test is None:
+            sample = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(cfg))
+            test = stack(sample, split_sample(len(sample))[0])
+        model.eval()
+        with torch.no_grad():
+            right = torch.cat([model(x).argmax(1).eq(y) for x, y in zip(test[0].split(100), test[1].split(100))])
+        correct[key] = ''.join('1' if r else '0' for r in right.tolist())
+        write_json_atomic(out, {**cached, 'correct': correct})
+        print(key, f'{100 * right.float().mean().item():.1f}', flush=True)
+
+    for point, blocks in POINTS.items():
+        measure(f'{point}|drop|seed0', drop_blocks(teacher, blocks))
+    for key, row in sorted(rows.items()):
+        if row['data'] is None:
+            continue
+        folder = os.path.join(run_folder(key, row.get('iterations'), row.get('batch_size')),
+                              'model' if row['data'].startswith('compress:') else 'student')
+        if os.path.isdir(folder):
+            measure(key, load_compressed(folder))
+    pairs = {}
+    for key, row in sorted(rows.items()):
+        drop_key = f"{key.split('|')[0]}|drop|seed0"
+        if key not in correct or row['data'] is None or drop_key not in correct:
+            continue
+        ours, dropped = correct[key], correct[drop_key]
+        n = len(ours)
+        wins = sum(a == '1' and b == '0' for a, b in zip(ours, dropped))
+        losses = sum(a == '0' and b == '1' for a, b in zip(ours, dropped))
+        top1 = round(100 * ours.count('1') / n, 2)
+        if abs(top1 - row['top1']) > 0.01:  # the student on disk is not the one the row measured
+            raise SystemExit(f'{key}: {top1} on the test images now, {row["top1"]} in its results file')
+        pairs[key] = {'top1': top1, 'dropped_top1': round(100 * dropped.count('1') / n, 2), 'wins': wins,
+                      'losses': losses, 'difference': round(100 * (wins - losses) / n, 2),
+                      'paired_se': round(100 * math.sqrt(wins + losses - (wins - losses) ** 2 / n) / n, 2),
+                      'sign_test_p': round(sign_test(wins, losses), 4)}
+    write_json_atomic(out, {'correct': correct, 'pairs': pairs})
+    print('| row | test top-1 | dropped | only the student right | only the dropped right | difference | '
+          'paired SE | sign test p |\n|---|---:|---:|---:|---:|---:|---:|---:|')
+    for key, v in pairs.items():
+        print(f"| {key} | {v['top1']:.1f} | {v['dropped_top1']:.1f} | {v['wins']} | {v['losses']} | "
+              f"{v['difference']:+.1f} | {v['paired_se']:.2f} | {v['sign_test_p']:.3f} |")
 
 
 def report(results: dict) -> str:
