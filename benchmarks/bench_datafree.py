@@ -438,7 +438,7 @@ def paired_analysis(rows: dict, out: str) -> None:
     print('| row | test top-1 | dropped | only the student right | only the dropped right | difference | '
           'paired SE | sign test p |\n|---|---:|---:|---:|---:|---:|---:|---:|')
     for key, v in pairs.items():
-        print(f"| {key} | {v['top1']:.1f} | {v['dropped_top1']:.1f} | {v['wins']} | {v['losses']} | "
+        print(f"| {key.replace('|', ' ')} | {v['top1']:.1f} | {v['dropped_top1']:.1f} | {v['wins']} | {v['losses']} | "
               f"{v['difference']:+.1f} | {v['paired_se']:.2f} | {v['sign_test_p']:.3f} |")
 
 
