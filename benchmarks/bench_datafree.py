@@ -176,6 +176,12 @@ def stack(dataset, indices):
     return torch.stack([dataset[i][0] for i in indices]), torch.tensor([dataset.samples[i][1] for i in indices])
 
 
+def test_images(cfg):
+    """The 500 test images as one tensor, and their labels."""
+    sample = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(cfg))
+    return stack(sample, split_sample(len(sample))[0])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--point', choices=sorted(POINTS), default='25')
@@ -305,7 +311,7 @@ def guard_analysis(rows: dict, out: str) -> None:
             print(key, {name: {k: round(sum(v) / len(v), 4) for k, v in m.items()} for name, m in signals[key].items()},
                   flush=True)
 
-    sample = None
+    test = None
     for point, blocks in POINTS.items():
         measure(f'{point}|drop', drop_blocks(teacher, blocks))
     for key, row in sorted(rows.items()):
@@ -320,9 +326,8 @@ def guard_analysis(rows: dict, out: str) -> None:
         # student's test top-1, which the row itself does not record when the guard rejected it
         folder = os.path.join(run_dir, 'finetuned' if row.get('kept') == 'dropped' else 'model')
         if key not in signals and os.path.isdir(folder):
-            if sample is None:
-                sample = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(cfg))
-                test, test_labels = stack(sample, split_sample(len(sample))[0])
+            if test is None:
+                test, test_labels = test_images(cfg)
             model = load_compressed(folder)
             top1 = evaluate(model, list(zip(test.split(100), test_labels.split(100))), progress=False)['top1']
             top1s[key] = round(top1, 2)
@@ -400,8 +405,7 @@ def paired_analysis(rows: dict, out: str) -> None:
         if key in correct:
             return
         if test is None:
-            sample = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(cfg))
-            test = stack(sample, split_sample(len(sample))[0])
+            test = test_images(cfg)
         model.eval()
         with torch.no_grad():
             right = torch.cat([model(x).argmax(1).eq(y) for x, y in zip(test[0].split(100), test[1].split(100))])

@@ -137,6 +137,21 @@ def recalibrate(teacher, student, images, first_dropped, mode):
     return names
 
 
+def still_images(data, cfg, dev, photo_crops, cutmix):
+    """The images a variant that does not train measures on, as one tensor: ``photo_crops`` photo crops, the
+    first 250 dev images (``real``, ``real-half``), or a synthesized pool with its flips."""
+    if data == 'photos':
+        crops = SingleImageCrops(training_photos(), photo_crops, cfg, seed=0, scale=Row('photos').photo_scale,
+                                 cutmix=cutmix)
+        return torch.stack([crops[i][0] for i in range(len(crops))])
+    if data in ('real', 'real-half'):
+        return dev[:250]
+    pool = SynthesizedImages(os.path.join(POOLS, f'{data}224_s0'), cfg['input_size'], cfg['mean'], cfg['std'],
+                             augment=False)
+    images = torch.stack([pool[i][0] for i in range(len(pool))])
+    return torch.cat([images, images.flip(3)])
+
+
 @torch.no_grad()
 def pooled(model, images, batch_size=64):
     """Pooled pre-logit features (float64) of ``images``, model in eval mode."""
@@ -157,19 +172,9 @@ def ridge_toward(inputs, targets, lam):
 
 def fit_head(args, teacher, student, cfg, dev, dev_labels, result, save):
     """The ``head`` variant: closed-form linear corrections of the student's pooled features (docstring)."""
-    if args.data == 'photos':
-        crops = SingleImageCrops(training_photos(), args.fit_images, cfg, seed=0, scale=Row('photos').photo_scale,
-                                 cutmix=Row('photos').cutmix)
-        images = torch.stack([crops[i][0] for i in range(len(crops))])
-    elif args.data == 'real-half':
-        images = dev[:250]
-    elif args.data in ('natural', 'fast'):
-        pool = SynthesizedImages(os.path.join(POOLS, f'{args.data}224_s0'), cfg['input_size'], cfg['mean'],
-                                 cfg['std'], augment=False)
-        images = torch.stack([pool[i][0] for i in range(len(pool))])
-        images = torch.cat([images, images.flip(3)])
-    else:
-        raise SystemExit(f'head: --data {args.data} is not supported (photos, natural, fast, real-half)')
+    if args.data == 'real':
+        raise SystemExit('head: --data real is not supported (photos, natural, fast, real-half)')
+    images = still_images(args.data, cfg, dev, args.fit_images, cutmix=Row('photos').cutmix)
     start = time.time()
     s_fit, t_fit, s_dev = pooled(student, images), pooled(teacher, images), pooled(student, dev)
     weight, bias = student.classifier.weight.double(), student.classifier.bias.double()
@@ -189,8 +194,10 @@ def fit_head(args, teacher, student, cfg, dev, dev_labels, result, save):
                 new_w, new_b = weight + weight @ delta, bias + weight @ c
         else:  # diag
             sc, rc = s_fit - s_fit.mean(0), (t_fit - s_fit) - (t_fit - s_fit).mean(0)
-            a = (sc * rc).mean(0) / (sc.var(0, unbiased=False) + (0 if lam == float('inf') else lam * scale))
-            a = torch.zeros_like(a) if lam == float('inf') else a
+            if lam == float('inf'):
+                a = torch.zeros_like(sc[0])
+            else:
+                a = (sc * rc).mean(0) / (sc.var(0, unbiased=False) + lam * scale)
             c = (t_fit - s_fit).mean(0) - a * s_fit.mean(0)
             new_w, new_b = weight * (1 + a), bias + weight @ c
         logits = s_dev @ new_w.T + new_b
@@ -321,16 +328,7 @@ def main():
     if args.variant == 'bnstats':
         first_dropped = [name for name, _ in teacher.named_modules() if name in blocks][0]
         real = args.data in ('real', 'real-half')  # both calibrate on the first 250 dev images
-        if args.data == 'photos':
-            crops = SingleImageCrops(training_photos(), args.calib_images, cfg, seed=0, scale=Row('photos').photo_scale)
-            images = torch.stack([crops[i][0] for i in range(len(crops))])
-        elif real:
-            images = dev[:250]
-        else:
-            pool = SynthesizedImages(os.path.join(POOLS, f'{args.data}224_s0'), cfg['input_size'], cfg['mean'],
-                                     cfg['std'], augment=False)
-            images = torch.stack([pool[i][0] for i in range(len(pool))])
-            images = torch.cat([images, images.flip(3)])
+        images = still_images(args.data, cfg, dev, args.calib_images, cutmix=0.0)
         if real:
             result['dropped_dev_top1_heldout'] = heldout_top1(student)
         start = time.time()
