@@ -216,8 +216,9 @@ def synthesize(
             "inversion cannot be used. Use out-of-domain images instead: a local image folder, a Hugging Face "
             "dataset (saved with save_to_disk when offline) or crops of one photo "
             "(synth.load_images('crops:photo.jpg', data_config, num_images)).")
-    check_output_folder(out_dir)
     state, device = process_state(device)
+    check_output_folder(out_dir)
+    state.wait_for_everyone()  # every rank has checked the folder before the main process writes into it
     data_config = data_config or timm.data.resolve_model_data_config(model)
     preset_name = preset if config is None else 'custom'
     config = (config or get_preset(preset)).scaled(steps)

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -26,6 +27,16 @@ def accelerate_launch(script, args=(), processes=2, timeout=900, env=None):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHONPATH=ROOT, **(env or {}))
     return subprocess.run(cmd + [os.path.join(ROOT, script), *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=ROOT)
+
+
+def launch_log(proc, chars=1500):
+    """The end of each rank's own output (torchrun prefixes its lines ``[rankN]:``) and of the launcher's,
+    for an assertion message: the rank that failed first is often not the one whose lines come last."""
+    ranks = {}
+    for line in proc.stderr.splitlines():
+        match = re.match(r'\[rank(\d+)\]:', line)
+        ranks.setdefault(f'rank {match.group(1)}' if match else 'launcher', []).append(line)
+    return '\n'.join(f'--- {who} ---\n' + '\n'.join(lines)[-chars:] for who, lines in sorted(ranks.items()))
 
 
 def make_image_folder(root, classes=('a', 'b'), per_class=3, size=48, flat=0, seed=0, fmt='png'):

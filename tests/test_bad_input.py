@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 import practise_df.checkpoint
 import practise_df.robustness
-from conftest import ROOT, accelerate_launch, make_image_folder
+from conftest import ROOT, accelerate_launch, launch_log, make_image_folder
 from practise_df import CompressConfig, create_model, load_compressed, resolve_data_config, save_compressed
 from practise_df.cli import main
 from practise_df.cli.compress import render_report
@@ -448,7 +448,7 @@ def test_a_failing_main_process_ends_the_job(tmp_path, stage):
             '--num-images', 8, '--finetune-iters', 2, '--output-dir', tmp_path / 'run']
     start = time.time()
     proc = accelerate_launch('tests/scripts/compress_ranks.py', args, timeout=300, env={'OMP_NUM_THREADS': '1'})
-    assert proc.returncode != 0 and 'injected failure on rank 0' in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode != 0 and 'injected failure on rank 0' in proc.stderr, launch_log(proc)
     assert time.time() - start < 150, 'rank 1 was left waiting for the failed main process'
 
 

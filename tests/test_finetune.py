@@ -10,7 +10,7 @@ from practise_df import create_model, drop_blocks
 from practise_df.finetune import (FinetuneConfig, finetune, interpolate_weights, latest_checkpoint,
                                   make_accelerator)
 
-from conftest import accelerate_launch, randomize_norms
+from conftest import accelerate_launch, launch_log, randomize_norms
 
 HERE = os.path.dirname(__file__)
 SCRIPT = os.path.join(HERE, 'scripts', 'finetune_tiny.py')
@@ -165,7 +165,7 @@ def test_resume_discards_a_cut_short_checkpoint_so_the_rotation_keeps_a_complete
 
 def _launch(out, procs, batch_size, extra=()):
     proc = accelerate_launch(SCRIPT, ['--out', out, '--batch-size', batch_size, *extra], processes=procs, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, launch_log(proc)
     return torch.load(os.path.join(out, 'final.pt'))
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, accelerate_launch
+from conftest import ROOT, accelerate_launch, launch_log
 
 SMOKE = ['--weights', 'random', '--num-images', '16', '--input-size', '64', '--synth-steps', '5',
          '--finetune-iters', '5']
@@ -16,7 +16,7 @@ SMOKE = ['--weights', 'random', '--num-images', '16', '--input-size', '64', '--s
 def test_datafree_resnet50_smoke(tmp_path, processes):
     out = tmp_path / 'run'
     proc = accelerate_launch('recipes/datafree_resnet50.py', SMOKE + ['--output-dir', out], processes, 1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, launch_log(proc)
     report = json.load(open(out / 'report.json'))
     assert len(report['dropped_blocks']) == 5 and report['model'] == 'timm:resnet50'
     assert report['images'] == 'synthesized'
@@ -36,7 +36,7 @@ def test_image_recipes_on_a_local_folder(tmp_path, image_folder, recipe, extra):
     out = tmp_path / 'run'
     proc = subprocess.run([sys.executable, os.path.join(ROOT, recipe), *TINY, *extra, '--images', image_folder,
                            '--output-dir', str(out), '--json'], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, launch_log(proc)
     report = json.loads(proc.stdout)
     assert report['images'] == image_folder and len(report['dropped_blocks']) == 1
     assert os.path.isfile(out / 'model' / 'model.safetensors')

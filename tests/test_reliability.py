@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import ROOT, accelerate_launch, make_image_folder, randomize_norms
+from conftest import ROOT, accelerate_launch, launch_log, make_image_folder, randomize_norms
 from practise_df import create_model, find_blocks, load_compressed
 from practise_df.pipeline import compress
 from practise_df.config import (CompressConfig, EvalConfig, FinetuneConfig, ImagesConfig, LatencyConfig, ScoringConfig,
@@ -204,7 +204,7 @@ def _launch_compress(tmp_path, teacher_files, extra=()):
 
 def test_two_ranks_never_write_the_same_file(tmp_path, teacher_files):
     proc, audit, out = _launch_compress(tmp_path, teacher_files)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, launch_log(proc)
     root = os.path.realpath(out) + os.sep  # the run's files (not /dev/null or system temp files)
     writes = [{p for p in open(audit / f'rank{r}.txt').read().split() if p.startswith(root)} for r in (0, 1)]
     assert writes[0] and writes[1], 'both ranks wrote something (their synthesis shards at least)'
@@ -217,7 +217,7 @@ def test_a_crashing_rank_stops_the_job_with_its_error(tmp_path, teacher_files):
     start = time.time()
     proc, _, out = _launch_compress(tmp_path, teacher_files, ['--crash-rank', '1'])
     assert proc.returncode != 0
-    assert 'injected failure on rank 1' in proc.stderr, proc.stderr[-3000:]
+    assert 'injected failure on rank 1' in proc.stderr, launch_log(proc)
     assert time.time() - start < 600  # the launcher stopped rank 0 instead of leaving it waiting
     assert not os.path.exists(out / 'report.json')
 

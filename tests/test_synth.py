@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from conftest import accelerate_launch, randomize_norms
+from conftest import accelerate_launch, launch_log, randomize_norms
 from practise_df import create_model
 from synth.data import ImageFolderDataset
 import synth
@@ -340,7 +340,7 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     ``debug_launcher`` can deadlock once the test process has started its OpenMP threads."""
     out = str(tmp_path / 'launched')
     proc = accelerate_launch('tests/scripts/synth_two_ranks.py', [out], timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, launch_log(proc)
     shards = sorted(f for f in os.listdir(out) if f.startswith('metadata-rank'))
     assert shards == ['metadata-rank0.jsonl', 'metadata-rank1.jsonl']
     assert len(png_files(out)) == 5 and len(open(os.path.join(out, 'metadata.jsonl')).read().splitlines()) == 5

@@ -1,6 +1,11 @@
-"""Synthesise 5 images as one rank of ``accelerate launch``; used by tests/test_synth.py."""
+"""Synthesise 5 images as one rank of ``accelerate launch``; used by tests/test_synth.py.
+
+The main process writes the folder's settings file slowly, as on a busy disk, and rank 1 starts while it
+does, so the other rank's check of the output folder meets a folder that holds only the file's
+temporary name (CI once failed in that window)."""
 import os
 import sys
+import time
 
 import torch
 
@@ -14,6 +19,11 @@ from practise_df import create_model  # noqa: E402
 
 if __name__ == '__main__':
     state = PartialState(cpu=True)
+    if state.is_main_process:
+        rename = os.replace
+        os.replace = lambda src, dst: (time.sleep(3) if dst.endswith('synth_config.json') else None, rename(src, dst))
+    else:
+        time.sleep(1.5)
     torch.manual_seed(0)
     model = randomize_norms(create_model('timm:test_resnet', num_classes=10), seed=1)
     summary = synth.synthesize(model, sys.argv[1], 5, data_config=DATA_CONFIG, batch_size=2, config=TINY,
