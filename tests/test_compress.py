@@ -16,7 +16,7 @@ from conftest import make_image_folder, randomize_norms
 def _config(out, images, scoring=None, **kw):
     return CompressConfig(model='timm:resnet18', output_dir=str(out), input_size=32,
                           images=ImagesConfig(source=images, num_images=12, heldout=4),
-                          scoring=ScoringConfig(**{'images': 8, **(scoring or {'drop': 1})}),
+                          scoring=ScoringConfig(**{'images': 8, 'adaptor_steps': 10, **(scoring or {'drop': 1})}),
                           latency=LatencyConfig(batch_size=2, repeats=2), eval=EvalConfig(data=images),
                           finetune=FinetuneConfig(iterations=3, batch_size=4, checkpoint_every=2), **kw)
 

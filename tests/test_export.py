@@ -240,7 +240,7 @@ def test_compress_measures_in_onnxruntime_and_writes_a_model_card(tmp_path, imag
 
     config = CompressConfig(model='timm:test_resnet', output_dir=str(tmp_path / 'run'), input_size=SIZE,
                             images={'source': image_folder, 'num_images': 8, 'heldout': 2},
-                            scoring={'drop': 1, 'images': 4},
+                            scoring={'drop': 1, 'images': 4, 'adaptor_steps': 10},
                             latency={'batch_size': 2, 'repeats': 2, 'runtime': 'onnxruntime', 'threads': 1},
                             card={'license': 'mit'}, finetune={'iterations': 0})
     report = compress(config, progress=False)

@@ -75,7 +75,8 @@ def test_compress_keeps_what_the_guard_chose_and_lists_both(tmp_path, monkeypatc
     out = tmp_path / 'run'
     config = CompressConfig(model='timm:resnet18', output_dir=str(out), input_size=32,
                             images={'source': images, 'num_images': 12, 'heldout': 4},
-                            scoring={'drop': 1, 'images': 8}, latency={'batch_size': 2, 'repeats': 2},
+                            scoring={'drop': 1, 'images': 8, 'adaptor_steps': 10},
+                            latency={'batch_size': 2, 'repeats': 2},
                             eval={'data': images}, finetune={'iterations': 2, 'batch_size': 4})
     report = compress(config, progress=False)
     guard = report['guard']

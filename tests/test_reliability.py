@@ -47,9 +47,9 @@ def teacher_files(tmp_path_factory):
 def _args(out, weights, latency):
     return ['compress', '--model', 'timm:resnet18', '--weights', weights, '--block-latency', latency,
             '--num-images', '24', '--heldout-images', '8', '--synth-batch-size', '4', '--synth-steps', '20',
-            '--input-size', str(SIZE), '--score-images', '16', '--drop', '2', '--finetune-iters', '12',
-            '--finetune-batch-size', '4', '--checkpointing-steps', '2', '--latency-batch-size', '2',
-            '--latency-repeats', '2', '--output-dir', str(out)]
+            '--input-size', str(SIZE), '--score-images', '16', '--adaptor-steps', '10', '--drop', '2',
+            '--finetune-iters', '12', '--finetune-batch-size', '4', '--checkpointing-steps', '2',
+            '--latency-batch-size', '2', '--latency-repeats', '2', '--output-dir', str(out)]
 
 
 def _cli(args):
@@ -167,7 +167,8 @@ def test_same_seed_same_block_choice_in_process(tmp_path, teacher_files):
         config = CompressConfig(model='timm:resnet18', weights=weights, output_dir=str(tmp_path / name),
                                 input_size=SIZE, images=ImagesConfig(num_images=8, heldout=4),
                                 synthesis=SynthesisConfig(batch_size=4, steps=5),
-                                scoring=ScoringConfig(drop=2, images=4), latency=LatencyConfig(block_latency=latency),
+                                scoring=ScoringConfig(drop=2, images=4, adaptor_steps=10),
+                                latency=LatencyConfig(block_latency=latency),
                                 finetune=FinetuneConfig(iterations=0))
         compress(config, progress=False)
         runs.append(json.load(open(tmp_path / name / 'scores.json')))
