@@ -39,7 +39,7 @@ def test_image_recipes_on_a_local_folder(tmp_path, image_folder, recipe, extra):
     out = tmp_path / 'run'
     proc = subprocess.run([sys.executable, os.path.join(ROOT, recipe), *TINY, *extra, '--images', image_folder,
                            '--output-dir', str(out), '--json'], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, launch_log(proc)
+    assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout)
     assert report['images'] == image_folder and len(report['dropped_blocks']) == 1
     assert os.path.isfile(out / 'model' / 'model.safetensors')

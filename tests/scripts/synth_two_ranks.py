@@ -21,7 +21,12 @@ if __name__ == '__main__':
     state = PartialState(cpu=True)
     if state.is_main_process:
         rename = os.replace
-        os.replace = lambda src, dst: (time.sleep(3) if dst.endswith('synth_config.json') else None, rename(src, dst))
+
+        def slow_rename(src, dst):
+            if dst.endswith('synth_config.json'):
+                time.sleep(3)
+            rename(src, dst)
+        os.replace = slow_rename
     else:
         time.sleep(1.5)
     torch.manual_seed(0)
