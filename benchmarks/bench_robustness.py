@@ -54,8 +54,9 @@ def recovery_images(source, teacher, data_config, sample, train_idx, args):
         return torch.stack([data[i][0] for i in range(len(data))])
     from synth import synthesize
     out = os.path.join(args.work, 'synth')
-    synthesize(teacher, out, args.num_images, data_config=data_config, resolution=args.synth_resolution,
-               iterations=args.synth_iterations, batch_size=64, seed=args.seed, preset='fast')
+    size = (3, args.synth_resolution, args.synth_resolution)  # synthesised small, resized by `transform` below
+    synthesize(teacher, out, args.num_images, data_config={**data_config, 'input_size': size},
+               steps=args.synth_iterations, batch_size=64, seed=args.seed, preset='fast')
     data = ImageFolderDataset(out, transform)
     return torch.stack([data[i][0] for i in range(len(data))])
 

