@@ -160,7 +160,9 @@ def load_compressed(path: str) -> nn.Module:
     if config['dropped_blocks']:
         model = drop_blocks(model, config['dropped_blocks'], inplace=True)
     model.load_state_dict(load_file(weights))
-    model.practise_df_data_config = {k: tuple(v) if isinstance(v, list) else v
-                                     for k, v in config['data_config'].items()}
+    # timm's resolve_model_data_config reads pretrained_cfg, so any code that asks timm (synth included) gets
+    # the preprocessing the model was saved with, not its architecture's default
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in config['data_config'].items()}
+    model.pretrained_cfg = {**(getattr(model, 'pretrained_cfg', None) or {}), **saved}
     model.practise_df_source = source
     return model.eval()

@@ -201,8 +201,7 @@ def resolve_data_config(model: nn.Module, **overrides: Any) -> Dict[str, Any]:
 
     ``input_size`` may be given as an int (square) or a (C, H, W) tuple. None values are ignored.
     """
-    saved = getattr(model, 'practise_df_data_config', None)
-    config = dict(saved) if saved else timm.data.resolve_model_data_config(model)
+    config = timm.data.resolve_model_data_config(model)  # a compressed model's saved one (load_compressed)
     for key, value in overrides.items():
         if value is None:
             continue

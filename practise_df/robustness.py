@@ -58,8 +58,7 @@ def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader
         leaf holds ``top1`` (with labels), ``teacher_top1`` and ``agreement`` (with a teacher); for a
         mapping of models, ``{name: that dict}``.
     """
-    corruptions = parse_corruptions(corruptions if corruptions is None or isinstance(corruptions, str)
-                                    else ','.join(corruptions))
+    corruptions = parse_corruptions(corruptions)
     severities = parse_severities(severities)
     models = dict(model) if isinstance(model, Mapping) else {None: model}
     if not models:

@@ -56,7 +56,7 @@ def _to_8bit(im: Image.Image) -> Image.Image:
 
 
 def scan_image_folder(root: str, class_to_idx: Optional[Dict[str, int]] = None
-                      ) -> Tuple[List[Tuple[str, int]], List[str], int]:
+                      ) -> Tuple[List[Tuple[str, int]], List[str]]:
     """List ``(path, label)`` pairs under ``root``.
 
     Subfolders are classes (sorted names, as torchvision's ImageFolder; images nested deeper count

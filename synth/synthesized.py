@@ -68,7 +68,7 @@ class SynthesizedImages(Dataset):
                     f"{size[0]}x{size[1]}. Synthesized images are used exactly as optimised, never resized: "
                     f"synthesize them again at {size[-1]} px (practise-df synth --input-size {size[-1]}).")
         for name, given, saved in (('mean', mean, self.mean), ('std', std, self.std)):
-            if given is not None and any(abs(a - b) > 1e-6 for a, b in zip(given, saved)):
+            if given is not None and (len(given) != len(saved) or any(abs(a - b) > 1e-6 for a, b in zip(given, saved))):
                 raise ValueError(f"'{root}' was synthesized for a model normalised with {name}={saved}, not "
                                  f"{list(given)}: it was made from another teacher. Synthesize from this one.")
         self.records = read_records(root)

@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import timm
 import torch
 
 from practise_df import create_model, drop_blocks, load_compressed, load_model, save_compressed
@@ -95,3 +96,5 @@ def test_data_config_travels_with_the_model(tmp_path, tiny_resnet):
     from practise_df import resolve_data_config
     cfg = resolve_data_config(load_compressed(out))
     assert cfg['input_size'] == (3, 96, 96) and cfg['mean'] == (0.5, 0.5, 0.5)
+    # timm's own resolver (what synth.synthesize uses when given no data config) sees it too
+    assert timm.data.resolve_model_data_config(load_compressed(out)) == cfg

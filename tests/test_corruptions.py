@@ -273,6 +273,9 @@ def test_parse_corruptions():
     assert C.parse_corruptions('fog, gaussian_noise,fog') == ['fog', 'gaussian_noise']
     assert C.parse_corruptions('noise') == ['gaussian_noise', 'shot_noise', 'impulse_noise']
     assert C.parse_corruptions('fog,all') == ['fog'] + [n for n in C.CORRUPTIONS if n != 'fog']
+    # a list works as the comma string (evaluate_folder_robustness passes the user's list through)
+    assert C.parse_corruptions(['fog', 'noise']) == ['fog', 'gaussian_noise', 'shot_noise', 'impulse_noise']
+    assert C.parse_corruptions([]) == list(C.CORRUPTIONS)
     with pytest.raises(ValueError, match="Did you mean 'motion_blur'") as e:
         C.parse_corruptions('fog,motion_blurr')
     assert 'jpeg_compression' in str(e.value)
@@ -283,6 +286,7 @@ def test_parse_severities():
     assert C.parse_severities('1-5') == [1, 2, 3, 4, 5] == C.parse_severities(None)
     assert C.parse_severities('4, 2-3') == [2, 3, 4]
     assert C.parse_severities(3) == [3]
+    assert C.parse_severities('5-2') == [2, 3, 4, 5]  # a reversed range is still the range, not its two ends
     for bad in ('0', '6', '1-6', '0-2', 'x', '-1', '1.5'):
         with pytest.raises(ValueError, match='1, 2, 3, 4, 5'):
             C.parse_severities(bad)

@@ -14,7 +14,8 @@ from practise_df.cli import main
 from practise_df.pipeline import CompressConfig, compress
 from synth.data import ImageFolderDataset, eval_transform
 from practise_df.finetune import FinetuneConfig
-from practise_df.robustness import _summary, evaluate_robustness, robustness_table, save_heatmap
+from practise_df.robustness import (_summary, evaluate_folder_robustness, evaluate_robustness, robustness_table,
+                                   save_heatmap)
 
 SUBSET = dict(corruptions='gaussian_noise,fog,jpeg_compression', severities='1,5', device=DEVICE)
 
@@ -89,6 +90,16 @@ def test_unlabelled_images_give_agreement_only(tmp_path, tiny_resnet):
                             corruptions='contrast', severities='3', progress=False)
     assert 'top1' not in r['clean'] and r['summary'] == {'mean_corruption_agreement': 100.0}
     assert 'agreement' in robustness_table(r)
+
+
+def test_folder_takes_lists_of_corruptions_and_severities(tmp_path, tiny_resnet):
+    """The API's list arguments work as the CLI's comma strings (a list used to fail as one unknown name)."""
+    folder = make_image_folder(str(tmp_path / 'images'), classes=('a', 'b'), per_class=2, size=48)
+    config = resolve_data_config(tiny_resnet, input_size=48)
+    r = evaluate_folder_robustness(tiny_resnet, folder, config, teacher=tiny_resnet, corruptions=['contrast', 'fog'],
+                                   severities=[1, 3], device=DEVICE, progress=False)
+    assert list(r['corruptions']) == ['contrast', 'fog'] and r['severities'] == [1, 3]
+    assert r['data'] == folder and r['skipped_files'] == 0 and r['images'] == 4
 
 
 def test_normalised_images_are_refused(loader, tiny_resnet):

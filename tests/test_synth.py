@@ -319,6 +319,8 @@ def test_synthesized_images_are_read_as_optimised(teacher, tmp_path):
         synth.SynthesizedImages(str(tmp_path / 's'), input_size=64)
     with pytest.raises(ValueError, match='another teacher'):
         synth.SynthesizedImages(str(tmp_path / 's'), mean=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match='another teacher'):  # a one-channel model's normalisation
+        synth.SynthesizedImages(str(tmp_path / 's'), mean=list(MEAN)[:1], std=list(STD)[:1])
     augmented = synth.SynthesizedImages(str(tmp_path / 's'), augment=True)
     torch.manual_seed(0)
     views = [augmented[0][0] for _ in range(8)]

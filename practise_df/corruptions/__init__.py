@@ -148,13 +148,16 @@ def _apply(x: Tensor, name: str, severity: int, params: dict) -> Tensor:
     return out
 
 
-def parse_corruptions(text: str | None) -> list[str]:
-    """'all' or None: the 15 corruptions; else a comma list of names (or of the groups noise, blur, weather,
-    digital), in the order given, duplicates dropped. Unknown names raise ValueError listing the valid ones."""
-    if text is None or str(text).strip().lower() in ('', 'all'):
+def parse_corruptions(text: str | Sequence[str] | None) -> list[str]:
+    """'all' or None: the 15 corruptions; else a comma list (or a list) of names or of the groups noise, blur,
+    weather, digital, in the order given, duplicates dropped. Unknown names raise ValueError listing the valid
+    ones."""
+    if not isinstance(text, str) and text is not None:
+        text = ','.join(map(str, text))
+    if text is None or text.strip().lower() in ('', 'all'):
         return list(CORRUPTIONS)
     names: list[str] = []
-    for item in str(text).split(','):
+    for item in text.split(','):
         item = item.strip().lower()
         if not item:
             continue
@@ -188,7 +191,7 @@ def parse_severities(text) -> list[int]:
         if match is None:
             raise ValueError(f"Cannot read severity '{item}'; valid severities: {valid} (e.g. '1,5' or '1-5').")
         lo, hi = int(match.group(1)), int(match.group(2) or match.group(1))
-        values = list(range(lo, hi + 1)) if lo <= hi else [lo, hi]
+        values = list(range(min(lo, hi), max(lo, hi) + 1))  # '5-2' is the range 2-5
         bad = [v for v in values if v not in SEVERITIES]
         if bad:
             raise ValueError(f'Severity {bad[0]} is out of range; valid severities: {valid}.')
