@@ -30,26 +30,18 @@ def _foldable(layer: nn.Module) -> bool:
 
 
 def _channels(layer: nn.Module, side: str) -> int:
-    if isinstance(layer, nn.Linear):
-        return layer.in_features if side == 'in' else layer.out_features
-    return layer.in_channels if side == 'in' else layer.out_channels
+    return layer.weight.shape[1 if side == 'in' else 0]  # (out, in[, kh, kw]); 'in' only where groups == 1
 
 
 def _identity_adaptor(layer: nn.Module, side: str) -> nn.Module:
     c = _channels(layer, side)
     bias = side == 'out' and layer.bias is not None
-    if isinstance(layer, nn.Linear):
-        adaptor = nn.Linear(c, c, bias=bias)
-        weight = torch.eye(c)
-    else:
-        adaptor = nn.Conv2d(c, c, 1, bias=bias)
-        weight = torch.eye(c)[:, :, None, None]
-    adaptor = adaptor.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    adaptor = nn.Linear(c, c, bias=bias) if isinstance(layer, nn.Linear) else nn.Conv2d(c, c, 1, bias=bias)
     with torch.no_grad():
-        adaptor.weight.copy_(weight)
+        adaptor.weight.copy_(torch.eye(c).view_as(adaptor.weight))
         if bias:
             adaptor.bias.zero_()
-    return adaptor
+    return adaptor.to(device=layer.weight.device, dtype=layer.weight.dtype)
 
 
 class Adapted(nn.Module):
@@ -75,10 +67,10 @@ class Adapted(nn.Module):
         layer = self.layer
         w = layer.weight
         if self.pre is not None:
-            a = self.pre.weight.reshape(self.pre.weight.shape[0], -1)  # (I, I)
+            a = self.pre.weight.flatten(1)  # (I, I)
             w = torch.einsum('oj...,ji->oi...', w, a)
         if self.post is not None:
-            a = self.post.weight.reshape(self.post.weight.shape[0], -1)  # (O, O)
+            a = self.post.weight.flatten(1)  # (O, O)
             w = torch.einsum('po,o...->p...', a, w)
             if layer.bias is not None:
                 layer.bias.copy_(a @ layer.bias + self.post.bias)

@@ -10,7 +10,7 @@ module is the block (a stage made only of residual blocks is not itself a candid
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,32 +30,20 @@ def _passes_skip(node) -> bool:
     return type(node).__name__.rstrip('0123456789') in _SKIP_PATH_NODES
 
 
-def trace_residual_modules(model: nn.Module, input_size: Sequence[int]) -> Dict[str, Tuple[torch.Size, bool]]:
-    """One forward pass with autograd on; returns {module name: (output shape, is residual)} for every
-    non-leaf module called with a single tensor whose output has the input's shape."""
-    records: Dict[str, Tuple[torch.Size, bool]] = {}
-    inputs: Dict[str, torch.Tensor] = {}
-    handles = []
+def residual_modules(model: nn.Module, input_size: Sequence[int]) -> List[str]:
+    """One forward pass with autograd on; returns the non-leaf modules called with a single tensor whose
+    output has the input's shape and depends on it through a path other than the skip (residual blocks)."""
+    found: List[str] = []
 
-    def pre_hook(name):
-        def hook(module, args):
-            if len(args) == 1 and isinstance(args[0], torch.Tensor):
-                inputs[name] = args[0]
-        return hook
-
-    def post_hook(name):
+    def record(name):
         def hook(module, args, output):
-            x = inputs.pop(name, None)
-            if x is None or not isinstance(output, torch.Tensor) or output.shape != x.shape:
-                return
-            residual = output is not x and reaches(output.grad_fn, x.grad_fn, expand=_passes_skip)
-            records[name] = (output.shape, residual)
+            x = args[0] if len(args) == 1 else None
+            if isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor) and output.shape == x.shape \
+                    and output is not x and reaches(output.grad_fn, x.grad_fn, expand=_passes_skip):
+                found.append(name)
         return hook
 
-    for name, module in model.named_modules():
-        if name and len(list(module.children())) > 0:
-            handles.append(module.register_forward_pre_hook(pre_hook(name)))
-            handles.append(module.register_forward_hook(post_hook(name)))
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n and any(m.children())]
     was_training = model.training
     model.eval()
     try:
@@ -67,7 +55,7 @@ def trace_residual_modules(model: nn.Module, input_size: Sequence[int]) -> Dict[
         for h in handles:
             h.remove()
         model.train(was_training)
-    return records
+    return list(dict.fromkeys(found))  # a module called twice counts once
 
 
 def find_blocks(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> List[str]:
@@ -79,8 +67,7 @@ def find_blocks(model: nn.Module, input_size: Optional[Sequence[int]] = None) ->
     """
     if input_size is None:
         input_size = resolve_data_config(model)['input_size']
-    records = trace_residual_modules(model, input_size)
-    residual = [name for name, (_, is_res) in records.items() if is_res]
+    residual = residual_modules(model, input_size)
     # Keep the innermost: drop any candidate that contains another candidate.
     blocks = [n for n in residual if not any(o != n and o.startswith(n + '.') for o in residual)]
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
@@ -109,8 +96,7 @@ def drop_blocks(model: nn.Module, names: Iterable[str], inplace: bool = False,
         model = copy.deepcopy(model)
     for name in names:
         model.set_submodule(name, nn.Identity())
-    dropped = list(getattr(model, 'practise_df_dropped', [])) + names
-    model.practise_df_dropped = dropped
+    model.practise_df_dropped = dropped_blocks(model) + names
     return model
 
 

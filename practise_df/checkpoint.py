@@ -43,8 +43,7 @@ def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str,
         'format_version': FORMAT_VERSION,
         'source': source,
         'dropped_blocks': dropped_blocks(model),
-        'data_config': {k: list(v) if isinstance(v, tuple) else v
-                        for k, v in (data_config or resolve_data_config(model)).items()},
+        'data_config': data_config or resolve_data_config(model),  # tuples are written as lists
         **(extra or {}),
     }
     target = os.path.abspath(path)

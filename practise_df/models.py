@@ -45,9 +45,7 @@ def parse_spec(spec: str) -> ModelSpec:
         library, name = spec.split(':', 1)
     else:
         library, name = 'timm', spec
-    library = library.lower()
-    if library == 'tv':
-        library = 'torchvision'
+    library = {'tv': 'torchvision'}.get(library.lower(), library.lower())
     if library not in ('timm', 'torchvision'):
         raise ValueError(f"Unknown model library '{library}' in spec '{spec}'. "
                          "Use 'timm:NAME', 'torchvision:NAME' or a compressed-model directory.")

@@ -104,8 +104,7 @@ def feature_mse(model: nn.Module, images: torch.Tensor, target: torch.Tensor, ba
 def fit_adaptors(student: nn.Module, params: List[nn.Parameter], images: torch.Tensor, target: torch.Tensor,
                  settings: RecoverySettings, seed: int = 0) -> List[float]:
     """Train only ``params`` so that ``student``'s pre-pooling features match ``target``. Returns losses."""
-    for p in student.parameters():
-        p.requires_grad_(False)
+    student.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
     if settings.optimizer == 'sgd':
@@ -141,24 +140,14 @@ def fit_adaptors(student: nn.Module, params: List[nn.Parameter], images: torch.T
     return losses
 
 
-def recover_blocks(teacher: nn.Module, blocks: Sequence[str], train_images: torch.Tensor,
-                   train_target: Optional[torch.Tensor] = None, settings: RecoverySettings = ESTIMATORS['fast'],
-                   seed: int = 0, candidates: Optional[List[str]] = None):
-    """Drop ``blocks`` from a copy of ``teacher``, fit adaptors around them, and return
-    ``(student, adaptor_params)`` with the adaptors still in place (fold with :func:`fold_adaptors`)."""
-    train_images = _resize(train_images, settings.resolution_scale)
-    if train_target is None:
-        train_target = compute_features(teacher, train_images)
-    student = drop_blocks(teacher, blocks, candidates=candidates)
-    params = insert_adaptors(student, blocks, train_images.shape[1:])
-    fit_adaptors(student, params, train_images, train_target, settings, seed)
-    return student, params
-
-
 def drop_and_recover(teacher: nn.Module, blocks: Sequence[str], train_images: torch.Tensor,
                      settings: RecoverySettings = ESTIMATORS['fast'], seed: int = 0) -> nn.Module:
     """The pruned model: blocks dropped, adaptors fitted and folded. A plain model of the teacher's class."""
-    student, _ = recover_blocks(teacher, blocks, train_images, settings=settings, seed=seed)
+    train_images = _resize(train_images, settings.resolution_scale)
+    train_target = compute_features(teacher, train_images)
+    student = drop_blocks(teacher, blocks)
+    fit_adaptors(student, insert_adaptors(student, blocks, train_images.shape[1:]), train_images, train_target,
+                 settings, seed)
     return fold_adaptors(student)
 
 
@@ -186,11 +175,10 @@ def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images:
     teacher = teacher.eval()
     candidates = find_blocks(teacher, tuple(train_images.shape[1:]))
     blocks = list(blocks) if blocks is not None else candidates
-    drop_blocks(teacher, blocks, candidates=candidates)  # validates the names, cheap copy discarded
+    check_blocks(teacher, blocks, candidates)
     if latency is None:
-        kw = dict(input_size=tuple(heldout_images.shape[1:]))
-        kw.update(latency_kwargs or {})
-        latency = block_latency_savings(teacher, blocks, **kw)
+        latency = block_latency_savings(teacher, blocks, **{'input_size': tuple(heldout_images.shape[1:]),
+                                                            **(latency_kwargs or {})})
     train_x = _resize(train_images, settings.resolution_scale)
     held_x = _resize(heldout_images, settings.resolution_scale)
     train_t = compute_features(teacher, train_x)  # computed once, reused for every block

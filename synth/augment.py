@@ -7,6 +7,7 @@ differentiable with respect to the input and draw their parameters from torch's 
 """
 from __future__ import annotations
 
+import kornia
 import kornia.augmentation as K
 import torch
 import torch.nn as nn
@@ -14,20 +15,6 @@ import torch.nn as nn
 from .presets import InversionConfig
 
 __all__ = ['RandomRoll', 'build_augmentation']
-
-
-class _InPixelSpace(nn.Module):
-    """Runs a [0, 1]-image op (colour jitter) on normalised images: denormalise, apply, normalise."""
-
-    def __init__(self, op: nn.Module, mean, std):
-        super().__init__()
-        self.op = op
-        self.register_buffer('mean', torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(x), self.std.to(x)
-        return (self.op(x * std + mean) - mean) / std
 
 
 class RandomRoll(nn.Module):
@@ -55,5 +42,7 @@ def build_augmentation(config: InversionConfig, resolution: int, mean=(0.5,) * 3
         ops.append(K.RandomHorizontalFlip(p=config.flip))
     if config.color_jitter > 0:
         c = config.color_jitter
-        ops.append(_InPixelSpace(K.ColorJitter(brightness=c, contrast=c, saturation=c, hue=0.0, p=0.8), mean, std))
+        mean, std = torch.tensor(mean), torch.tensor(std)  # colour jitter works on [0, 1] pixels
+        ops += [kornia.enhance.Denormalize(mean, std), K.ColorJitter(brightness=c, contrast=c, saturation=c, p=0.8),
+                kornia.enhance.Normalize(mean, std)]
     return nn.Sequential(*ops)

@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.ti
 UNLABELED = -1
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith('.')
 
 
@@ -48,10 +48,9 @@ def decode_image(source) -> Optional[Image.Image]:
 def _to_8bit(im: Image.Image) -> Image.Image:
     """Grayscale of 16 or 32 bits per pixel (or float) scaled to 0-255."""
     values = np.asarray(im, dtype=np.float64)
-    if im.mode == 'F':  # float images: [0, 1] when they fit, else their own range
-        top = 1.0 if values.max(initial=0) <= 1.0 else max(values.max(initial=0), 1.0)
-    else:  # 16-bit data (PNG and TIFF store it as I;16 or I); wider integers use their own range
-        top = 65535.0 if values.max(initial=0) <= 65535 else float(values.max())
+    # float images: [0, 1] when they fit, else their own range; 16-bit data (PNG and TIFF store it as I;16 or I)
+    # likewise up to 65535, wider integers their own range
+    top = max(values.max(initial=0), 1.0 if im.mode == 'F' else 65535.0)
     return Image.fromarray(np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8), mode='L')
 
 
@@ -75,12 +74,12 @@ def scan_image_folder(root: str, class_to_idx: Optional[Dict[str, int]] = None
         numeric = bool(classes) and all(c.isdigit() for c in classes)
         class_to_idx = {c: int(c) if numeric else i for i, c in enumerate(classes)}
     candidates: List[Tuple[str, int]] = [(os.path.join(root, e), UNLABELED) for e in entries
-                                         if _is_image_name(e) and os.path.isfile(os.path.join(root, e))]
+                                         if is_image_name(e) and os.path.isfile(os.path.join(root, e))]
     for c in classes:
         label = class_to_idx.get(c, UNLABELED)
         for dirpath, dirnames, filenames in sorted(os.walk(os.path.join(root, c), followlinks=True)):
             dirnames.sort()
-            candidates += [(os.path.join(dirpath, f), label) for f in sorted(filenames) if _is_image_name(f)]
+            candidates += [(os.path.join(dirpath, f), label) for f in sorted(filenames) if is_image_name(f)]
     if not candidates:
         raise ValueError(f"No readable image under '{root}' (no {', '.join(IMAGE_SUFFIXES)} file). "
                          "Point to a folder of images, flat or with one subfolder per class.")
@@ -171,11 +170,8 @@ def image_loader(root: str, data_config: dict, batch_size: int = 32, max_images:
 def load_image_tensor(root: str, data_config: dict, max_images: Optional[int] = None,
                       seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """All (or ``max_images``) images of a folder as one preprocessed tensor, with labels."""
-    images, labels = [], []
-    for x, y in image_loader(root, data_config, batch_size=64, max_images=max_images, seed=seed):
-        images.append(x)
-        labels.append(y)
-    return torch.cat(images), torch.cat(labels)
+    batches = list(image_loader(root, data_config, batch_size=64, max_images=max_images, seed=seed))
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
 
 
 def split_tensor(images: torch.Tensor, n_first: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:

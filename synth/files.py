@@ -153,9 +153,7 @@ class RunLock:
 
     def release(self) -> None:
         if self._file is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.remove(self.path)
-            except OSError:
-                pass
             self._file.close()
             self._file = None

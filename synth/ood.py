@@ -24,7 +24,8 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .data import IMAGE_SUFFIXES, UNLABELED, ImageFolderDataset, decode_image, eval_transform, subsample
+from .data import (IMAGE_SUFFIXES, UNLABELED, ImageFolderDataset, decode_image, eval_transform, is_image_name,
+                   subsample)
 from .seeds import mix_seed
 from .synthesized import SynthesizedImages, is_synthesized
 
@@ -283,8 +284,7 @@ def photo_paths(sources: Sequence[str]) -> List[str]:
     paths: List[str] = []
     for source in sources:
         if os.path.isdir(source):
-            found = sorted(os.path.join(source, f) for f in os.listdir(source)
-                           if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith('.'))
+            found = sorted(os.path.join(source, f) for f in os.listdir(source) if is_image_name(f))
             if not found:
                 raise ValueError(f"Folder '{source}' holds no image ({', '.join(IMAGE_SUFFIXES)}) to crop.")
             paths += found

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from .files import check_writable, guard_settings
 
 from .inversion import evaluate_images, invert_batch, quantize
-from .losses import batchnorm_layers
+from .losses import BatchNormStatHooks
 from .presets import InversionConfig, get_preset
+from .synthesized import is_synthesized
 from .seeds import mix_seed
 from .writer import CONFIG, ShardWriter, image_name, merge_metadata, read_records
 
@@ -210,12 +211,7 @@ def synthesize(
     """
     if num_images < 1 or batch_size < 1:
         raise ValueError(f'num_images ({num_images}) and batch_size ({batch_size}) must be positive.')
-    if not batchnorm_layers(model):  # before touching the disk
-        raise ValueError(
-            f"{type(model).__name__} has no BatchNorm layer with running statistics, so BatchNorm-statistic "
-            "inversion cannot be used. Use out-of-domain images instead: a local image folder, a Hugging Face "
-            "dataset (saved with save_to_disk when offline) or crops of one photo "
-            "(synth.load_images('crops:photo.jpg', data_config, num_images)).")
+    BatchNormStatHooks(model)  # refuses a model without BatchNorm statistics before the disk is touched
     state, device = process_state(device)
     check_output_folder(out_dir)
     state.wait_for_everyone()  # every rank has checked the folder before the main process writes into it
@@ -233,13 +229,10 @@ def synthesize(
                        std=tuple(data_config['std']), batch_size=batch_size, seed=seed,
                        classes=tuple(_check_classes(classes, num_classes)), num_classes=num_classes)
     settings = job.settings(model, student is not None)
-    if state.is_main_process:
-        os.makedirs(out_dir, exist_ok=True)
-        guard_settings(os.path.join(out_dir, CONFIG), settings, write=True,
-                       fix='Resume with the same settings, or write to a new output folder.')
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        guard_settings(os.path.join(out_dir, CONFIG), settings, write=False,
+    with state.main_process_first():  # the main process writes the settings, the others then check them
+        if state.is_main_process:
+            os.makedirs(out_dir, exist_ok=True)
+        guard_settings(os.path.join(out_dir, CONFIG), settings, write=state.is_main_process,
                        fix='Resume with the same settings, or write to a new output folder.')
     on_disk = len(read_records(out_dir))
     if on_disk > num_images:  # never delete images; the folder must end with exactly num_images
@@ -249,12 +242,10 @@ def synthesize(
     shard = synthesize_shard(model, job, process_index=state.process_index, num_processes=state.num_processes,
                              student=student, device=device, amp=amp,
                              progress=progress and state.is_local_main_process)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        records = merge_metadata(out_dir, num_images)
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        records = [r for r in read_records(out_dir) if r['index'] < num_images]
+    state.wait_for_everyone()  # every shard is on disk
+    with state.main_process_first():
+        records = merge_metadata(out_dir, num_images) if state.is_main_process else \
+            [r for r in read_records(out_dir) if r['index'] < num_images]
     return summarize(records, shard, out_dir=out_dir, preset=preset_name, resolution=job.resolution,
                      iterations=config.iterations, batch_size=batch_size, num_processes=state.num_processes)
 
@@ -264,7 +255,7 @@ def check_output_folder(out_dir: str) -> None:
     so a user's files are never overwritten."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise FileExistsError(f"'{out_dir}' is a file; synthesis needs a folder. Choose another path.")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, CONFIG)):
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not is_synthesized(out_dir):
         raise FileExistsError(f"'{out_dir}' is not empty and holds no {CONFIG}, so it is not a synthesized set. "
                               "Choose a new or empty folder; nothing was changed.")
     check_writable(out_dir, 'output folder', inside=True)

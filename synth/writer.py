@@ -18,7 +18,6 @@ import logging
 import os
 from typing import Dict, Iterable, List, Optional
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -46,11 +45,6 @@ def class_to_idx(out_dir: str) -> Dict[str, int]:
             if d.isdigit() and os.path.isdir(os.path.join(out_dir, d))}
 
 
-def _save_png_atomic(pixels: np.ndarray, path: str) -> None:
-    with replacing(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format='PNG')
-
-
 class ShardWriter:
     """Writes the images and metadata lines of one process (``rank``); no two ranks share a file."""
 
@@ -70,7 +64,8 @@ class ShardWriter:
         for image, record in zip(array, records):
             path = os.path.join(self.out_dir, record['file_name'])
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            _save_png_atomic(image, path)
+            with replacing(path) as tmp:  # a PNG is whole or absent
+                Image.fromarray(image).save(tmp, format='PNG')
         append_jsonl(self.metadata_path, records)
 
 
