@@ -37,10 +37,8 @@ def first_blocks(candidates: Sequence[str], k: int) -> list[str]:
 def random_blocks(candidates: Sequence[str], k: int, seed: int = 0) -> list[str]:
     """``k`` candidates drawn without replacement, in drawn order; a seed gives the same draw, and the
     draw of ``k`` is the first ``k`` of the draw of any larger ``k`` (so growing the list is consistent)."""
-    if not 0 <= k <= len(candidates):
-        raise ValueError(f'k must be between 0 and {len(candidates)} (the number of candidates), got {k}.')
     perm = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [candidates[i] for i in perm[:k]]
+    return [candidates[i] for i in first_blocks(perm, k)]  # first_blocks checks k
 
 
 def output_difference(scores: Sequence[BlockScore]) -> list[str]:

@@ -205,7 +205,7 @@ def quantize_onnx(src: str, dst: str, images: torch.Tensor, batch_size: int = 1,
     step = 8 if dynamic_batch else batch_size  # a static graph takes only its own batch size
     batches = [b for b in images.split(step) if len(b) == step] or [images[:step]]
     if len(batches[0]) < step:
-        raise ValueError(f'int8 calibration needs at least {step} images (the exported batch size); got {len(images)}.')
+        raise ValueError(f'int8 calibration needs at least {step} images (one calibration batch); got {len(images)}.')
 
     class Reader(quantization.CalibrationDataReader):
         def __init__(self):
@@ -226,12 +226,9 @@ def quantize_onnx(src: str, dst: str, images: torch.Tensor, batch_size: int = 1,
     finally:
         if os.path.exists(prepared):
             os.remove(prepared)
-    meta = _encode(metadata) if metadata is not None else \
-        {p.key: p.value for p in onnx.load(src, load_external_data=False).metadata_props}
-    model = onnx.load(dst)
-    model.metadata_props.clear()
-    for key, value in meta.items():
-        model.metadata_props.add(key=key, value=value)
+    model = onnx.load(dst)  # the float model's metadata, replaced as a whole
+    onnx.helper.set_model_props(model, _encode(metadata) if metadata is not None else
+                                {p.key: p.value for p in onnx.load(src, load_external_data=False).metadata_props})
     onnx.save(model, dst)
     return dst
 
@@ -341,12 +338,8 @@ def onnxruntime_models(models: Sequence[nn.Module], input_size: Sequence[int], b
     """Each model exported to ONNX for a fixed batch and loaded into an ONNX Runtime session (models that
     already are sessions are kept). What :func:`practise_df.latency.measure_latencies` times for
     ``runtime='onnxruntime'``."""
-    out: List[OnnxRuntimeModel] = []
-    with tempfile.TemporaryDirectory(prefix='practise-df-ort-') as tmp:
-        for i, model in enumerate(models):
-            if isinstance(model, OnnxRuntimeModel):
-                out.append(model)
-                continue
-            path = export_onnx(model, os.path.join(tmp, f'{i}.onnx'), input_size, batch_size)
-            out.append(OnnxRuntimeModel(path, device=device, threads=threads))  # the session holds the graph
-    return out
+    with tempfile.TemporaryDirectory(prefix='practise-df-ort-') as tmp:  # each session holds its graph
+        return [m if isinstance(m, OnnxRuntimeModel) else
+                OnnxRuntimeModel(export_onnx(m, os.path.join(tmp, f'{i}.onnx'), input_size, batch_size),
+                                 device=device, threads=threads)
+                for i, m in enumerate(models)]

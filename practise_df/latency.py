@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .blocks import check_blocks, drop_blocks, find_blocks
 from .export import onnxruntime_models
+from .models import model_device
 from .runtime import provider_name
 
 RUNTIMES = ('torch', 'onnxruntime')
@@ -184,8 +185,7 @@ def count_params(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (torch's FLOP counter / 2)."""
-    param = next(model.parameters(), None)
-    x = torch.zeros(1, *input_size, device=param.device if param is not None else 'cpu')
+    x = torch.zeros(1, *input_size, device=model_device(model))
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model.eval()(x)

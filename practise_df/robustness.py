@@ -77,8 +77,7 @@ def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader
 
     keys = ['clean'] + [(c, s) for c in corruptions for s in severities]
     counts = {name: {k: Tally() for k in keys} for name in models}
-    bar = tqdm(desc='robustness', total=None, unit='batch', disable=not progress)
-    for batch, (images, labels) in enumerate(loader):
+    for batch, (images, labels) in enumerate(tqdm(loader, desc='robustness', unit='batch', disable=not progress)):
         images, labels = images.to(device), torch.as_tensor(labels).to(device)
         if images.min() < 0 or images.max() > 1:
             raise ValueError('Images must be in [0, 1] before corrupting; build the loader with '
@@ -88,8 +87,6 @@ def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader
             for s in severities:
                 gen = torch.Generator(device=images.device).manual_seed(mix_seed(seed, CORRUPTIONS.index(c), s, batch))
                 run(corrupt(images, c, s, gen), labels, (c, s))
-        bar.update(1)
-    bar.close()
     with_teacher = teacher is not None
     if not with_teacher and not any(per_key['clean'].labelled for per_key in counts.values()):
         raise ValueError(NOTHING_TO_MEASURE)

@@ -78,18 +78,16 @@ _SAMPLERS = {'gaussian_noise': sample_gaussian_noise_params, 'shot_noise': sampl
              'fog': sample_fog_params, 'elastic_transform': sample_elastic_transform_params}
 
 
-def _check_name(name: str) -> str:
+def _check_name(name: str) -> None:
     if name not in _OPS:
         close = difflib.get_close_matches(str(name), CORRUPTIONS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ''
         raise ValueError(f"Unknown corruption '{name}'.{hint} Valid: {', '.join(CORRUPTIONS)}.")
-    return name
 
 
-def _check_severity(severity) -> int:
+def _check_severity(severity) -> None:
     if isinstance(severity, bool) or not isinstance(severity, int) or severity not in SEVERITIES:
         raise ValueError(f'Severity must be an integer in {", ".join(map(str, SEVERITIES))}; got {severity!r}.')
-    return severity
 
 
 @torch.no_grad()

@@ -75,12 +75,9 @@ def jpeg_compression(x: Tensor, severity: int) -> Tensor:
 
     def round_trip(chunk: list) -> list:  # one list per call: the only per-image step
         return decode_jpeg(encode_jpeg(chunk, quality=c))
-    workers = min(torch.get_num_threads(), len(images))
-    if workers <= 1:
-        decoded = round_trip(images)
-    else:  # torchvision releases the GIL: chunks of images in parallel threads, as torch's own ops would use them
-        chunks = [images[i::workers] for i in range(workers)]
-        with ThreadPoolExecutor(workers) as pool:
-            done = list(pool.map(round_trip, chunks))
-        decoded = [done[i % workers][i // workers] for i in range(len(images))]
+    # torchvision releases the GIL: chunks of images in parallel threads, as torch's own ops would use them
+    workers = max(1, min(torch.get_num_threads(), len(images)))
+    with ThreadPoolExecutor(workers) as pool:
+        done = list(pool.map(round_trip, [images[i::workers] for i in range(workers)]))
+    decoded = [done[i % workers][i // workers] for i in range(len(images))]
     return torch.stack(decoded).to(x.device, x.dtype).div_(255)

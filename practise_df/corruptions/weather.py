@@ -64,11 +64,11 @@ def _find_frost_dir() -> str | None:
 def _frost_photos(folder: str) -> list[Tensor]:
     if folder not in _frost_photos_cache:
         from PIL import Image
+        from torchvision.transforms.functional import pil_to_tensor
         photos = []
         for name in _FROST_FILES:
             with Image.open(os.path.join(folder, name)) as im:
-                data = torch.frombuffer(bytearray(im.convert('RGB').tobytes()), dtype=torch.uint8)
-                photos.append(data.view(im.height, im.width, 3).permute(2, 0, 1).float().div(255))
+                photos.append(pil_to_tensor(im.convert('RGB')).float().div(255))
         _frost_photos_cache[folder] = photos
     return _frost_photos_cache[folder]
 
