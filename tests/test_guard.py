@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from practise_df import drop_blocks, load_compressed
+from practise_df.cli.compress import render_report
 from practise_df.pipeline import compress
 from practise_df.config import CompressConfig
 from practise_df.guard import SAMPLE_PHOTOS, choose, closeness, compare, guard_images
@@ -88,6 +89,9 @@ def test_compress_keeps_what_the_guard_chose_and_lists_both(tmp_path, monkeypatc
     assert os.path.isdir(out / 'finetuned') is (verdict == 'dropped'), 'a rejected student is kept aside'
     assert ('finetuned' in report['eval']) is (verdict == 'dropped') and 'before_finetune' in report['eval']
     assert json.load(open(out / 'report.json'))['guard']['kept'] == verdict
+    text = render_report(report)  # what the command prints: both students, and the guard's choice
+    assert f'guard: kept the {verdict} student: forced to {verdict}' in text and '  before finetuning: top-1' in text
+    assert ('  finetuned (rejected by the guard): top-1' in text) is (verdict == 'dropped')
     if verdict == 'dropped':  # resumed with another verdict (e.g. another --finetune-mix): no stale rejected student
         monkeypatch.setattr('practise_df.pipeline.choose', lambda d, f, s: ('finetuned', 'forced'))
         assert compress(config, resume=True, progress=False)['guard']['kept'] == 'finetuned'

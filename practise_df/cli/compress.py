@@ -193,14 +193,11 @@ def render_report(r: dict) -> str:
         t, s = r['eval']['teacher'], r['eval']['student']
         text += (f"\n{r['eval']['data']}: teacher top-1 {t.get('top1', float('nan')):.2f}%, student top-1 "
                  f"{s.get('top1', float('nan')):.2f}% (agreement {s['agreement']:.1f}%)")
-        if 'before_finetune' in r['eval']:
-            b = r['eval']['before_finetune']
-            text += (f"\n  before finetuning: top-1 {b.get('top1', float('nan')):.2f}% "
-                     f"(agreement {b['agreement']:.1f}%)")
-        if 'finetuned' in r['eval']:
-            f = r['eval']['finetuned']
-            text += (f"\n  finetuned (rejected by the guard): top-1 {f.get('top1', float('nan')):.2f}% "
-                     f"(agreement {f['agreement']:.1f}%)")
+        others = {'before_finetune': 'before finetuning', 'finetuned': 'finetuned (rejected by the guard)'}
+        for key, label in others.items():
+            if key in r['eval']:
+                e = r['eval'][key]
+                text += f"\n  {label}: top-1 {e.get('top1', float('nan')):.2f}% (agreement {e['agreement']:.1f}%)"
         if r['eval'].get('skipped_files'):
             text += f"\n  {r['eval']['skipped_files']} image file(s) did not decode and were skipped"
     if 'guard' in r:
