@@ -88,13 +88,13 @@ def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader
                 gen = torch.Generator(device=images.device).manual_seed(mix_seed(seed, CORRUPTIONS.index(c), s, batch))
                 run(corrupt(images, c, s, gen), labels, (c, s))
     with_teacher = teacher is not None
+    if not any(per_key['clean'].images for per_key in counts.values()):
+        raise ValueError('The loader yielded no images.')
     if not with_teacher and not any(per_key['clean'].labelled for per_key in counts.values()):
         raise ValueError(NOTHING_TO_MEASURE)
     results = {}
     for name, per_key in counts.items():
         clean = per_key['clean']
-        if clean.images == 0:
-            raise ValueError('The loader yielded no images.')
         result = {'images': clean.images, 'labelled': clean.labelled, 'seed': seed, 'severities': list(severities),
                   'clean': clean.result(top5=False, teacher_top1=True),
                   'corruptions': {c: {str(s): per_key[c, s].result(top5=False, teacher_top1=True) for s in severities}

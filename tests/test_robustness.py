@@ -102,6 +102,13 @@ def test_folder_takes_lists_of_corruptions_and_severities(tmp_path, tiny_resnet)
     assert r['data'] == folder and r['skipped_files'] == 0 and r['images'] == 4
 
 
+def test_an_empty_loader_is_named_as_such(tiny_resnet):
+    for teacher in (None, tiny_resnet):  # not mistaken for unlabelled images without a teacher
+        with pytest.raises(ValueError, match='yielded no images'):
+            evaluate_robustness(tiny_resnet, [], (0.5,) * 3, (0.5,) * 3, teacher=teacher, corruptions='contrast',
+                                progress=False)
+
+
 def test_normalised_images_are_refused(loader, tiny_resnet):
     _, config = loader
     with pytest.raises(ValueError, match=r'normalize=False'):
