@@ -143,7 +143,7 @@ def add_runtime(parser, prefix: str = '') -> None:
     parser.add_argument(f'{flag}runtime', dest=prefix + 'runtime', choices=RUNTIMES,
                         help='measure latency in PyTorch eager (torch) or on the exported ONNX graph in ONNX Runtime '
                              '(onnxruntime, as deployed; needs practise-df[deploy])')
-    parser.add_argument(f'{flag}threads', dest=prefix + 'threads', type=positive_int,
+    parser.add_argument(f'{flag}threads', dest=prefix + 'threads', type=positive_int, metavar='THREADS',
                         help="threads the latency is measured with (default: torch's thread count)")
 
 

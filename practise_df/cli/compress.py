@@ -227,12 +227,8 @@ def _defaults() -> Dict[str, Any]:
     """Dotted field name -> default value of CompressConfig and its groups (for --help)."""
     out: Dict[str, Any] = {}
     for f in dataclasses.fields(CompressConfig):
-        if f.name in ('scoring',):
-            continue
-        kind = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if kind is not None:
-            for name, value in dataclasses.asdict(kind()).items():
-                out[f'{f.name}.{name}'] = value
+        if f.default_factory is not dataclasses.MISSING:  # the groups (scoring has no default: it is required)
+            out.update({f'{f.name}.{name}': v for name, v in dataclasses.asdict(f.default_factory()).items()})
     return out
 
 
