@@ -1,6 +1,8 @@
 """The code's structure: layers point down only (synth never imports practise_df), no import cycle, no
 import of our own modules hidden inside a function, and a public API that does not lose names."""
 import ast
+import importlib
+import inspect
 import os
 
 import practise_df
@@ -140,3 +142,63 @@ def test_public_api_is_listed_once_and_keeps_its_names():
         assert all(getattr(module, n, None) is not None for n in names)
     assert not {'filter_prune', 'first_blocks', 'random_blocks'} & set(practise_df.__all__), \
         'benchmark baselines stay in practise_df.baselines'
+
+
+def _resolve(node, names):
+    """The library object an expression such as ``synthesize`` or ``synth.data.eval_transform`` names."""
+    if isinstance(node, ast.Name):
+        return names.get(node.id)
+    if isinstance(node, ast.Attribute):
+        owner = _resolve(node.value, names)
+        return getattr(owner, node.attr, None) if owner is not None else None
+    return None
+
+
+def _library_calls(source: str):
+    """(line, function, keywords it does not take) for every call of a practise_df / synth function in
+    ``source`` (a script), and how many calls were checked."""
+    tree = ast.parse(source)
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module.split('.')[0] in PACKAGES:
+            module = importlib.import_module(node.module)
+            names.update({a.asname or a.name: getattr(module, a.name, None) for a in node.names})
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split('.')[0] in PACKAGES:
+                    importlib.import_module(a.name)
+                    bound = a.name if a.asname else a.name.split('.')[0]  # `import synth.data` binds synth
+                    names[a.asname or bound] = importlib.import_module(bound)
+    bad, checked = [], 0
+    for node in ast.walk(tree):
+        target = _resolve(node.func, names) if isinstance(node, ast.Call) else None
+        if target is None or inspect.ismodule(target) or not callable(target):
+            continue
+        try:
+            params = inspect.signature(target).parameters
+        except (TypeError, ValueError):
+            continue
+        checked += 1
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            continue
+        unknown = [k.arg for k in node.keywords if k.arg is not None and k.arg not in params]
+        if unknown:
+            bad.append((node.lineno, getattr(target, '__name__', str(target)), unknown))
+    return bad, checked
+
+
+def test_scripts_call_the_library_with_arguments_it_takes():
+    """Benchmarks and recipes are not run by the suite; a renamed parameter must still not break them
+    unnoticed (bench_synth and bench_robustness passed synthesize's removed resolution= for a while)."""
+    scripts = [os.path.join(d, f) for d in ('benchmarks', 'recipes', os.path.join('tests', 'scripts'))
+               for f in sorted(os.listdir(os.path.join(ROOT, d))) if f.endswith('.py')]
+    problems, total = [], 0
+    for script in scripts:
+        bad, checked = _library_calls(open(os.path.join(ROOT, script)).read())
+        problems += [f'{script}:{line}: {name}() takes no {", ".join(kw)}' for line, name, kw in bad]
+        total += checked
+    assert not problems, '\n'.join(problems)
+    assert len(scripts) > 15 and total > 100, 'the check must see the scripts and their calls'
+    # and it finds such a call
+    bad, _ = _library_calls('from synth import synthesize\nsynthesize(m, "out", 4, resolution=64)\n')
+    assert bad == [(2, 'synthesize', ['resolution'])]
