@@ -1,5 +1,6 @@
 """The code's structure: layers point down only (synth never imports practise_df), no import cycle, no
-import of our own modules hidden inside a function, and a public API that does not lose names."""
+import of our own modules hidden inside a function, a public API that does not lose names, and scripts
+(benchmarks, recipes) that call it with arguments it takes."""
 import ast
 import importlib
 import inspect
