@@ -1,10 +1,11 @@
 """The code's structure: layers point down only (synth never imports practise_df), no import cycle, no
 import of our own modules hidden inside a function, a public API that does not lose names, and scripts
-(benchmarks, recipes) that call it with arguments it takes."""
+(benchmarks, recipes) and a README that call it with arguments and names it has."""
 import ast
 import importlib
 import inspect
 import os
+import re
 
 import practise_df
 import synth
@@ -203,3 +204,29 @@ def test_scripts_call_the_library_with_arguments_it_takes():
     # and it finds such a call
     bad, _ = _library_calls('from synth import synthesize\nsynthesize(m, "out", 4, resolution=64)\n')
     assert bad == [(2, 'synthesize', ['resolution'])]
+
+
+def _missing_names(text: str):
+    """The dotted ``practise_df.*`` / ``synth.*`` names in ``text`` that import nothing."""
+    missing = []
+    for name in sorted(set(re.findall(r'\b((?:practise_df|synth)(?:\.[A-Za-z_]\w*)+)', text))):
+        parts = name.split('.')
+        for i in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                obj = importlib.import_module('.'.join(parts[:i]))
+                break
+            except ImportError:
+                continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr, None)
+        if obj is None:
+            missing.append(name)
+    return missing
+
+
+def test_the_readme_names_only_what_exists():
+    """Every practise_df.X / synth.X the README tells users to call exists (read_metadata was documented at
+    the top level, where it never was)."""
+    assert _missing_names(open(os.path.join(ROOT, 'README.md')).read()) == []
+    assert _missing_names('call `practise_df.read_metadata(path)` or `synth.nothing_here`') == \
+        ['practise_df.read_metadata', 'synth.nothing_here']
