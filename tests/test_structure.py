@@ -1,6 +1,7 @@
 """The code's structure: layers point down only (synth never imports practise_df), no import cycle, no
 import of our own modules hidden inside a function, a public API that does not lose names, and scripts
 (benchmarks, recipes) and a README that call it with arguments and names it has."""
+import argparse
 import ast
 import importlib
 import inspect
@@ -9,6 +10,8 @@ import re
 
 import practise_df
 import synth
+from practise_df.cli import build_parser
+from practise_df.cli.compress import add_compress_arguments
 
 from conftest import ROOT
 
@@ -230,3 +233,32 @@ def test_the_readme_names_only_what_exists():
     assert _missing_names(open(os.path.join(ROOT, 'README.md')).read()) == []
     assert _missing_names('call `practise_df.read_metadata(path)` or `synth.nothing_here`') == \
         ['practise_df.read_metadata', 'synth.nothing_here']
+
+
+def _readme_commands(text: str):
+    """Command lines of the README: lines of its code blocks and inline code that run practise-df or a recipe."""
+    blocks = re.findall(r'```[a-z]*\n(.*?)```', text, flags=re.S)
+    lines = [line for b in blocks for line in b.replace('\\\n', ' ').splitlines()]
+    lines += re.findall(r'`([^`\n]+)`', re.sub(r'```[a-z]*\n.*?```', '', text, flags=re.S))
+    return [line for line in lines if 'practise-df ' in line or 'recipes/' in line]
+
+
+def test_the_readme_uses_only_flags_the_commands_have():
+    """The README's commands spell every flag as its command declares it (the CLI's flags drifted once)."""
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    recipe = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
+    add_compress_arguments(recipe)  # every recipe takes compress's flags (recipe_main)
+    lines, unknown = _readme_commands(open(os.path.join(ROOT, 'README.md')).read()), []
+    for line in lines:
+        command = re.search(r'practise-df (\w+)(.*)', line)
+        if command and command.group(1) in commands:
+            parser, args = commands[command.group(1)], command.group(2)
+        elif re.search(r'recipes/\w+\.py', line):
+            parser, args = recipe, re.split(r'recipes/\w+\.py', line, maxsplit=1)[1]
+        else:
+            continue
+        args = args.split('#')[0]  # a shell comment may name other commands' flags
+        unknown += [f'{flag} in: {line.strip()}' for flag in re.findall(r'(?<![\w-])--[a-z][\w-]*', args)
+                    if flag not in parser._option_string_actions]
+    assert len(lines) > 10, 'the README commands were found'
+    assert not unknown, '\n'.join(unknown)
