@@ -9,9 +9,10 @@ fitted around each dropped block, recoverability per latency saved), drops the t
 latency saved and accuracy: top-1 of the teacher and of the student on ../shared/data/imagenet-sample
 when that folder exists (one real ImageNet image per class), else agreement with the teacher on
 held-out synthetic images. Sizes are chosen to finish within about ten minutes on a 2-core CPU (4.3
-and 10.2 minutes measured on one machine on a fast and a slow day); every one is a flag (see `--help`). It does not finetune: on this model no recovery
-measured so far beats the plainly dropped student (BENCHMARKS.md, issue 14); `--finetune-iters 200` turns
-MiR on, and the guard then decides which student to keep (README, the pipeline).
+and 10.2 minutes measured on one machine on a fast and a slow day); every one is a flag (see `--help`).
+It does not finetune: on this model no recovery measured so far beats the plainly dropped student
+(BENCHMARKS.md, issue 14); `--finetune-iters 200` turns MiR on, and the guard then decides which student
+to keep (README, the pipeline).
 """
 import os
 import sys
