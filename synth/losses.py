@@ -15,11 +15,19 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = ['BatchNormStatHooks', 'batchnorm_layers', 'image_priors', 'pixel_stats_loss', 'competition_loss']
 
 
-def batchnorm_layers(model: nn.Module) -> List[Tuple[str, _BatchNorm]]:
+def batchnorm_layers(model: nn.Module, required: bool = False) -> List[Tuple[str, _BatchNorm]]:
     """BatchNorm layers (any ``_BatchNorm``: nn.BatchNorm2d, timm's BatchNormAct2d, ...) that keep running
-    statistics, in forward-definition order."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None]
+    statistics, in forward-definition order. ``required``: a model without any is refused with a ValueError
+    that names the alternatives (BatchNorm-statistic inversion has nothing to match)."""
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None]
+    if required and not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no BatchNorm layer with running statistics, so BatchNorm-statistic "
+            "inversion has nothing to match. Use out-of-domain images instead: a local folder, a saved "
+            "Hugging Face dataset, or crops of a single photo (synth.load_images('crops:photo.jpg', ...), "
+            "the `practise-df` OOD sources).")
+    return layers
 
 
 class BatchNormStatHooks:
@@ -37,13 +45,7 @@ class BatchNormStatHooks:
     """
 
     def __init__(self, model: nn.Module, first_multiplier: float = 1.0):
-        self.layers = batchnorm_layers(model)
-        if not self.layers:
-            raise ValueError(
-                f"{type(model).__name__} has no BatchNorm layer with running statistics, so BatchNorm-statistic "
-                "inversion has nothing to match. Use out-of-domain images instead: a local folder, a saved "
-                "Hugging Face dataset, or crops of a single photo (synth.load_images('crops:photo.jpg', ...), "
-                "the `practise-df` OOD sources).")
+        self.layers = batchnorm_layers(model, required=True)
         self.first_multiplier = first_multiplier
         self._losses: List[torch.Tensor] = []
         self._handles = []

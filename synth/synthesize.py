@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 from .files import check_writable, guard_settings
 
 from .inversion import evaluate_images, invert_batch, quantize
-from .losses import BatchNormStatHooks
+from .losses import batchnorm_layers
 from .presets import InversionConfig, get_preset
-from .synthesized import is_synthesized
 from .seeds import mix_seed
+from .synthesized import is_synthesized
 from .writer import CONFIG, ShardWriter, image_name, merge_metadata, read_records
 
 __all__ = ['synthesize', 'synthesize_shard', 'SynthesisJob', 'process_state', 'batch_seed', 'class_targets']
@@ -211,7 +211,7 @@ def synthesize(
     """
     if num_images < 1 or batch_size < 1:
         raise ValueError(f'num_images ({num_images}) and batch_size ({batch_size}) must be positive.')
-    BatchNormStatHooks(model)  # refuses a model without BatchNorm statistics before the disk is touched
+    batchnorm_layers(model, required=True)  # a model without BatchNorm statistics is refused before any write
     state, device = process_state(device)
     check_output_folder(out_dir)
     state.wait_for_everyone()  # every rank has checked the folder before the main process writes into it
