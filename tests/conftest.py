@@ -29,6 +29,12 @@ def accelerate_launch(script, args=(), processes=2, timeout=900, env=None):
                           env=env, timeout=timeout, cwd=ROOT)
 
 
+def cli_commands():
+    """{name: parser} of every ``practise-df`` subcommand."""
+    from practise_df.cli import build_parser
+    return next(a for a in build_parser()._actions if a.choices and 'compress' in a.choices).choices
+
+
 def launch_log(proc, chars=1500):
     """The end of each rank's own output (torchrun prefixes its lines ``[rankN]:``) and of the launcher's,
     for an assertion message: the rank that failed first is often not the one whose lines come last."""

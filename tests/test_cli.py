@@ -5,8 +5,9 @@ import re
 import subprocess
 import sys
 
-
 from practise_df.cli import main
+
+from conftest import cli_commands
 
 
 def run(capsys, *argv):
@@ -128,9 +129,7 @@ def test_deprecated_spellings_still_work_and_say_so(capsys):
 def test_every_shared_flag_has_one_name_type_and_help():
     """One vocabulary: a flag that several commands take means the same everywhere (same type, same help),
     and no command spells a shared idea another way."""
-    from practise_df.cli import build_parser
-    parser = build_parser()
-    subparsers = next(a for a in parser._actions if a.choices and 'compress' in a.choices).choices
+    subparsers = cli_commands()
     seen = {}
     for name, sub in subparsers.items():
         for action in sub._actions:

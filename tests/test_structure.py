@@ -10,10 +10,9 @@ import re
 
 import practise_df
 import synth
-from practise_df.cli import build_parser
 from practise_df.cli.compress import add_compress_arguments
 
-from conftest import ROOT
+from conftest import ROOT, cli_commands
 
 PACKAGES = ('synth', 'practise_df')
 
@@ -171,7 +170,7 @@ def _library_calls(source: str):
         elif isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.split('.')[0] in PACKAGES:
-                    importlib.import_module(a.name)
+                    importlib.import_module(a.name)  # loads the submodule, so it is an attribute of its package
                     bound = a.name if a.asname else a.name.split('.')[0]  # `import synth.data` binds synth
                     names[a.asname or bound] = importlib.import_module(bound)
     bad, checked = [], 0
@@ -245,7 +244,7 @@ def _readme_commands(text: str):
 
 def test_the_readme_uses_only_flags_the_commands_have():
     """The README's commands spell every flag as its command declares it (the CLI's flags drifted once)."""
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    commands = cli_commands()
     recipe = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
     add_compress_arguments(recipe)  # every recipe takes compress's flags (recipe_main)
     lines, unknown = _readme_commands(open(os.path.join(ROOT, 'README.md')).read()), []
