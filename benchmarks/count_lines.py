@@ -16,6 +16,7 @@ import tokenize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('practise_df', 'synth')
+KINDS = ('physical', 'blank', 'comment', 'docstring', 'code')
 SKIP = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
 
 
@@ -57,11 +58,10 @@ def main():
     p.add_argument('--per-file', action='store_true', help='code-line change per file between the first two')
     args = p.parse_args()
     per_rev = {rev: {path: count(src) for path, src in sources(rev).items()} for rev in args.revisions}
-    print('| revision | ' + ' | '.join(count('').keys()) + ' |')
-    print('|---|' + '---:|' * 5)
+    print('| revision | ' + ' | '.join(KINDS) + ' |')
+    print('|---|' + '---:|' * len(KINDS))
     for rev, files in per_rev.items():
-        totals = {k: sum(f[k] for f in files.values()) for k in count('')}
-        print(f'| {rev} | ' + ' | '.join(str(v) for v in totals.values()) + ' |')
+        print(f'| {rev} | ' + ' | '.join(str(sum(f[k] for f in files.values())) for k in KINDS) + ' |')
     if args.per_file and len(args.revisions) > 1:
         a, b = per_rev[args.revisions[0]], per_rev[args.revisions[1]]
         for path in sorted(set(a) | set(b), key=lambda f: b.get(f, {}).get('code', 0) - a.get(f, {}).get('code', 0)):

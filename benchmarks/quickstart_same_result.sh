@@ -18,16 +18,19 @@ W=$($PY -c "from practise_df.models import efficientnet_lite0_weights as w; prin
     --per-block --batch-size 8 --repeats 20 --output "$WORK/lat.json" > "$WORK/lat.log" 2>&1
 run() {  # run NAME TREE: the quickstart of TREE's code (PYTHONPATH puts it before the editable install)
     [ -f "$WORK/$1/report.json" ] && return
+    # the code that ran, recorded now: HEAD may move before the comparison is rerun
+    echo "$(git -C "$2" rev-parse --short HEAD)$(git -C "$2" diff --quiet HEAD || echo ' + uncommitted changes')" \
+        > "$WORK/$1.rev"
     (cd "$2" && PYTHONPATH="$2" /usr/bin/time -v "$PY" recipes/quickstart.py --block-latency "$WORK/lat.json" \
         --output-dir "$WORK/$1" --overwrite --json > "$WORK/$1.json" 2> "$WORK/$1.err")
 }
 run old "$OLD_TREE"
 run new "$ROOT"
-"$PY" - "$WORK" "$REV" "$ROOT/benchmarks/results/quickstart_same_result.json" <<'PYEOF'
+"$PY" - "$WORK" "$ROOT/benchmarks/results/quickstart_same_result.json" <<'PYEOF'
 import hashlib, json, os, re, subprocess, sys
 import torch
 from safetensors.torch import load_file
-work, rev, out = sys.argv[1:]
+work, out = sys.argv[1:]
 
 def pngs(run):
     root = os.path.join(work, run, 'synth')
@@ -37,7 +40,8 @@ def pngs(run):
 def summary(run):
     report = json.load(open(os.path.join(work, run, 'report.json')))
     wall = re.search(r'Elapsed \(wall clock\) time .*: (\S+)', open(os.path.join(work, f'{run}.err')).read())
-    return {'dropped_blocks': report['dropped_blocks'], 'teacher_top1': report['eval']['teacher'].get('top1'),
+    return {'revision': open(os.path.join(work, f'{run}.rev')).read().strip(),
+            'dropped_blocks': report['dropped_blocks'], 'teacher_top1': report['eval']['teacher'].get('top1'),
             'student_top1': report['eval']['student'].get('top1'), 'agreement': report['eval']['student']['agreement'],
             'wall_clock': wall.group(1) if wall else None}
 
@@ -45,11 +49,11 @@ def scores(run):  # everything but the seconds each block took
     saved = json.load(open(os.path.join(work, run, 'scores.json')))
     return saved['selected'], [{k: v for k, v in s.items() if k != 'seconds'} for s in saved['scores']]
 
+images = {run: pngs(run) for run in ('old', 'new')}
 weights = {run: load_file(os.path.join(work, run, 'model', 'model.safetensors')) for run in ('old', 'new')}
-head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
 result = {
-    'old': {'revision': rev, **summary('old')}, 'new': {'revision': f'{head} (working tree)', **summary('new')},
-    'same_images': pngs('old') == pngs('new'), 'images': len(pngs('new')),
+    'old': summary('old'), 'new': summary('new'),
+    'same_images': images['old'] == images['new'], 'images': len(images['new']),
     'same_scores': scores('old') == scores('new'),
     'same_weights': weights['old'].keys() == weights['new'].keys()
                     and all(torch.equal(weights['old'][k], weights['new'][k]) for k in weights['old']),
