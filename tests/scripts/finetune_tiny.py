@@ -10,8 +10,7 @@ import sys
 import torch
 from torch.utils.data import TensorDataset
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))  # conftest's helpers; the package is installed
 from conftest import randomize_norms  # noqa: E402
 from practise_df import create_model, drop_blocks  # noqa: E402
 from practise_df.finetune import FinetuneConfig, finetune, make_accelerator  # noqa: E402

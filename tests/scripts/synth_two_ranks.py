@@ -10,7 +10,7 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), os.path.join(HERE, '..', '..')]
+sys.path.insert(0, os.path.dirname(HERE))  # the test modules' helpers; the package is installed
 from test_synth import DATA_CONFIG, TINY  # noqa: E402
 from conftest import randomize_norms  # noqa: E402
 from accelerate import PartialState  # noqa: E402
