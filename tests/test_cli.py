@@ -91,6 +91,19 @@ def test_console_script_is_installed():
     assert proc.returncode == 0 and 'practise-df' in proc.stdout
 
 
+def test_commands_turn_on_mkl_reproducible_mode_unless_the_user_chose():
+    """Byte-identical CPU results need MKL's reproducible mode (README, Determinism); a command sets it before
+    its work, and leaves a value the user set alone."""
+    script = ('import os, sys; from practise_df.cli import main; code = main(sys.argv[1:]); '
+              "print(os.environ.get('MKL_CBWR'))")
+    env = {k: v for k, v in os.environ.items() if k != 'MKL_CBWR'}
+    for user, expected in ((None, 'AUTO'), ('COMPATIBLE', 'COMPATIBLE')):
+        proc = subprocess.run([sys.executable, '-c', script, 'blocks', '--model', 'timm:test_resnet', '--json'],
+                              capture_output=True, text=True, env={**env, **({'MKL_CBWR': user} if user else {})})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == expected
+
+
 def test_compress_flags_reach_the_config():
     import argparse
 

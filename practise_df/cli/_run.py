@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 from typing import Callable
 
 
 def run_command(prog: str, func: Callable, render: Callable[[dict], str], args) -> int:
+    # Intel MKL's GEMM is not repeatable run to run with several threads unless its reproducible mode is on
+    # (a 3x3 convolution on a 1x1 map, as small inputs reach, runs as GEMM); read at MKL's first call, so set
+    # before any work. Measured cost: none outside timing noise (BENCHMARKS.md, CPU determinism).
+    os.environ.setdefault('MKL_CBWR', 'AUTO')
     try:
         result = func(args)
     except KeyboardInterrupt:
