@@ -95,7 +95,7 @@ def test_commands_turn_on_mkl_reproducible_mode_unless_the_user_chose():
     """Byte-identical CPU results need MKL's reproducible mode (README, Determinism); a command sets it before
     its work, and leaves a value the user set alone."""
     script = ('import os, sys; from practise_df.cli import main; code = main(sys.argv[1:]); '
-              "print(os.environ.get('MKL_CBWR'))")
+              "print(os.environ.get('MKL_CBWR')); sys.exit(code)")
     env = {k: v for k, v in os.environ.items() if k != 'MKL_CBWR'}
     for user, expected in ((None, 'AUTO'), ('COMPATIBLE', 'COMPATIBLE')):
         proc = subprocess.run([sys.executable, '-c', script, 'blocks', '--model', 'timm:test_resnet', '--json'],
