@@ -3,7 +3,9 @@ reproducibility (``MKL_CBWR=AUTO``), and what does that mode cost?
 
 Each case runs in a fresh process (MKL reads ``MKL_CBWR`` at its first call): a model with frozen weights, the
 same input ``--repeats`` times, the gradient with respect to the input compared with the first one (as image
-synthesis uses it). Reports how many repeats differed and the median time per pass.
+synthesis uses it). Reports how many repeats differed and the median time per pass. Three modes: unset, set in
+the environment the process starts with, and unset at start but left to ``run_command`` (which sets it after
+torch, timm and the CLI are imported, as ``practise-df`` and the recipes do).
 
     python benchmarks/bench_cpu_determinism.py --output benchmarks/results/cpu_determinism.json
 """
@@ -41,28 +43,39 @@ def run_case(model_name: str, size: int, batch: int, repeats: int) -> dict:
             'threads': torch.get_num_threads()}
 
 
+def run_case_as_command(model_name: str, size: int, batch: int, repeats: int) -> dict:
+    from practise_df.cli._run import run_command
+    result = {}
+    run_command('bench', lambda _: result.update(run_case(model_name, size, batch, repeats)), str, None)
+    return result
+
+
+MODES = {'unset': None, 'AUTO': 'AUTO', 'AUTO (run_command)': None}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--repeats', type=int, default=40)
     p.add_argument('--output', help='JSON file for the results')
-    p.add_argument('--case', nargs=4, metavar=('MODEL', 'SIZE', 'BATCH', 'REPEATS'), help=argparse.SUPPRESS)
+    p.add_argument('--case', nargs=5, metavar=('MODEL', 'SIZE', 'BATCH', 'REPEATS', 'MODE'), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.case:  # the child process
-        name, size, batch, repeats = args.case
-        print(json.dumps(run_case(name, int(size), int(batch), int(repeats))))
+        name, size, batch, repeats, mode = args.case
+        run = run_case_as_command if mode == 'AUTO (run_command)' else run_case
+        print(json.dumps(run(name, int(size), int(batch), int(repeats))))
         return
     rows = []
     for name, size, batch in CASES:
-        for cbwr in (None, 'AUTO'):
+        for mode, cbwr in MODES.items():
             env = {k: v for k, v in os.environ.items() if k != 'MKL_CBWR'}
             if cbwr:
                 env['MKL_CBWR'] = cbwr
-            out = subprocess.run([sys.executable, __file__, '--case', name, str(size), str(batch), str(args.repeats)],
-                                 env=env, capture_output=True, text=True, check=True).stdout
-            row = {'model': name, 'size': size, 'batch': batch, 'MKL_CBWR': cbwr or 'unset',
+            out = subprocess.run([sys.executable, __file__, '--case', name, str(size), str(batch), str(args.repeats),
+                                  mode], env=env, capture_output=True, text=True, check=True).stdout
+            row = {'model': name, 'size': size, 'batch': batch, 'MKL_CBWR': mode,
                    **json.loads(out.strip().splitlines()[-1])}
             rows.append(row)
-            print(f"{name:22s} {size:4d} px  batch {batch}  MKL_CBWR={row['MKL_CBWR']:5s}  "
+            print(f"{name:22s} {size:4d} px  batch {batch}  MKL_CBWR={row['MKL_CBWR']:18s}  "
                   f"{row['differ']:3d}/{args.repeats - 1} repeats differ  {row['ms']:7.1f} ms", flush=True)
     if args.output:
         with open(args.output, 'w') as f:
