@@ -1,9 +1,11 @@
 """Compressed-model directories: ``model.safetensors`` + ``config.json``.
 
-The config names the source architecture, the dropped blocks and the data config, so loading rebuilds
-the model with no download: build the architecture with random weights, replace the dropped blocks by
-identity, load the saved tensors. A folder published on the Hugging Face Hub loads as
-``hf-hub:ORG/NAME`` (timm's prefix), fetched once with ``huggingface_hub`` and cached.
+The config names the source architecture (a registry name or a ``py:`` factory, with its constructor
+arguments), the dropped blocks and the data config, so loading rebuilds the model with no download: build
+the architecture with random weights, replace the dropped blocks by identity, load the saved tensors.
+Saving rebuilds it the same way and compares outputs first, so a model that would load as another network
+is refused. A folder published on the Hugging Face Hub loads as ``hf-hub:ORG/NAME`` (timm's prefix),
+fetched once with ``huggingface_hub`` and cached.
 """
 from __future__ import annotations
 
@@ -12,15 +14,16 @@ import os
 import shutil
 from typing import Any, Dict, Optional
 
+import timm
+import torch
 import torch.nn as nn
-from huggingface_hub import snapshot_download
-from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub import hf_hub_download, snapshot_download
 from safetensors.torch import load_file, save_file
 
 from synth.files import apply_umask, check_writable
 
 from .blocks import drop_blocks, dropped_blocks
-from .models import HUB_PREFIX, create_model, resolve_data_config
+from .models import HUB_PREFIX, PY_PREFIX, create_model, hub_errors, model_device, resolve_data_config
 
 FORMAT = 'practise-df-compressed'
 FORMAT_VERSION = 1
@@ -30,34 +33,38 @@ def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str,
                     extra: Optional[Dict[str, Any]] = None, overwrite: bool = False) -> str:
     """Write ``model`` (made by :func:`create_model` + :func:`drop_blocks`) to directory ``path``.
 
-    The directory is written under a temporary name and renamed into place, so a crash never leaves
-    a half-written model that later loads. An existing directory is only replaced with ``overwrite``.
+    Before anything is written the model is rebuilt from what would be saved and its outputs compared with
+    ``model``'s (:func:`check_rebuilds`): a model that would load as another network is refused. The
+    directory is written under a temporary name and renamed into place, so a crash never leaves a
+    half-written model that later loads. An existing directory is only replaced with ``overwrite``.
     """
-    source = getattr(model, 'practise_df_source', None)
-    if source is None:
-        raise ValueError('This model was not built by practise_df.create_model, so its architecture cannot be '
-                         'recorded. Build it with create_model(spec, weights=...) before dropping blocks.')
     check_model_dir(path, overwrite)
     config = {
         'format': FORMAT,
         'format_version': FORMAT_VERSION,
-        'source': source,
+        'source': model_source(model),
         'dropped_blocks': dropped_blocks(model),
-        'data_config': data_config or resolve_data_config(model),  # tuples are written as lists
+        'data_config': dict(data_config or resolve_data_config(model)),
         **(extra or {}),
     }
+    try:
+        text = json.dumps(config, indent=2)  # tuples are written as lists
+    except TypeError as e:
+        raise ValueError(f'The model arguments {config["source"]["kwargs"]!r} cannot be written to config.json '
+                         f'({e}): pass JSON values (numbers, strings, lists, dicts).') from None
+    # safetensors refuses shared storage; contiguous clones are what a reload needs anyway.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    check_rebuilds(model, config, state)
     target = os.path.abspath(path)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = target + '.tmp'  # one writer per model: a crash's leftover is replaced by the next save
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        # safetensors refuses shared storage; contiguous clones are what a reload needs anyway.
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, os.path.join(tmp, 'model.safetensors'), metadata={'format': FORMAT})
         apply_umask(os.path.join(tmp, 'model.safetensors'))  # safetensors creates it for its owner only
         with open(os.path.join(tmp, 'config.json'), 'w') as f:
-            json.dump(config, f, indent=2)
+            f.write(text)
         old = target + '.old'  # the model being replaced stays whole until the new one is in place
         if os.path.exists(target):
             shutil.rmtree(old, ignore_errors=True)
@@ -68,6 +75,83 @@ def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+REBUILD_FIX = ("Likely cause: a module replaced after the model was built (e.g. model.maxpool = nn.Identity()), "
+               "or constructor arguments that were not recorded. Fix: write a function that builds the network as "
+               "you use it and pass it as --model py:FILE.py:FUNCTION (create_model('py:FILE.py:FUNCTION') in "
+               "Python).")
+
+
+def model_source(model: nn.Module) -> Dict[str, Any]:
+    """What rebuilds ``model``'s architecture: the source :func:`create_model` recorded, or for a model made
+    by ``timm.create_model`` its architecture and class count (checked by :func:`check_rebuilds`)."""
+    source = getattr(model, 'practise_df_source', None)
+    if source is not None:
+        return source
+    architecture = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
+    if architecture and timm.is_model(architecture):
+        return {'model': f'timm:{architecture}', 'kwargs': {'num_classes': model.num_classes}}
+    raise ValueError(f'This {type(model).__name__} was not built by practise_df.create_model, so how to rebuild it '
+                     "cannot be recorded. Build it with create_model('timm:NAME' or 'torchvision:NAME'), or for "
+                     "your own network with create_model('py:FILE.py:FUNCTION'), a function that returns it.")
+
+
+def check_rebuilds(model: nn.Module, config: Dict[str, Any], state: Dict[str, torch.Tensor]) -> None:
+    """Raise a ValueError unless rebuilding ``config`` (what :func:`load_compressed` does) with ``state``
+    gives ``model``'s outputs on a fixed random input (eval mode, the data config's input size)."""
+    described = f"{config['source']['model']}" + (f" without {', '.join(config['dropped_blocks'])}"
+                                                    if config['dropped_blocks'] else '')
+    try:
+        rebuilt = _rebuild(config, state)
+    except RuntimeError as e:  # load_state_dict: keys or shapes differ
+        raise ValueError(f'Refused to save: rebuilding {described} does not give this model: '
+                         f"{' '.join(str(e).split())[:300]}. {REBUILD_FIX} "
+                         'Nothing was written.') from None
+    device, dtype = model_device(model), next(model.parameters(), torch.empty(0)).dtype
+    x = torch.randn(2, *config['data_config']['input_size'], generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            expected = _logits(model.eval()(x.to(device, dtype)))
+            got = _logits(rebuilt.to(device, dtype)(x.to(device, dtype)))
+    finally:
+        model.train(was_training)
+    diff = (got - expected).abs().max().item() if got.shape == expected.shape else float('inf')
+    if not diff <= 1e-3 * (1 + expected.abs().max().item()):
+        raise ValueError(f'Refused to save: rebuilding {described} from what would be saved gives other outputs '
+                         f'than this model (max |difference| {diff:.3g} on a random input), so it would load as '
+                         f'another network. {REBUILD_FIX} Nothing was written.')
+
+
+def _logits(output) -> torch.Tensor:
+    """The first tensor of a model's output (a tensor, or a tuple/list/dict holding tensors), on the CPU."""
+    while not isinstance(output, torch.Tensor):
+        output = next(iter(output.values() if isinstance(output, dict) else output))
+    return output.float().cpu()
+
+
+def check_rebuildable(model: nn.Module, data_config: Optional[Dict[str, Any]] = None) -> None:
+    """Before long work on ``model``: raise what :func:`save_compressed` would (no record of how to build
+    it, or a rebuild that is another network)."""
+    config = {'source': model_source(model), 'dropped_blocks': dropped_blocks(model),
+              'data_config': dict(data_config or resolve_data_config(model))}
+    check_rebuilds(model, config, model.state_dict())
+
+
+def _rebuild(config: Dict[str, Any], state: Dict[str, torch.Tensor]) -> nn.Module:
+    """The model a compressed-model config and its tensors describe, in eval mode."""
+    source = config['source']
+    model = create_model(source['model'], **source.get('kwargs', {}))
+    if config['dropped_blocks']:
+        model = drop_blocks(model, config['dropped_blocks'], inplace=True)
+    model.load_state_dict(state)
+    # timm's resolve_model_data_config reads pretrained_cfg, so any code that asks timm (synth included) gets
+    # the preprocessing the model was saved with, not its architecture's default
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in config['data_config'].items()}
+    model.pretrained_cfg = {**(getattr(model, 'pretrained_cfg', None) or {}), **saved}
+    model.practise_df_source = source
+    return model.eval()
 
 
 def check_model_dir(path: str, overwrite: bool = False) -> None:
@@ -114,17 +198,21 @@ def read_config(path: str) -> Dict[str, Any]:
 def download_compressed(spec: str) -> str:
     """Local folder of ``hf-hub:ORG/NAME[@REVISION]``: the Hub's files, or the cached copy when offline."""
     repo_id, _, revision = spec[len(HUB_PREFIX):].partition('@')
-    try:
+    with hub_errors(spec):
         return snapshot_download(repo_id, revision=revision or None,
                                  allow_patterns=['config.json', 'model.safetensors', 'README.md'])
-    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise FileNotFoundError(f"'{spec}': no such model on the Hugging Face Hub (or it is private: log in with "
-                                f"`hf auth login`). {type(e).__name__}") from e
-    except LocalEntryNotFoundError as e:
-        raise FileNotFoundError(
-            f"Cannot fetch '{spec}': this machine is offline (or HF_HUB_OFFLINE=1) and the model is not in the "
-            f"Hugging Face cache. On a connected machine run `hf download {repo_id} --local-dir DIR` (or "
-            f"load_compressed('{spec}') once there), copy DIR here and pass the folder instead.") from e
+
+
+def _is_compressed_on_hub(spec: str) -> bool:
+    """Whether ``hf-hub:ORG/NAME`` is a compressed model (its config.json's format), not a timm model."""
+    repo_id, _, revision = spec[len(HUB_PREFIX):].partition('@')
+    with hub_errors(spec):
+        config_file = hf_hub_download(repo_id, 'config.json', revision=revision or None)
+    try:
+        with open(config_file) as f:
+            return json.load(f).get('format') == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def is_compressed_dir(path: str) -> bool:
@@ -132,13 +220,16 @@ def is_compressed_dir(path: str) -> bool:
 
 
 def load_model(source: str, weights: Optional[str] = None, **kwargs: Any) -> nn.Module:
-    """A model from a spec (:func:`practise_df.create_model`, with ``weights``) or a compressed-model
-    directory (:func:`load_compressed`, which carries its own weights): what every command's ``--model``
-    takes."""
-    if is_compressed_dir(source) or source.startswith(HUB_PREFIX):
+    """A model from a spec (:func:`practise_df.create_model`, with ``weights`` and constructor ``kwargs``) or a
+    compressed-model directory (:func:`load_compressed`, which carries its own weights and architecture):
+    what every command's ``--model`` takes. ``hf-hub:ORG/NAME`` is either, told apart by its config.json."""
+    if is_compressed_dir(source) or (source.startswith(HUB_PREFIX) and _is_compressed_on_hub(source)):
         if weights not in (None, '', 'random'):
             raise ValueError(f"'{source}' is a compressed-model directory and carries its own weights; "
                              "drop --weights.")
+        if kwargs:
+            raise ValueError(f"'{source}' is a compressed-model directory and carries its own architecture; drop "
+                             f"the model arguments ({', '.join(kwargs)}: --num-classes / --model-kwargs).")
         return load_compressed(source)
     if os.path.isdir(source):
         raise ValueError(f"'{source}' is a directory but holds no config.json, so it is not a compressed model "
@@ -154,14 +245,11 @@ def load_compressed(path: str) -> nn.Module:
     weights = os.path.join(path, 'model.safetensors')
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"'{path}' has a config.json but no model.safetensors; the directory is incomplete.")
-    source = config['source']
-    model = create_model(source['model'], **source.get('kwargs', {}))
-    if config['dropped_blocks']:
-        model = drop_blocks(model, config['dropped_blocks'], inplace=True)
-    model.load_state_dict(load_file(weights))
-    # timm's resolve_model_data_config reads pretrained_cfg, so any code that asks timm (synth included) gets
-    # the preprocessing the model was saved with, not its architecture's default
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in config['data_config'].items()}
-    model.pretrained_cfg = {**(getattr(model, 'pretrained_cfg', None) or {}), **saved}
-    model.practise_df_source = source
-    return model.eval()
+    factory = config['source']['model']
+    try:
+        return _rebuild(config, load_file(weights))
+    except (ImportError, FileNotFoundError) as e:
+        if not factory.startswith(PY_PREFIX):
+            raise
+        raise type(e)(f"'{path}' holds a network built by the function {factory}, which cannot be loaded here: "
+                      f"{e}") from e

@@ -21,6 +21,7 @@ from .corruptions import parse_corruptions, parse_severities
 from .finetune import FinetuneConfig
 from .guard import SIGNALS
 from .latency import RUNTIMES
+from .models import PREPROCESSING, model_arguments
 from .scoring import ESTIMATORS
 
 __all__ = ['CompressConfig', 'ImagesConfig', 'SynthesisConfig', 'ScoringConfig', 'LatencyConfig',
@@ -156,10 +157,17 @@ class RobustnessConfig:
 @dataclass
 class CompressConfig:
     """Everything one compression run needs; saved as ``run.json`` beside its outputs."""
-    model: str
+    model: str  # a spec (practise_df.create_model) or compressed-model directory; a name for a teacher passed in
     output_dir: str
     weights: Optional[str] = None  # local file, 'pretrained', or None / 'random' for random init
-    input_size: Optional[int] = None  # square input size for everything (default: the model's)
+    num_classes: Optional[int] = None  # passed to the model constructor (default: the model's, or the weights')
+    model_kwargs: Optional[Dict[str, Any]] = None  # more constructor arguments
+    # The preprocessing for everything (synthesis, scoring, guard, evaluation, export); default: the model's
+    input_size: Optional[int] = None  # square input size
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+    interpolation: Optional[str] = None
+    crop_pct: Optional[float] = None
     seed: int = 0
     images: ImagesConfig = field(default_factory=ImagesConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
@@ -179,7 +187,22 @@ class CompressConfig:
                              '(scoring.drop / latency_reduction / blocks in a settings file).')
         if self.robustness.enabled and not self.eval.data:
             raise ValueError('robustness needs eval data (--eval-data): a labelled image folder to corrupt.')
-        _positive(input_size=self.input_size)
+        _positive(input_size=self.input_size, num_classes=self.num_classes)
+        if self.model_kwargs is not None and not isinstance(self.model_kwargs, dict):
+            raise ValueError(f'model_kwargs must be a mapping of constructor arguments, not '
+                             f'{type(self.model_kwargs).__name__}.')
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            raise ValueError(f'crop_pct is a fraction above 0 and at most 1, got {self.crop_pct}.')
+
+    @property
+    def model_arguments(self) -> Dict[str, Any]:
+        """The model constructor's arguments (``num_classes`` and ``model_kwargs``)."""
+        return model_arguments(self.num_classes, self.model_kwargs)
+
+    @property
+    def preprocessing(self) -> Dict[str, Any]:
+        """Overrides of the model's data config (None: the model's)."""
+        return {k: getattr(self, k) for k in PREPROCESSING}
 
     def to_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples as lists, as the file holds them
@@ -198,7 +221,8 @@ class CompressConfig:
 # The stage that owns each group of settings (in pipeline order): on resume, a finished stage's settings are
 # fixed; later stages' settings may change.
 STAGE_SETTINGS = {
-    'images': ('model', 'weights', 'input_size', 'seed', 'images', 'synthesis'),
+    'images': ('model', 'weights', 'num_classes', 'model_kwargs', 'input_size', 'mean', 'std', 'interpolation',
+               'crop_pct', 'seed', 'images', 'synthesis'),
     'scores': ('scoring', 'latency'),
     'finetune': ('finetune',),
     'report': ('eval', 'robustness', 'card'),

@@ -18,6 +18,7 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from synth import SingleImageCrops, SynthesizedImages, load_images, synthesize
@@ -26,7 +27,7 @@ from synth.files import (RunLock, append_jsonl, check_writable, differing_settin
                          write_json_atomic)
 
 from .blocks import check_blocks, drop_blocks, find_blocks
-from .checkpoint import load_compressed, load_model, save_compressed
+from .checkpoint import check_rebuildable, load_compressed, load_model, save_compressed
 from .config import STAGE_SETTINGS, CompressConfig
 from .evaluate import evaluate
 from .finetune import DATAFREE_MIX, finetune, make_accelerator
@@ -58,10 +59,17 @@ def _stage(accelerator, message: str) -> None:
 
 
 def compress(config: CompressConfig, overwrite: bool = False, resume: bool = False,
-             accelerator=None, progress: bool = True) -> Dict[str, Any]:
-    """Run the whole pipeline; returns the report (also written to ``output_dir/report.json``)."""
-    teacher = load_model(config.model, config.weights)
-    data_config = resolve_data_config(teacher, input_size=config.input_size)
+             accelerator=None, progress: bool = True, teacher: Optional[nn.Module] = None) -> Dict[str, Any]:
+    """Run the whole pipeline; returns the report (also written to ``output_dir/report.json``).
+
+    ``teacher``: the model to compress, built in code (``config.model`` then only names it in the report); by
+    default it is built from ``config.model``, ``config.weights`` and the model arguments. To be saved, it must
+    be rebuildable: made by :func:`practise_df.create_model` (``py:`` for a network of your own) or
+    ``timm.create_model``; this is checked before any long stage.
+    """
+    if teacher is None:
+        teacher = load_model(config.model, config.weights, **config.model_arguments)
+    data_config = resolve_data_config(teacher, **config.preprocessing)
     checked = check_inputs(config, teacher, data_config)  # before anything is written
     accelerator = accelerator or make_accelerator(config.output_dir, config.finetune)
     lock = RunLock(config.output_dir) if accelerator.is_main_process else None
@@ -159,6 +167,7 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress) -
 def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]:
     """Check every argument that can be checked without the long stages, and return what was loaded on the
     way (candidate blocks, the block-latency table, the evaluation images) so it is not loaded twice."""
+    check_rebuildable(teacher, data_config)  # a teacher that would be saved as another network fails now
     input_size = data_config['input_size']
     candidates = find_blocks(teacher, input_size)
     scoring = config.scoring

@@ -6,6 +6,7 @@ never replaced) and the deprecated spellings of renamed flags, which keep workin
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Optional
@@ -14,7 +15,7 @@ import torch
 
 from synth.files import check_writable, write_json_atomic
 
-from ..models import resolve_data_config
+from ..models import INTERPOLATIONS, PREPROCESSING, model_arguments, resolve_data_config
 from ..checkpoint import load_model
 from ..latency import RUNTIMES
 
@@ -68,18 +69,54 @@ def block_list(text: str) -> list:
     return blocks
 
 
-def add_model(parser: argparse.ArgumentParser, required: bool = True, data: bool = False) -> None:
+def json_object(text: str) -> dict:
+    """argparse type of ``--model-kwargs``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"is not valid JSON ({e.msg} at character {e.pos}); write an object such "
+                                         """as '{"drop_path_rate": 0.1}'.""") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object of constructor arguments such as "
+                                         f"""'{{"drop_path_rate": 0.1}}', not {type(value).__name__}.""")
+    return value
+
+
+def crop_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number.") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f'is the centre-crop fraction, above 0 and at most 1 (e.g. 0.875), '
+                                         f'got {value}.')
+    return value
+
+
+def add_model(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--model/--weights, the constructor's arguments and the preprocessing overrides (named as timm's
+    validate.py names them). Without a default, so compress's parser leaves unset flags out."""
     g = parser.add_argument_group('model')
     g.add_argument('--model', required=required,
-                   help='timm:NAME, torchvision:NAME, NAME (timm) or a compressed-model directory')
+                   help='timm:NAME, torchvision:NAME, NAME (timm), local-dir:PATH or hf-hub:ORG/NAME (a timm model '
+                        'folder), py:FILE.py:FUNCTION or py:package.module:FUNCTION (a function that returns the '
+                        'network), or a compressed-model directory')
     g.add_argument('--weights',
-                   help="local .pth/.pt/.bin/.safetensors, 'pretrained' (hub weights, online) or 'random' "
-                        '(default: random init; compressed directories carry their own)')
+                   help="local .pth/.pt/.bin/.safetensors/.pth.tar (timm train.py's args.yaml beside it is read), "
+                        "'pretrained' (hub weights, online) or 'random' (default: random init; compressed "
+                        'directories and timm folders carry their own)')
+    g.add_argument('--num-classes', type=positive_int,
+                   help="classes of the model's classifier (default: the model's, or the weights file's)")
+    g.add_argument('--model-kwargs', type=json_object, metavar='JSON',
+                   help="""more constructor arguments as a JSON object, e.g. '{"drop_path_rate": 0.1}'""")
     g.add_argument('--input-size', type=positive_int, help="square input size (default: the model's)")
     deprecated(g, '--resolution', '--input-size', type=positive_int)
-    if data:
-        g.add_argument('--interpolation', default=None, help="resize interpolation (default: the model's)")
-        g.add_argument('--crop-pct', type=float, default=None, help="center-crop fraction (default: the model's)")
+    g.add_argument('--mean', type=float, nargs='+', metavar='MEAN',
+                   help="input normalisation mean, one value per channel (default: the model's)")
+    g.add_argument('--std', type=float, nargs='+', metavar='STD',
+                   help="input normalisation std, one value per channel (default: the model's)")
+    g.add_argument('--interpolation', choices=INTERPOLATIONS, help="resize interpolation (default: the model's)")
+    g.add_argument('--crop-pct', type=crop_fraction, help="center-crop fraction (default: the model's)")
 
 
 HELDOUT_HELP = 'images held out to measure recoverability on'
@@ -191,11 +228,11 @@ def deprecated(parser, old: str, new: str, dest: Optional[str] = None, **kwargs)
 
 
 def load(args, source: Optional[str] = None, weights: Optional[str] = None):
-    """(model, data config) from ``--model/--weights`` (or the given source) and the data flags."""
-    model = load_model(source or args.model, weights if source else args.weights)
-    config = resolve_data_config(model, input_size=getattr(args, 'input_size', None),
-                                 interpolation=getattr(args, 'interpolation', None),
-                                 crop_pct=getattr(args, 'crop_pct', None))
+    """(model, data config) from ``--model/--weights`` (or the given source), the model arguments and the
+    preprocessing flags."""
+    kwargs = model_arguments(getattr(args, 'num_classes', None), getattr(args, 'model_kwargs', None))
+    model = load_model(source or args.model, weights if source else args.weights, **kwargs)
+    config = resolve_data_config(model, **{k: getattr(args, k, None) for k in PREPROCESSING})
     return model, config
 
 

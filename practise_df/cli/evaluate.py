@@ -9,7 +9,7 @@ from . import _args
 
 def eval_command_parser(subparsers):
     parser = subparsers.add_parser('eval', help='top-1/top-5 accuracy and latency on an image folder')
-    _args.add_model(parser, data=True)
+    _args.add_model(parser)
     _args.add_data(parser)
     _args.add_teacher(parser)
     _args.add_batch_size(parser, 32)

@@ -13,7 +13,7 @@ from . import _args
 
 def export_command_parser(subparsers):
     parser = subparsers.add_parser('export', help='export a model to ONNX (or torch.export), checked against PyTorch')
-    _args.add_model(parser, data=True)
+    _args.add_model(parser)
     g = parser.add_argument_group('export')
     g.add_argument('--format', default='onnx', choices=FORMATS, help='onnx, or torch-export (a .pt2 program)')
     _args.add_output(g, required=True)  # .onnx, or .pt2 for torch-export

@@ -9,7 +9,7 @@ from . import _args
 def robustness_command_parser(subparsers):
     parser = subparsers.add_parser('robustness', help='accuracy under the 15 ImageNet-C corruptions, with the '
                                                       'teacher as baseline')
-    _args.add_model(parser, data=True)
+    _args.add_model(parser)
     _args.add_data(parser)
     _args.add_teacher(parser)
     parser.add_argument('--corruptions', default='all',

@@ -11,7 +11,7 @@ from . import _args
 
 def score_command_parser(subparsers):
     parser = subparsers.add_parser('score', help='PRACTISE recoverability scores; optionally select, drop and save')
-    _args.add_model(parser, data=True)
+    _args.add_model(parser)
     _args.add_data(parser)
     parser.add_argument('--train-images', type=_args.positive_int, default=100, help='tiny set size')
     parser.add_argument('--heldout-images', type=_args.positive_int, default=100, help=_args.HELDOUT_HELP)
