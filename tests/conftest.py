@@ -14,6 +14,7 @@ from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
 from practise_df import create_model
+from practise_df.cli import main
 
 SMALL = (3, 64, 64)
 # Device of the device-aware tests (corruptions, robustness), timm's convention: `TORCH_DEVICE=cuda pytest ...`.
@@ -37,6 +38,17 @@ def cli_commands():
     """{name: parser} of every ``practise-df`` subcommand."""
     from practise_df.cli import build_parser
     return next(a for a in build_parser()._actions if a.choices and 'compress' in a.choices).choices
+
+
+def cli(capsys, *argv):
+    """(exit status, stdout, stderr) of one practise-df command; argparse errors exit 2 too."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    assert 'Traceback' not in err, err
+    return code, out, err
 
 
 def launch_log(proc, chars=1500):

@@ -20,9 +20,8 @@ from safetensors.torch import save_file
 
 import practise_df.checkpoint
 import practise_df.robustness
-from conftest import ROOT, accelerate_launch, launch_log, make_image_folder
+from conftest import ROOT, accelerate_launch, cli, launch_log, make_image_folder
 from practise_df import CompressConfig, create_model, load_compressed, resolve_data_config, save_compressed
-from practise_df.cli import main
 from practise_df.cli.compress import render_report
 from synth.data import ImageFolderDataset, decode_image
 from synth.files import RunLock, write_json_atomic
@@ -34,17 +33,6 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
 TINY = ['--num-images', '4', '--heldout-images', '1', '--synth-batch-size', '2', '--synth-steps', '2',
         '--score-images', '2', '--adaptor-steps', '1', '--finetune-iters', '0', '--finetune-batch-size', '2',
         '--latency-batch-size', '1', '--latency-repeats', '1']
-
-
-def cli(capsys, *argv):
-    """(exit status, stdout, stderr) of one practise-df command; argparse errors exit 2 too."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    assert 'Traceback' not in err, err
-    return code, out, err
 
 
 def snapshot(*paths):
