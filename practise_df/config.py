@@ -21,7 +21,7 @@ from .corruptions import parse_corruptions, parse_severities
 from .finetune import FinetuneConfig
 from .guard import SIGNALS
 from .latency import RUNTIMES
-from .models import PREPROCESSING, model_arguments
+from .models import INTERPOLATIONS, PREPROCESSING, model_arguments
 from .scoring import ESTIMATORS
 
 __all__ = ['CompressConfig', 'ImagesConfig', 'SynthesisConfig', 'ScoringConfig', 'LatencyConfig',
@@ -193,6 +193,9 @@ class CompressConfig:
                              f'{type(self.model_kwargs).__name__}.')
         if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
             raise ValueError(f'crop_pct is a fraction above 0 and at most 1, got {self.crop_pct}.')
+        model_arguments(self.num_classes, self.model_kwargs)  # num_classes given twice, two values: fails now
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"Unknown interpolation '{self.interpolation}'; choose from {', '.join(INTERPOLATIONS)}.")
 
     @property
     def model_arguments(self) -> Dict[str, Any]:

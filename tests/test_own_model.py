@@ -257,3 +257,16 @@ def test_hf_hub_is_a_compressed_model_or_a_timm_model_by_its_config(tmp_path, mo
     monkeypatch.setattr(practise_df.checkpoint, 'create_model', lambda spec, weights=None, **kw: built.append(spec))
     load_model('hf-hub:org/timm', num_classes=5)
     assert built == ['hf-hub:org/timm']  # timm's own hub loader builds it
+
+
+@pytest.mark.parametrize('setting, message', [
+    ({'interpolation': 'cubic'}, "Unknown interpolation 'cubic'; choose from"),
+    ({'crop_pct': 1.5}, 'crop_pct is a fraction above 0 and at most 1'),
+    ({'model_kwargs': [1]}, 'model_kwargs must be a mapping'),
+    ({'num_classes': 0}, 'num_classes=0: must be at least 1'),
+    ({'num_classes': 3, 'model_kwargs': {'num_classes': 4}}, 'num_classes is 3 but the model arguments say 4'),
+])
+def test_a_settings_file_with_bad_model_settings_is_refused(tmp_path, setting, message):
+    settings = {'model': 'timm:test_resnet', 'output_dir': str(tmp_path / 'run'), 'scoring': {'drop': 1}, **setting}
+    with pytest.raises(ValueError, match=message):
+        CompressConfig.from_dict(settings)
