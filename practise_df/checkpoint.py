@@ -186,6 +186,9 @@ def read_config(path: str) -> Dict[str, Any]:
             config = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"'{path}/config.json' is not valid JSON ({e}).") from None
+    if isinstance(config, dict) and 'architecture' in config and 'format' not in config:
+        raise ValueError(f"'{path}' is a timm model folder, not a practise-df compressed model: pass it as "
+                         f"local-dir:{path}.")
     if not isinstance(config, dict) or config.get('format') != FORMAT:
         raise ValueError(f"'{path}/config.json' is not a practise-df compressed model (format "
                          f"{config.get('format') if isinstance(config, dict) else None!r}).")

@@ -109,6 +109,8 @@ def test_a_timm_folder_written_by_save_for_hf(tmp_path, capsys):
     assert built.practise_df_source['model'] == 'timm:test_resnet'
     config = resolve_data_config(built)
     assert config['mean'] == (0.2, 0.2, 0.2) and config['crop_pct'] == 0.8
+    with pytest.raises(ValueError, match=f"is a timm model folder.*pass it as local-dir:{folder}"):
+        load_model(str(folder))  # without timm's prefix
     out = tmp_path / 'run'
     code, _, err = cli(capsys, 'compress', '--model', f'local-dir:{folder}', *TINY, '--output-dir', out)
     assert code == 0, err
