@@ -9,6 +9,7 @@ fetched once with ``huggingface_hub`` and cached.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -18,9 +19,10 @@ import timm
 import torch
 import torch.nn as nn
 from huggingface_hub import hf_hub_download, snapshot_download
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from synth.files import apply_umask, check_writable
+from synth.files import apply_umask, check_writable, temporary_name
 
 from .blocks import drop_blocks, dropped_blocks
 from .models import HUB_PREFIX, PY_PREFIX, create_model, hub_errors, model_device, resolve_data_config
@@ -57,23 +59,23 @@ def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str,
     check_rebuilds(model, config, state)
     target = os.path.abspath(path)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = target + '.tmp'  # one writer per model: a crash's leftover is replaced by the next save
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    tmp = temporary_name(target, directory=True)  # a name of this save alone: nothing of the user's is touched
+    old = None
     try:
-        save_file(state, os.path.join(tmp, 'model.safetensors'), metadata={'format': FORMAT})
-        apply_umask(os.path.join(tmp, 'model.safetensors'))  # safetensors creates it for its owner only
+        _save_tensors(state, os.path.join(tmp, 'model.safetensors'))
         with open(os.path.join(tmp, 'config.json'), 'w') as f:
             f.write(text)
-        old = target + '.old'  # the model being replaced stays whole until the new one is in place
-        if os.path.exists(target):
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
+        if os.path.exists(target):  # the model being replaced stays whole until the new one is in place
+            old = temporary_name(target, 'old', directory=True)
+            os.replace(target, old)  # onto the empty folder just made
         os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.exists(target):
+            os.replace(old, target)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -154,6 +156,26 @@ def _rebuild(config: Dict[str, Any], state: Dict[str, torch.Tensor]) -> nn.Modul
     return model.eval()
 
 
+def _save_tensors(state: Dict[str, Any], path: str) -> None:
+    """``safetensors.save_file``, with a full disk reported as one (``OSError(ENOSPC)``, as Python's own
+    writes) and a file written short refused before it replaces anything."""
+    try:
+        save_file(state, path, metadata={'format': FORMAT})
+    except SafetensorError as e:
+        full = any(s in str(e) for s in ('os error 28', 'StorageFull', 'No space left'))
+        raise OSError(errno.ENOSPC if full else errno.EIO, f'cannot write the model ({e})', path) from None
+    apply_umask(path)  # safetensors creates it for its owner only
+    with open(path, 'rb') as f:  # a write that failed silently leaves a file shorter than its header says
+        length = int.from_bytes(f.read(8), 'little')
+        header = f.read(length)
+    try:
+        ends = [v['data_offsets'][1] for k, v in json.loads(header).items() if k != '__metadata__']
+    except (ValueError, KeyError, TypeError):
+        ends = None
+    if ends is None or os.path.getsize(path) < 8 + length + max(ends, default=0):
+        raise OSError(errno.ENOSPC, 'the model file was written short (no space left on the disk?)', path)
+
+
 def check_model_dir(path: str, overwrite: bool = False) -> None:
     """Before any work: ``path`` is new, an empty directory, or (with ``overwrite``) a compressed model to
     replace. Anything else (a file, a folder of the user's) is refused and left as it is."""
@@ -164,7 +186,7 @@ def check_model_dir(path: str, overwrite: bool = False) -> None:
         raise FileExistsError(f"'{path}' is a file; a compressed model is a directory. Choose another path.")
     if not os.listdir(path):
         return
-    if not _is_model_dir(path):
+    if not is_saved_model(path):
         raise FileExistsError(f"'{path}' is not empty and is not a compressed model written by practise-df, so it "
                               "is never replaced. Choose a new or empty directory; nothing was changed.")
     if not overwrite:
@@ -172,7 +194,8 @@ def check_model_dir(path: str, overwrite: bool = False) -> None:
                               "overwrite=True (--overwrite) to replace it.")
 
 
-def _is_model_dir(path: str) -> bool:
+def is_saved_model(path: str) -> bool:
+    """``path`` holds a compressed model written by :func:`save_compressed` and nothing else."""
     try:
         return read_config(path) is not None and set(os.listdir(path)) <= {'config.json', 'model.safetensors',
                                                                             'README.md'}
@@ -248,9 +271,14 @@ def load_compressed(path: str) -> nn.Module:
     weights = os.path.join(path, 'model.safetensors')
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"'{path}' has a config.json but no model.safetensors; the directory is incomplete.")
+    try:
+        tensors = load_file(weights)
+    except SafetensorError as e:
+        raise ValueError(f"'{weights}' cannot be read ({e}): the compressed model is damaged, e.g. a copy cut "
+                         'short. Copy or save it again.') from None
     factory = config['source']['model']
     try:
-        return _rebuild(config, load_file(weights))
+        return _rebuild(config, tensors)
     except (ImportError, FileNotFoundError) as e:
         if not factory.startswith(PY_PREFIX):
             raise

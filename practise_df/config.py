@@ -256,6 +256,20 @@ def read_settings_file(path: str) -> Dict[str, Any]:
     return data
 
 
+def is_run_settings(path: str) -> bool:
+    """``path`` holds the settings of a compression run as :func:`practise_df.compress` writes them (its
+    ``run.json``): every key a :class:`CompressConfig` field, the model, output folder and selection present.
+    A run folder is recognised by this content, never by the file's name alone."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    fields = {f.name for f in dataclasses.fields(CompressConfig)}
+    return isinstance(data, dict) and {'model', 'output_dir', 'scoring'} <= set(data) <= fields and \
+        isinstance(data['scoring'], dict)
+
+
 def _build(cls, data: Dict[str, Any], source: str):
     """``cls(**data)`` with nested groups, and an error naming unknown keys."""
     if not isinstance(data, dict):

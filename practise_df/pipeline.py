@@ -23,12 +23,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from synth import SingleImageCrops, SynthesizedImages, load_images, synthesize
 from synth.data import ImageFolderDataset, eval_transform, train_transform
-from synth.files import (RunLock, append_jsonl, check_writable, differing_settings, drop_partial_line,
-                         write_json_atomic)
+from synth.files import (RunLock, append_jsonl, check_outputs_apart, check_writable, differing_settings,
+                         drop_partial_line, remove_leftovers, write_json_atomic)
+from synth.synthesized import is_synthesized
 
 from .blocks import check_blocks, drop_blocks, find_blocks
-from .checkpoint import check_rebuildable, load_compressed, load_model, save_compressed
-from .config import STAGE_SETTINGS, CompressConfig
+from .checkpoint import check_rebuildable, is_saved_model, load_compressed, load_model, save_compressed
+from .config import STAGE_SETTINGS, CompressConfig, is_run_settings
 from .evaluate import evaluate
 from .finetune import DATAFREE_MIX, finetune, make_accelerator
 from .guard import choose, closeness, guard_images
@@ -168,6 +169,11 @@ def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]
     """Check every argument that can be checked without the long stages, and return what was loaded on the
     way (candidate blocks, the block-latency table, the evaluation images) so it is not loaded twice."""
     check_rebuildable(teacher, data_config)  # a teacher that would be saved as another network fails now
+    images = config.images.source
+    check_outputs_apart({'--output-dir': config.output_dir}, {
+        '--model': config.model, '--weights': config.weights, '--eval-data': config.eval.data,
+        '--images': images.split(':', 1)[1] if images and images.startswith('crops:') else images,
+        '--guard-images': config.eval.guard_images, '--block-latency': config.latency.block_latency})
     input_size = data_config['input_size']
     candidates = find_blocks(teacher, input_size)
     scoring = config.scoring
@@ -227,23 +233,52 @@ def prepare_output_dir(config: CompressConfig, overwrite: bool = False, resume: 
         raise FileExistsError(f"--output-dir '{out}' is a file, not a directory; choose another path.")
     check_writable(out, '--output-dir', inside=True)
     earlier = [f for f in os.listdir(out) if f != RunLock.NAME] if os.path.isdir(out) else []
+    if earlier and not is_run_settings(run_file):  # a file's name proves nothing: its content must be a run's
+        raise FileExistsError(f"'{out}' is not empty and holds no {RUN_FILE} written by practise-df compress, so it "
+                              "is not a practise-df run and nothing in it is replaced. Choose an empty or new "
+                              "--output-dir; nothing was changed.")
     if earlier and earlier != [RUN_FILE]:  # a run that wrote only its settings did nothing yet: start it again
-        if not os.path.isfile(run_file):
-            raise FileExistsError(f"'{out}' is not empty and holds no {RUN_FILE}, so it is not a practise-df run. "
-                                  "Choose an empty or new --output-dir; nothing was changed.")
         if resume:
             _check_resume(config, run_file)
         elif not overwrite:
             raise FileExistsError(f"'{out}' already holds a practise-df run. Pass --resume to continue it or "
                                   "--overwrite to replace it.")
+        else:
+            _check_only_run_files(out)
+    elif resume and not os.path.exists(out):
+        raise FileNotFoundError(f"--resume: --output-dir '{out}' does not exist, so there is no run to continue. "
+                                'Check the path, or drop --resume to start a new run.')
     os.makedirs(out, exist_ok=True)
     if lock is not None:
         lock.acquire()  # before anything is removed: a run still writing here keeps its files
+    remove_leftovers(out, ARTEFACTS)  # a killed run's temporary copies, named by this run's code only
     if earlier and overwrite and not resume:
         for name in ARTEFACTS:
             path = os.path.join(out, name)
             shutil.rmtree(path) if os.path.isdir(path) else (os.remove(path) if os.path.exists(path) else None)
     write_json_atomic(run_file, config.to_dict())
+
+
+def _written_by_a_run(path: str, name: str) -> bool:
+    """``path`` (the entry ``name`` of a run folder) is what a run writes there, not a file of the user's."""
+    if name in (MODEL_DIR, RECOVERED_DIR, REJECTED_DIR):
+        return is_saved_model(path)
+    if name == SYNTH_DIR:
+        return is_synthesized(path) or (os.path.isdir(path) and not os.listdir(path))
+    if name == 'checkpoints':
+        return os.path.isdir(path) and all(
+            e.startswith('checkpoint_') and e.split('_')[-1].isdigit() for e in os.listdir(path))
+    return os.path.isfile(path)
+
+
+def _check_only_run_files(out: str) -> None:
+    """Before ``--overwrite`` removes anything: every entry it would remove is one a run writes."""
+    foreign = [name for name in ARTEFACTS if os.path.lexists(os.path.join(out, name))
+               and not _written_by_a_run(os.path.join(out, name), name)]
+    if foreign:
+        raise FileExistsError(f"--overwrite: in '{out}', {', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} "
+                              'not what a practise-df run writes there, so nothing is removed. Move them away or '
+                              'choose another --output-dir; nothing was changed.')
 
 
 def _check_resume(config: CompressConfig, run_file: str) -> None:

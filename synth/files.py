@@ -9,7 +9,10 @@ import errno
 import json
 import logging
 import os
-from typing import Iterable, Iterator, List, Optional
+import re
+import shutil
+import tempfile
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 try:
     import fcntl
@@ -19,12 +22,41 @@ except ImportError:  # Windows
 _logger = logging.getLogger(__name__)
 
 
+def temporary_name(path: str, kind: str = 'tmp', directory: bool = False) -> str:
+    """A new, empty file (or folder) beside ``path`` whose name no one else has: ``.NAME.XXXXXXXX.tmp``.
+    Temporary and backup names are never fixed (``NAME.tmp``), so a file of the user's that happens to
+    carry one is never replaced or removed. Made with the user's umask, as a plain ``open()`` would."""
+    parent, name = os.path.split(os.path.abspath(path))
+    make = tempfile.mkdtemp if directory else tempfile.mkstemp
+    made = make(dir=parent, prefix=f'.{name}.', suffix=f'.{kind}')
+    if not directory:
+        os.close(made[0])
+        made = made[1]
+    apply_umask(made)  # mkstemp / mkdtemp make them for their owner only
+    return made
+
+
+def remove_leftovers(folder: str, names: Optional[Sequence[str]] = None) -> None:
+    """Remove what :func:`temporary_name` made in ``folder`` (for ``names``, default any) and a run killed
+    mid-write left behind. Only for folders a run owns: nothing else matches the pattern."""
+    if not os.path.isdir(folder):
+        return
+    pattern = re.compile(r'^\.(.+)\.[a-z0-9_]{8}\.(tmp|old)$')
+    for entry in os.listdir(folder):
+        match = pattern.match(entry)
+        if match and (names is None or match.group(1) in names):
+            path = os.path.join(folder, entry)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
 @contextlib.contextmanager
-def replacing(path: str) -> Iterator[str]:
+def replacing(path: str, owned: bool = False) -> Iterator[str]:
     """A temporary name to write ``path``'s new content to: renamed over ``path`` when the block ends, removed
     when it fails (a full disk, an interruption). Readers see the old file or the whole new one, never half
-    of it, and no half-written file is left behind."""
-    tmp = path + '.tmp'  # one writer per file: a leftover of a killed run is replaced by the next write
+    of it, and no half-written file is left behind. ``owned``: ``path`` lies in a folder the run made and
+    owns (a synthesized set), where the fixed name ``PATH.tmp`` lets the next write replace the leftover
+    of a killed run; elsewhere the name is unique (:func:`temporary_name`)."""
+    tmp = path + '.tmp' if owned else temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -57,11 +89,36 @@ def check_writable(path: str, what: str = 'output', inside: bool = False) -> Non
 
 
 def apply_umask(path: str) -> None:
-    """Give ``path`` the permissions a plain ``open()`` would (some writers, safetensors among them, create
-    files readable by their owner only)."""
+    """Give ``path`` the permissions a plain ``open()`` (or ``os.makedirs``) would (some writers, safetensors
+    and ``tempfile`` among them, create files readable by their owner only)."""
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+
+
+def check_outputs_apart(outputs: Dict[str, Optional[str]],
+                        inputs: Dict[str, Union[None, str, Sequence[str]]]) -> None:
+    """Before any work: no output (``{flag: path}``) is, lies inside or holds an input of the same command
+    (``{flag: path or paths}``: weights, model folders, image folders). Writing there would change what is
+    read, and ``--overwrite`` would replace it; refused even with ``--overwrite``."""
+    for out_flag, out in outputs.items():
+        if not out:
+            continue
+        target = os.path.realpath(out)
+        for in_flag, paths in inputs.items():
+            for path in [paths] if isinstance(paths, str) else paths or []:
+                if not path or not os.path.exists(path):  # a model name or hf:NAME is no file to protect
+                    continue
+                source = os.path.realpath(path)
+                if target == source or target.startswith(source.rstrip(os.sep) + os.sep):
+                    where = 'is' if target == source else 'lies inside'
+                elif source.startswith(target.rstrip(os.sep) + os.sep):
+                    where = 'holds'
+                else:
+                    continue
+                raise FileExistsError(f"{out_flag} '{out}' {where} the input {in_flag} '{path}': writing there would "
+                                      'change what this command reads, so it is refused (also with --overwrite). '
+                                      f'Choose an {out_flag} outside the inputs; nothing was changed.')
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -64,7 +64,7 @@ class ShardWriter:
         for image, record in zip(array, records):
             path = os.path.join(self.out_dir, record['file_name'])
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with replacing(path) as tmp:  # a PNG is whole or absent
+            with replacing(path, owned=True) as tmp:  # a PNG is whole or absent
                 Image.fromarray(image).save(tmp, format='PNG')
         append_jsonl(self.metadata_path, records)
 

@@ -7,6 +7,7 @@ import errno
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import practise_df.checkpoint
@@ -351,7 +353,7 @@ def test_a_run_stopped_by_a_bad_argument_restarts_without_overwrite(capsys, tmp_
     code, _, err = cli(capsys, *argv, '--eval-data', tmp_path / 'missing')
     assert code == 2 and not out.exists()
     out.mkdir()  # a run stopped after writing only its settings did no work either
-    write_json_atomic(str(out / 'run.json'), {'model': 'timm:resnet18', 'note': 'other settings'})
+    (out / 'run.json').write_text(_run_settings(out, seed=7))  # other settings
     code, _, err = cli(capsys, *argv, '--eval-data', images)
     assert code == 0, err
 
@@ -475,7 +477,7 @@ def test_a_full_disk_is_a_clear_error(capsys, monkeypatch, tmp_path):
 def test_two_runs_on_one_directory_cannot_both_write(capsys, tmp_path):
     out = tmp_path / 'run'
     out.mkdir()
-    (out / 'run.json').write_text('{}')
+    (out / 'run.json').write_text(_run_settings(out))
     (out / 'scores.json').write_text('{"selected": []}')  # the other run's work so far
     lock = RunLock(str(out)).acquire()
     try:
@@ -496,3 +498,130 @@ def test_model_files_get_the_mode_of_the_users_umask(tmp_path, umask):
         os.umask(old)
     modes = {name: os.stat(tmp_path / 'model' / name).st_mode & 0o777 for name in ('model.safetensors', 'config.json')}
     assert modes == {'model.safetensors': 0o666 & ~umask, 'config.json': 0o666 & ~umask}
+
+
+# --- issue 28: a run folder is known by its content; outputs never in place of inputs ------------------------
+
+def _run_settings(out, **changes):
+    """What compress writes as run.json (the settings of a run on ``out``)."""
+    config = CompressConfig(model='timm:resnet18', output_dir=str(out), input_size=32, scoring={'drop': 1},
+                            **changes)
+    return json.dumps(config.to_dict())
+
+
+def test_a_users_run_json_does_not_make_a_folder_a_run(capsys, no_long_work, tmp_path):
+    out = tmp_path / 'u'
+    (out / 'model').mkdir(parents=True)
+    (out / 'checkpoints').mkdir()
+    (out / 'run.json').write_text('{"tool": "mine"}')
+    (out / 'model' / 'best.pt').write_text('w')
+    (out / 'checkpoints' / 'epoch1.pt').write_text('w')
+    before = snapshot(out)
+    code, _, err = cli(capsys, 'compress', *MODEL, '--drop', 1, *TINY, '--output-dir', out, '--overwrite')
+    assert code == 2 and 'not a practise-df run' in err
+    assert snapshot(out) == before
+    for name in ('model', 'checkpoints'):
+        shutil.rmtree(out / name)
+    before = snapshot(out)  # only the user's run.json: not "a run that wrote only its settings"
+    code, _, err = cli(capsys, 'compress', *MODEL, '--drop', 1, *TINY, '--output-dir', out)
+    assert code == 2 and 'not a practise-df run' in err
+    assert snapshot(out) == before
+
+
+def test_overwrite_removes_only_what_a_run_wrote(capsys, no_long_work, tmp_path):
+    out = tmp_path / 'run'
+    (out / 'model').mkdir(parents=True)
+    (out / 'run.json').write_text(_run_settings(out))
+    (out / 'scores.json').write_text('{"selected": []}')
+    (out / 'model' / 'best.pt').write_text('a model of the user, put into a run folder')
+    before = snapshot(out)
+    code, _, err = cli(capsys, 'compress', *MODEL, '--drop', 1, *TINY, '--output-dir', out, '--overwrite')
+    assert code == 2 and 'model is not what a practise-df run writes' in err
+    assert snapshot(out) == before
+
+
+INPUT_AS_OUTPUT = {  # an output that is, or lies inside, an input of the same command
+    'robustness --output the weights': (['robustness', *MODEL, '--weights', '{w}', '--data', '{images}',
+                                         '--output', '{w}'], '--weights'),
+    'export --output into the model folder': (['export', '--model', '{model}', '--output', '{model}/model.safetensors'],
+                                              '--model'),
+    'eval --output over an image': (['eval', *MODEL, '--data', '{images}', '--output', '{images}/a/0.png'], '--data'),
+    'eval --output over the teacher': (['eval', *MODEL, '--data', '{images}', '--teacher', '{model}',
+                                        '--output', '{model}/config.json'], '--teacher'),
+    'score --output-dir inside the data': (['score', *MODEL, '--data', '{images}', '--drop', '1',
+                                            '--output-dir', '{images}/run'], '--data'),
+    'export --output over calibration images': (['export', *MODEL, '--quantize', 'int8', '--calibration', '{images}',
+                                                 '--output', '{images}/a/0.png'], '--calibration'),
+    'compress --output-dir inside --eval-data': (['compress', *MODEL, '--drop', '1', *TINY, '--eval-data', '{images}',
+                                                  '--output-dir', '{images}/run'], '--eval-data'),
+    'compress --output-dir inside --images': (['compress', *MODEL, '--drop', '1', *TINY, '--images', 'crops:{images}',
+                                               '--output-dir', '{images}/a/run'], '--images'),
+    'compress --output-dir holding --weights': (['compress', *MODEL, '--drop', '1', *TINY, '--weights', '{w}',
+                                                 '--output-dir', '{tmp}'], '--weights'),
+    'compress --output-dir inside --guard-images': (['compress', *MODEL, '--drop', '1', *TINY, '--guard-images',
+                                                     '{images}/a', '--output-dir', '{images}/a/run'], '--guard-images'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(INPUT_AS_OUTPUT))
+def test_an_output_in_place_of_an_input_is_refused_even_with_overwrite(capsys, no_long_work, tmp_path, case):
+    argv, flag = INPUT_AS_OUTPUT[case]
+    images = make_image_folder(str(tmp_path / 'images'), per_class=2, size=40)
+    model = str(tmp_path / 'model')
+    save_compressed(create_model('timm:resnet18', num_classes=4), model)
+    w = tmp_path / 'w.pth'
+    torch.save(create_model('timm:resnet18').state_dict(), w)
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, *[a.format(w=w, images=images, model=model, tmp=tmp_path) for a in argv],
+                       '--overwrite')
+    assert code == 2 and flag in err and 'refused' in err, err
+    assert snapshot(tmp_path) == before
+
+
+def test_temporary_and_backup_names_never_touch_a_users_files(tmp_path):
+    model = create_model('timm:resnet18', num_classes=4)
+    save_compressed(model, str(tmp_path / 'X'))
+    for name in ('X.tmp', 'X.old'):  # folders of the user's that carry the names a save once used
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'notes.txt').write_text('mine')
+    (tmp_path / 'res.json.tmp').write_text('mine too')
+    users = [tmp_path / 'X.tmp', tmp_path / 'X.old', tmp_path / 'res.json.tmp']
+    before = snapshot(*users)
+    save_compressed(model, str(tmp_path / 'X'), overwrite=True)
+    write_json_atomic(str(tmp_path / 'res.json'), {'top1': 1.0})
+    after = snapshot(*users)
+    assert {k: v for k, v in after.items() if k != str(tmp_path)} == \
+        {k: v for k, v in before.items() if k != str(tmp_path)}
+    assert sorted(os.listdir(tmp_path)) == ['X', 'X.old', 'X.tmp', 'res.json', 'res.json.tmp']
+
+
+def _safetensors_disk_full(state, filename, **kwargs):
+    open(filename, 'wb').write(b'half a model')
+    raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                          'left on device" })')
+
+
+def _safetensors_short_write(state, filename, **kwargs):
+    """safetensors ignores some failed writes (its buffered writer's last flush): the file is cut short."""
+    save_file(state, filename, **kwargs)
+    data = open(filename, 'rb').read()
+    open(filename, 'wb').write(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize('failure', [_safetensors_disk_full, _safetensors_short_write])
+def test_a_full_disk_while_saving_the_model_is_one_clear_line(capsys, monkeypatch, tmp_path, images, failure):
+    monkeypatch.setattr(practise_df.checkpoint, 'save_file', failure)
+    out = tmp_path / 'run'
+    code, _, err = cli(capsys, 'compress', *MODEL, '--blocks', 'layer4.1', *TINY, '--output-dir', out)
+    assert code == 2 and 'the disk is full' in err
+    assert not (out / 'recovered').exists() and not (out / 'model').exists()
+    assert [f for f in os.listdir(out) if f.startswith('.') and f != RunLock.NAME] == []  # no temporary folder
+
+
+def test_a_truncated_compressed_model_is_one_clear_line(capsys, images, tmp_path):
+    model = str(tmp_path / 'model')
+    save_compressed(create_model('timm:resnet18', num_classes=4), model)
+    weights = os.path.join(model, 'model.safetensors')
+    open(weights, 'r+b').truncate(os.path.getsize(weights) // 2)
+    code, _, err = cli(capsys, 'eval', '--model', model, '--data', images)
+    assert code == 2 and 'damaged' in err and 'model.safetensors' in err

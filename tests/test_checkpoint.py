@@ -33,12 +33,13 @@ def test_round_trip_is_bit_equal(tmp_path, spec):
         assert torch.equal(again(x), pruned(x))
 
 
-def test_a_crashed_save_leftover_is_replaced(tmp_path, tiny_resnet):
+def test_a_save_never_touches_a_neighbour_named_like_a_temporary(tmp_path, tiny_resnet):
     out = tmp_path / 'm'
-    (tmp_path / 'm.tmp').mkdir()  # what a save killed mid-write leaves
-    (tmp_path / 'm.tmp' / 'model.safetensors').write_bytes(b'cut short')
+    (tmp_path / 'm.tmp').mkdir()  # a folder of the user's that carries the name a save once used
+    (tmp_path / 'm.tmp' / 'model.safetensors').write_bytes(b'mine')
     save_compressed(tiny_resnet, str(out))
-    assert sorted(os.listdir(tmp_path)) == ['m']
+    assert sorted(os.listdir(tmp_path)) == ['m', 'm.tmp']
+    assert (tmp_path / 'm.tmp' / 'model.safetensors').read_bytes() == b'mine'
     assert read_config(str(out))['dropped_blocks'] == []
 
 

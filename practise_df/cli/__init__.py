@@ -50,4 +50,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, 'verbose', False) else logging.WARNING,
                         format='%(levelname)s %(message)s')
-    return run_command(f'practise-df {args.command}', args.func, args.render, args)
+    return run_command(f'practise-df {args.command}', functools.partial(_checked, args.func), args.render, args)
+
+
+def _checked(func, args):
+    _args.check_outputs(args)  # every command: no output in place of an input
+    return func(args)

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from synth.files import check_writable, write_json_atomic
+from synth.files import check_outputs_apart, check_writable, write_json_atomic
 
 from ..models import INTERPOLATIONS, PREPROCESSING, model_arguments, resolve_data_config
 from ..checkpoint import load_model
@@ -252,6 +252,20 @@ def check_output_file(path: Optional[str], overwrite: bool, flag: str = '--outpu
         raise FileExistsError(f"{flag} '{path}' already exists. Pass --overwrite to replace it, or choose another "
                               'name; nothing was changed.')
     check_writable(path, flag)
+
+
+# Every flag that names a path a command writes, and every one it reads (compress also checks the paths its
+# settings file gives: practise_df.pipeline.check_inputs).
+OUTPUT_FLAGS = ('output', 'output_dir', 'heatmap')
+INPUT_FLAGS = ('model', 'weights', 'teacher', 'teacher_weights', 'student', 'student_weights', 'data',
+               'calibration')
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work, for every command: no output path is, lies inside or holds one of its inputs."""
+    def flags(names):
+        return {'--' + n.replace('_', '-'): getattr(args, n, None) for n in names}
+    check_outputs_apart(flags(OUTPUT_FLAGS), flags(INPUT_FLAGS))
 
 
 def write_output(path: Optional[str], result: dict) -> None:

@@ -27,6 +27,8 @@ def run_command(prog: str, func: Callable, render: Callable[[dict], str], args) 
         if e.errno == errno.ENOSPC:
             print(f'{prog}: error: the disk is full ({e.filename or e}). The files written before are complete and '
                   'load; free some space and run the same command again (compress: with --resume).', file=sys.stderr)
+        elif e.errno == errno.EIO:
+            print(f'{prog}: error: {e}', file=sys.stderr)
         elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             print(f"{prog}: error: cannot write '{e.filename}': {e.strerror}. Choose a writable output path.",
                   file=sys.stderr)
