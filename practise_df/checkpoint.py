@@ -257,6 +257,9 @@ def load_model(source: str, weights: Optional[str] = None, **kwargs: Any) -> nn.
             raise ValueError(f"'{source}' is a compressed-model directory and carries its own architecture; drop "
                              f"the model arguments ({', '.join(kwargs)}: --num-classes / --model-kwargs).")
         return load_compressed(source)
+    if ':' not in source and (os.sep in source or source.startswith('.')) and not os.path.exists(source):
+        raise FileNotFoundError(f"'{source}' does not exist. A compressed-model directory must be an existing folder; "
+                                "a model name holds no '/' (e.g. timm:resnet50).")
     if os.path.isdir(source):
         raise ValueError(f"'{source}' is a directory but holds no config.json, so it is not a compressed model "
                          "written by practise-df. Pass a model spec such as 'timm:resnet50'.")

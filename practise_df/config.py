@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -46,6 +47,10 @@ class ImagesConfig:
                              f'got {self.num_images}.')
         if self.heldout is not None and self.heldout < 1:
             raise ValueError(f'heldout must be at least 1, got {self.heldout}.')
+        if self.heldout is not None and self.heldout >= self.num_images:
+            raise ValueError(f'heldout ({self.heldout}, --heldout-images) must be fewer than num_images '
+                             f'({self.num_images}, --num-images): the rest are what the adaptors are fitted on. '
+                             f'Pass --heldout-images {self.num_images // 4 or 1} or more --num-images.')
 
     @property
     def num_heldout(self) -> int:
@@ -188,6 +193,8 @@ class CompressConfig:
         if self.robustness.enabled and not self.eval.data:
             raise ValueError('robustness needs eval data (--eval-data): a labelled image folder to corrupt.')
         _positive(input_size=self.input_size, num_classes=self.num_classes)
+        if self.seed < 0:  # numpy and the synthesis seeds take none below 0: refused before any work
+            raise ValueError(f'seed must be at least 0, got {self.seed}.')
         if self.model_kwargs is not None and not isinstance(self.model_kwargs, dict):
             raise ValueError(f'model_kwargs must be a mapping of constructor arguments, not '
                              f'{type(self.model_kwargs).__name__}.')
@@ -279,10 +286,48 @@ def _build(cls, data: Dict[str, Any], source: str):
     if unknown:
         raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
                          f"known: {', '.join(sorted(names))}.")
+    for key, kind in typing.get_type_hints(cls).items():  # before any comparison fails on the wrong type
+        if key in data and not _is_a(data[key], kind):
+            raise ValueError(f'{source}: setting {key!r} must be {_describe(kind)}, got {data[key]!r} '
+                             f'({type(data[key]).__name__}).')
     try:
         return cls(**data)
     except TypeError as e:  # a missing required setting
         raise ValueError(f'{source}: {e}') from None
+
+
+def _is_a(value: Any, kind: Any) -> bool:
+    """``value`` has the annotated type ``kind`` (as a JSON or YAML file can give it: lists for tuples,
+    integers for floats, mappings for the groups)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Union:
+        return any(_is_a(value, arm) for arm in args)
+    if origin in (list, tuple, List) or kind in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_is_a(v, args[0]) for v in value) if args else \
+            isinstance(value, (list, tuple))
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    if dataclasses.is_dataclass(kind):
+        return isinstance(value, (dict, kind))
+    return True
+
+
+def _describe(kind: Any) -> str:
+    if typing.get_origin(kind) is typing.Union:
+        return ' or '.join(_describe(a) for a in typing.get_args(kind))
+    if typing.get_origin(kind) in (list, tuple):
+        return f"a list of {_describe(typing.get_args(kind)[0]).split(' ', 1)[1]}s" if typing.get_args(kind) else \
+            'a list'
+    names = {int: 'a whole number', float: 'a number', str: 'a string', bool: 'true or false', type(None): 'null'}
+    return names.get(kind, 'a mapping of settings' if dataclasses.is_dataclass(kind) else str(kind))
 
 
 def _positive(**values: Optional[int]) -> None:

@@ -163,11 +163,9 @@ def compare_outputs(reference: nn.Module, exported: nn.Module,
     return {'images': images, 'batch_sizes': sorted(sizes), 'max_abs_diff': worst, 'top1_mismatches': mismatched}
 
 
-def _image_batches(data: str, data_config: Dict[str, Any], batch_size: int, dynamic_batch: bool,
-                   max_images: Optional[int], seed: int) -> Iterator[Tuple[torch.Tensor, int]]:
+def _image_batches(loader, batch_size: int, dynamic_batch: bool) -> Iterator[Tuple[torch.Tensor, int]]:
     """The images in batches the exported graph takes: its batch size, or 32 at a time for any batch."""
-    loader_batch = max(batch_size, 32) if dynamic_batch else batch_size
-    for x, _ in image_loader(data, data_config, batch_size=loader_batch, max_images=max_images, seed=seed):
+    for x, _ in loader:
         keep = len(x)
         if not dynamic_batch and keep < batch_size:  # a static graph takes only full batches: pad the last
             x = torch.cat([x, x.new_zeros(batch_size - keep, *x.shape[1:])])
@@ -273,6 +271,8 @@ def export_model(model: nn.Module, output: str, format: str = 'onnx', *, data_co
     if batch_size < 1:
         raise ValueError('batch_size must be at least 1.')
     check_opset(opset)
+    if not atol >= 0:
+        raise ValueError(f'atol is the largest logit difference allowed, at least 0; got {atol}.')
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"'{output}' already exists. Choose another file or pass overwrite=True (--overwrite).")
     config = data_config or resolve_data_config(model, input_size=input_size)
@@ -284,14 +284,15 @@ def export_model(model: nn.Module, output: str, format: str = 'onnx', *, data_co
     with torch.inference_mode():
         num_classes = model(random_batches[0][0][:1].to(model_device(model))).shape[-1]
     metadata = export_metadata(model, config, num_classes)
+    loader = image_loader(data, config, batch_size=max(batch_size, 32) if dynamic_batch else batch_size,
+                          max_images=max_images, seed=seed) if data else None  # a bad folder fails before export
 
     def check_against_pytorch(path: str) -> Dict[str, dict]:
         """The exported file against PyTorch on the random batches, and on ``data`` when given."""
         exported = load_exported(path, device=device)
         checks = {'random': compare_outputs(model, exported, random_batches)}
         if data:
-            checks['image'] = compare_outputs(model, exported, _image_batches(data, config, batch_size, dynamic_batch,
-                                                                              max_images, seed))
+            checks['image'] = compare_outputs(model, exported, _image_batches(loader, batch_size, dynamic_batch))
         return checks
 
     target_dir = os.path.dirname(os.path.abspath(output))

@@ -73,25 +73,27 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
     data_config = resolve_data_config(teacher, **config.preprocessing)
     checked = check_inputs(config, teacher, data_config)  # before anything is written
     accelerator = accelerator or make_accelerator(config.output_dir, config.finetune)
+    latency_kwargs = dict(input_size=data_config['input_size'], batch_size=config.latency.batch_size,
+                          device=config.latency.device or str(accelerator.device), repeats=config.latency.repeats,
+                          runtime=config.latency.runtime, threads=config.latency.threads)
     lock = RunLock(config.output_dir) if accelerator.is_main_process else None
     try:
         if lock is not None:
+            if config.scoring.latency_reduction is not None and not _finished(config, resume, 'scores'):
+                check_latency_target(config, teacher, checked, latency_kwargs)
             prepare_output_dir(config, overwrite, resume, lock)
         accelerator.wait_for_everyone()
-        return _run(config, teacher, data_config, checked, accelerator, resume, progress)
+        return _run(config, teacher, data_config, checked, accelerator, resume, progress, latency_kwargs)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(config, teacher, data_config, checked, accelerator, resume, progress) -> Dict[str, Any]:
+def _run(config, teacher, data_config, checked, accelerator, resume, progress, latency_kwargs) -> Dict[str, Any]:
     out = config.output_dir
     torch.manual_seed(config.seed)
     pool, train_pool = _images(config, teacher, data_config, checked['pool'], accelerator, progress)
     train_idx, held_idx = _split(pool, min(config.images.num_heldout, len(pool) - 1), config.seed)
-    latency_kwargs = dict(input_size=data_config['input_size'], batch_size=config.latency.batch_size,
-                          device=config.latency.device or str(accelerator.device), repeats=config.latency.repeats,
-                          runtime=config.latency.runtime, threads=config.latency.threads)
 
     # --- score and select (main process; the others read the result) -----------------------------
     scores_file = os.path.join(out, SCORES_FILE)
@@ -204,6 +206,24 @@ def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]
         eval_data = ImageFolderDataset(config.eval.data, eval_transform(data_config),
                                        max_images=config.eval.max_images, seed=config.seed)
     return {'candidates': candidates, 'latency': latency, 'pool': pool, 'eval_data': eval_data}
+
+
+def _finished(config: CompressConfig, resume: bool, stage: str) -> bool:
+    return resume and os.path.isdir(config.output_dir) and stage in finished_stages(config.output_dir)
+
+
+def check_latency_target(config: CompressConfig, teacher, checked, latency_kwargs) -> None:
+    """Before the images: ``--latency-reduction`` can be reached at all, i.e. dropping every candidate saves
+    that much (by the ``--block-latency`` table when given, else timed now: one model pair, seconds)."""
+    candidates, target = checked['candidates'], config.scoring.latency_reduction
+    if checked['latency'] is not None:
+        reachable, how = sum(checked['latency'][b]['saved_pct'] for b in candidates) / 100, 'by the --block-latency table'
+    else:
+        base, pruned = measure_latencies([teacher, drop_blocks(teacher, candidates)], **latency_kwargs)
+        reachable, how = 1 - pruned.median_ms / base.median_ms, f"measured on {latency_kwargs['device']}"
+    if reachable < target:
+        raise ValueError(f'--latency-reduction {target:g} cannot be reached: dropping all {len(candidates)} droppable '
+                         f'blocks saves {100 * reachable:.1f}% of the latency ({how}). Ask for less, or use --drop K.')
 
 
 # --- the output directory ------------------------------------------------------------------------

@@ -156,8 +156,8 @@ def _summary(result: Dict, with_teacher: bool) -> Dict:
     return summary
 
 
-def _fmt(value: Optional[float]) -> str:
-    return 'n/a' if value is None else f'{value:.1f}'
+def _fmt(value: Optional[float], unit: str = '') -> str:
+    return 'n/a' if value is None else f'{value:.1f}{unit}'
 
 
 def robustness_table(result: Dict) -> str:
@@ -186,8 +186,11 @@ def robustness_table(result: Dict) -> str:
     if 'mean_corruption_top1' in s:
         line = f"mean corruption top-1: {s['mean_corruption_top1']:.2f}%"
         if 'mce' in s:
-            line += (f" (teacher {s['teacher_mean_corruption_top1']:.2f}%)   mCE vs teacher: {_fmt(s['mce'])}%   "
-                     f"relative mCE: {_fmt(s['relative_mce'])}%")
+            line += (f" (teacher {s['teacher_mean_corruption_top1']:.2f}%)   mCE vs teacher: {_fmt(s['mce'], '%')}   "
+                     f"relative mCE: {_fmt(s['relative_mce'], '%')}")
+            if s['mce'] is None or s['relative_mce'] is None:
+                line += '\n(n/a: the teacher makes no error on these corrupted images, or loses no accuracy to them)'
+
         text.append(line)
     if 'mean_corruption_agreement' in s:
         text.append(f"mean agreement with the teacher on corrupted images: {s['mean_corruption_agreement']:.2f}%")

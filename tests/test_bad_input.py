@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import practise_df.checkpoint
+import practise_df.export
 import practise_df.robustness
 from conftest import ROOT, accelerate_launch, cli, launch_log, make_image_folder
 from practise_df import CompressConfig, create_model, load_compressed, resolve_data_config, save_compressed
@@ -300,6 +301,14 @@ BAD_COMPRESS_ARGS = {
     'images missing': (['--images', '{tmp}/missing'], 'does not exist'),
     'photo for crops missing': (['--images', 'crops:{tmp}/missing.jpg'], 'does not exist'),
     'folder for crops without photos': (['--images', 'crops:{tmp}/empty'], 'holds no image'),
+    'seed -1': (['--seed', '-1'], 'argument --seed: must be at least 0, got -1'),
+    'a block named twice': (['--blocks', 'layer1.1,layer1.1'], 'names layer1.1 more than once'),
+    'more held out than images': (['--heldout-images', '4'], '--heldout-images) must be fewer than num_images (4'),
+    'settings file with a wrong type': (['--config', '{tmp}/typo.json'], "'checkpoint_every' must be a whole number, got 'many'"),
+    'latency reduction out of reach': (['--latency-reduction', '0.99'], '--latency-reduction 0.99 cannot be reached'),
+    'latency reduction out of reach of the table': (['--latency-reduction', '0.5', '--block-latency', '{tmp}/small.json'],
+                                                    'by the --block-latency table'),
+    'resume a run that does not exist': (['--resume'], "--resume: --output-dir '{tmp}/run' does not exist"),
 }
 
 
@@ -308,11 +317,14 @@ def test_compress_checks_its_arguments_before_writing_anything(capsys, no_long_w
     bad, says = BAD_COMPRESS_ARGS[case]
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'partial.json').write_text(json.dumps({'blocks': {'layer1.1': {'saved_ms': 1, 'saved_pct': 1}}}))
-    selection = [] if {'--drop', '--latency-reduction'} & set(bad) else ['--drop', '1']
+    blocks = ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1', 'layer1.0']
+    (tmp_path / 'small.json').write_text(json.dumps({'blocks': {b: {'saved_ms': 1, 'saved_pct': 5} for b in blocks}}))
+    (tmp_path / 'typo.json').write_text(json.dumps({'finetune': {'checkpoint_every': 'many'}}))
+    selection = [] if {'--drop', '--latency-reduction', '--blocks'} & set(bad) else ['--drop', '1']
     out = tmp_path / 'run'
     code, _, err = cli(capsys, 'compress', *MODEL, *selection, *TINY,
                        *[a.format(tmp=tmp_path, images=images) for a in bad], '--output-dir', out)
-    assert code == 2 and says in err
+    assert code == 2 and says.format(tmp=tmp_path) in err, err
     assert not out.exists()
 
 
@@ -625,3 +637,29 @@ def test_a_truncated_compressed_model_is_one_clear_line(capsys, images, tmp_path
     open(weights, 'r+b').truncate(os.path.getsize(weights) // 2)
     code, _, err = cli(capsys, 'eval', '--model', model, '--data', images)
     assert code == 2 and 'damaged' in err and 'model.safetensors' in err
+
+
+def test_export_checks_atol_and_data_before_exporting(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(practise_df.export, 'export_onnx', boom)
+    monkeypatch.setattr(practise_df.export, 'export_torch', boom)
+    (tmp_path / 'empty').mkdir()
+    out = tmp_path / 'm.onnx'
+    code, _, err = cli(capsys, 'export', *MODEL, '--output', out, '--atol', -1)
+    assert code == 2 and 'argument --atol: must be at least 0, got -1' in err
+    code, _, err = cli(capsys, 'export', *MODEL, '--output', out, '--data', tmp_path / 'empty')
+    assert code == 2 and 'No readable image' in err
+    assert os.listdir(tmp_path) == ['empty']
+
+
+def test_a_model_folder_that_does_not_exist_is_named_as_missing(capsys, images, tmp_path):
+    code, _, err = cli(capsys, 'eval', '--model', tmp_path / 'out' / 'm5dir', '--data', images)
+    assert code == 2 and f"'{tmp_path / 'out' / 'm5dir'}' does not exist" in err and 'Unknown timm' not in err
+
+
+def test_the_robustness_summary_never_prints_a_percent_of_nothing():
+    cell = {'top1': 100.0, 'teacher_top1': 100.0, 'agreement': 100.0}
+    result = {'images': 2, 'severities': [1], 'clean': cell, 'corruptions': {'fog': {'1': cell}},
+              'summary': {'ce': {'fog': None}, 'mce': None, 'relative_mce': None, 'mean_corruption_top1': 100.0,
+                          'teacher_mean_corruption_top1': 100.0}}
+    text = practise_df.robustness.robustness_table(result)
+    assert 'n/a%' not in text and 'relative mCE: n/a' in text and 'the teacher makes no error' in text

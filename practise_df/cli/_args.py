@@ -52,11 +52,22 @@ positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
 
 
-def fraction(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number.") from None
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f'must be at least 0, got {value}.')
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _number(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f'is a fraction between 0 and 1 (e.g. 0.25), got {value}.')
     return value
@@ -65,7 +76,10 @@ def fraction(text: str) -> float:
 def block_list(text: str) -> list:
     blocks = [b.strip() for b in text.split(',') if b.strip()]
     if not blocks:
-        raise argparse.ArgumentTypeError('name at least one block, e.g. layer1.1,layer3.2.')
+        raise argparse.ArgumentTypeError('name at least one item, e.g. layer1.1,layer3.2.')
+    twice = sorted({b for b in blocks if blocks.count(b) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"names {', '.join(twice)} more than once; name each once.")
     return blocks
 
 
@@ -165,7 +179,8 @@ def add_common(parser: argparse.ArgumentParser, device_flag: bool = True, seed: 
     if device_flag:
         parser.add_argument('--device', type=device, default='cpu', help='cpu, cuda, cuda:1 or mps')
     if seed:
-        parser.add_argument('--seed', type=int, default=_default(parser, 0), help='the same seed gives the same result')
+        parser.add_argument('--seed', type=non_negative_int, default=_default(parser, 0),
+                            help='the same seed gives the same result')
     parser.add_argument('--json', action='store_true', help='print machine-readable JSON instead of a table')
 
 

@@ -31,7 +31,8 @@ def export_command_parser(subparsers):
     _args.add_data(g, required=False)
     g.add_argument('--max-images', type=_args.positive_int, default=None, help='evaluate a seeded subset of this '
                                                                                'many images')
-    g.add_argument('--atol', type=float, default=ATOL, help='largest absolute logit difference allowed')
+    g.add_argument('--atol', type=_args.non_negative_float, default=ATOL,
+                   help='largest absolute logit difference allowed')
     _args.add_common(parser)
     parser.set_defaults(func=export_command, render=render_export)
     return parser
