@@ -217,7 +217,8 @@ def check_latency_target(config: CompressConfig, teacher, checked, latency_kwarg
     that much (by the ``--block-latency`` table when given, else timed now: one model pair, seconds)."""
     candidates, target = checked['candidates'], config.scoring.latency_reduction
     if checked['latency'] is not None:
-        reachable, how = sum(checked['latency'][b]['saved_pct'] for b in candidates) / 100, 'by the --block-latency table'
+        reachable = sum(checked['latency'][b]['saved_pct'] for b in candidates) / 100
+        how = 'by the --block-latency table'
     else:
         base, pruned = measure_latencies([teacher, drop_blocks(teacher, candidates)], **latency_kwargs)
         reachable, how = 1 - pruned.median_ms / base.median_ms, f"measured on {latency_kwargs['device']}"

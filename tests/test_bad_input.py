@@ -304,10 +304,11 @@ BAD_COMPRESS_ARGS = {
     'seed -1': (['--seed', '-1'], 'argument --seed: must be at least 0, got -1'),
     'a block named twice': (['--blocks', 'layer1.1,layer1.1'], 'names layer1.1 more than once'),
     'more held out than images': (['--heldout-images', '4'], '--heldout-images) must be fewer than num_images (4'),
-    'settings file with a wrong type': (['--config', '{tmp}/typo.json'], "'checkpoint_every' must be a whole number, got 'many'"),
+    'settings file with a wrong type': (['--config', '{tmp}/typo.json'],
+                                        "'checkpoint_every' must be a whole number, got 'many'"),
     'latency reduction out of reach': (['--latency-reduction', '0.99'], '--latency-reduction 0.99 cannot be reached'),
-    'latency reduction out of reach of the table': (['--latency-reduction', '0.5', '--block-latency', '{tmp}/small.json'],
-                                                    'by the --block-latency table'),
+    'latency reduction out of reach of the table': (
+        ['--latency-reduction', '0.5', '--block-latency', '{tmp}/small.json'], 'by the --block-latency table'),
     'resume a run that does not exist': (['--resume'], "--resume: --output-dir '{tmp}/run' does not exist"),
 }
 
