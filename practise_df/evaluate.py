@@ -1,14 +1,55 @@
 """Top-1/top-5 accuracy and agreement with a teacher: one tally, used by every evaluation."""
 from __future__ import annotations
 
+import logging
+import re
 from typing import Dict, Iterable, Optional, Union
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from timm.data import ImageNetInfo, infer_imagenet_subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from synth import load_images
+
+_logger = logging.getLogger(__name__)
+WNID = re.compile(r'n\d{8}')  # an ImageNet (WordNet) class id, the folder names of ImageNet's image folders
+
+
+def model_num_classes(model: nn.Module, input_size) -> int:
+    """How many classes ``model`` predicts (its output width on one blank image)."""
+    with torch.no_grad():
+        return model.eval()(torch.zeros(1, *input_size, device=next(model.parameters()).device)).shape[-1]
+
+
+def match_folder_labels(dataset: Dataset, num_classes: int) -> Optional[str]:
+    """Give an image folder's labels the model's class indices, in place. Folders named by ImageNet wnids
+    (``n01440764``, any subset of them) map through timm's ImageNet class list; numbered folders already are
+    indices; other names count in sorted order when there are as many as the model's classes (torchvision's
+    ImageFolder). When none of these holds, the labels cannot be the model's: they are dropped (top-1 is not
+    measured, agreement with a teacher still is) and the returned line says why (also logged)."""
+    classes, samples = getattr(dataset, 'classes', None), getattr(dataset, 'samples', None)
+    if not classes or samples is None or not getattr(dataset, 'labelled', False):
+        return None
+    numbered = all(c.isdigit() for c in classes)
+    if numbered and max(map(int, classes)) < num_classes:
+        return None
+    if all(WNID.fullmatch(c) for c in classes):
+        subset = infer_imagenet_subset({'num_classes': num_classes})
+        index = {w: i for i, w in enumerate(ImageNetInfo(subset).label_names())} if subset else {}
+        if all(c in index for c in classes):
+            dataset.samples = [(path, index[classes[label]] if label >= 0 else label) for path, label in samples]
+            return None
+    if len(classes) == num_classes and not numbered:  # e.g. a model finetuned on these very folders
+        return None
+    note = (f"the {len(classes)} class folder(s) of '{getattr(dataset, 'root', 'the data')}' cannot be matched to the "
+            f"model's {num_classes} classes (not as many, not numbered class indices, not ImageNet wnids it "
+            'predicts): top-1 is not measured, only agreement with a teacher.')
+    _logger.warning(note)
+    dataset.samples = [(path, -1) for path, _ in samples]
+    dataset.labelled = False
+    return note
 
 
 class Tally:
@@ -53,13 +94,14 @@ class Tally:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: str = 'cpu',
              teacher: Optional[Union[nn.Module, torch.Tensor]] = None, progress: bool = True,
-             return_predictions: bool = False) -> Dict[str, float]:
+             return_predictions: bool = False, teacher_top1: bool = False) -> Dict[str, float]:
     """Accuracy of ``model`` on labelled batches ``(images, labels)``; labels of -1 count as unlabeled.
 
     With ``teacher``: also the fraction of images where both predict the same top-1 class
     (``agreement``), which needs no labels. ``teacher`` is a model, or the teacher's top-1 predictions
     for the same loader in the same order (``result['predictions']`` of an earlier call with
-    ``return_predictions=True``), which saves running the teacher again for every student.
+    ``return_predictions=True``), which saves running the teacher again for every student;
+    ``teacher_top1`` adds the teacher's own top-1 on the labelled images.
     """
     model = model.eval().to(device)
     if isinstance(teacher, nn.Module):
@@ -79,7 +121,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: str = 'cpu',
     if teacher is not None and not isinstance(teacher, nn.Module) and len(teacher) != tally.images:
         raise ValueError(f'Got {len(teacher)} teacher predictions for {tally.images} images; pass the predictions '
                          'made on the same loader.')
-    result = {'images': tally.images, 'labelled': tally.labelled, **tally.result()}
+    result = {'images': tally.images, 'labelled': tally.labelled, **tally.result(teacher_top1=teacher_top1)}
     if return_predictions:
         result['predictions'] = torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
     return result
@@ -91,6 +133,7 @@ def evaluate_source(model: nn.Module, source: str, data_config: dict, teacher: O
     """:func:`evaluate` on an image source (folder, ``hf:NAME``, saved dataset) preprocessed with the model's
     data config; adds ``skipped_files`` (images that did not decode and were left out)."""
     dataset = load_images(source, data_config, num_images=max_images, seed=seed, crops=False)
+    note = match_folder_labels(dataset, model_num_classes(model, data_config['input_size']))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    return {**evaluate(model, loader, device, teacher=teacher, progress=progress),
-            'skipped_files': getattr(dataset, 'skipped', 0)}
+    return {**evaluate(model, loader, device, teacher=teacher, progress=progress, teacher_top1=True),
+            'skipped_files': getattr(dataset, 'skipped', 0), **({'labels': note} if note else {})}

@@ -80,13 +80,20 @@ def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model
     weights = os.path.basename(str(report.get('weights')))  # a local file's name, not this machine's path
     recovered_on = ('images synthesized from the model itself: no training data was used' if images == 'synthesized'
                     else f'`{images}`')
+    if not report['finetune']['iterations']:
+        recovery = ' The student was not finetuned after the blocks were dropped (0 finetuning iterations).'
+    elif report.get('guard', {}).get('kept') == 'dropped':
+        recovery = (f' It was finetuned on {recovered_on}, but the guard kept the student as dropped (not finetuned): '
+                    f"{report['guard']['reason']}.")
+    else:
+        recovery = f' The student was then finetuned (recovered) on {recovered_on}.'
     lines = [
         '---', meta.to_yaml(), '---', '',
         f"# {report['model']} with {len(dropped)} block(s) dropped",
         '',
         f"Made with practise-df from `{report['model']}` (weights: `{weights}`; base model: "
-        f"{base_model or 'unknown'}) by dropping whole residual blocks (PRACTISE, Wang et al., CVPR 2023) and "
-        f"recovering on {recovered_on}.",
+        f"{base_model or 'unknown'}) by dropping whole residual blocks (PRACTISE, Wang et al., CVPR 2023)."
+        + recovery,
         '',
         '## Use',
         '',

@@ -30,7 +30,7 @@ from synth.synthesized import is_synthesized
 from .blocks import check_blocks, drop_blocks, find_blocks
 from .checkpoint import check_rebuildable, is_saved_model, load_compressed, load_model, save_compressed
 from .config import STAGE_SETTINGS, CompressConfig, is_run_settings
-from .evaluate import evaluate
+from .evaluate import evaluate, match_folder_labels, model_num_classes
 from .finetune import DATAFREE_MIX, finetune, make_accelerator
 from .guard import choose, closeness, guard_images
 from .latency import (block_latency_savings, count_macs, count_params, measure_latencies, read_block_latency,
@@ -108,6 +108,8 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress, l
             chosen = select_blocks(scores, drop=config.scoring.drop, latency_reduction=config.scoring.latency_reduction,
                                    model=teacher, latency_kwargs=latency_kwargs)
         write_json_atomic(scores_file, {'scores': [s.to_dict() for s in scores], 'selected': chosen})
+    elif accelerator.is_main_process:
+        _stage(accelerator, f'[2/5] block selection: done earlier ({scores_file})')
     accelerator.wait_for_everyone()
     selection = json.load(open(scores_file))
     chosen = selection['selected']
@@ -126,6 +128,8 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress, l
             recovered, stage = drop_blocks(teacher, chosen), 'blocks dropped, before finetuning'
         save_compressed(recovered.to('cpu'), recovered_dir, data_config=data_config, overwrite=True,
                         extra={'stage': stage})
+    elif accelerator.is_main_process:
+        _stage(accelerator, f'[3/5] dropping: done earlier ({recovered_dir})')
     accelerator.wait_for_everyone()
     student = load_compressed(recovered_dir)
 
@@ -138,6 +142,8 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress, l
                             f'keeping {finetune_config.mix:g} of the update)')
         history = finetune(student, teacher, Subset(train_pool, train_idx), finetune_config, accelerator=accelerator,
                            output_dir=out, resume=resume, progress=progress)
+    else:
+        _stage(accelerator, '[4/5] finetuning: skipped (--finetune-iters 0: the student is kept as dropped)')
 
     # --- save and evaluate (main process) ---------------------------------------------------------
     report: Dict[str, Any] = {}
@@ -205,6 +211,7 @@ def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]
     if config.eval.data:
         eval_data = ImageFolderDataset(config.eval.data, eval_transform(data_config),
                                        max_images=config.eval.max_images, seed=config.seed)
+        match_folder_labels(eval_data, model_num_classes(teacher, input_size))
     return {'candidates': candidates, 'latency': latency, 'pool': pool, 'eval_data': eval_data}
 
 

@@ -28,7 +28,7 @@ from synth.seeds import mix_seed
 
 from ._format import format_table
 from .corruptions import CORRUPTIONS, corrupt, parse_corruptions, parse_severities
-from .evaluate import Tally
+from .evaluate import Tally, match_folder_labels, model_num_classes
 
 __all__ = ['evaluate_robustness', 'evaluate_folder_robustness', 'robustness_table', 'save_heatmap']
 
@@ -113,6 +113,8 @@ def evaluate_folder_robustness(model: Union[nn.Module, Mapping[str, nn.Module]],
     corruptions, severities = parse_corruptions(corruptions), parse_severities(severities)  # fail before loading
     dataset = load_images(data, data_config, num_images=max_images, seed=seed,
                           transform=eval_transform(data_config, normalize=False), crops=False)
+    first = next(iter(model.values())) if isinstance(model, Mapping) else model
+    match_folder_labels(dataset, model_num_classes(first, data_config['input_size']))
     if teacher is None and not getattr(dataset, 'labelled', True):  # before hours of corrupting
         raise ValueError(NOTHING_TO_MEASURE)
     result = evaluate_robustness(model, DataLoader(dataset, batch_size=batch_size, num_workers=num_workers),

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from safetensors import SafetensorError
@@ -26,7 +27,7 @@ import practise_df.robustness
 from conftest import ROOT, accelerate_launch, cli, launch_log, make_image_folder
 from practise_df import CompressConfig, create_model, load_compressed, resolve_data_config, save_compressed
 from practise_df.cli.compress import render_report
-from synth.data import ImageFolderDataset, decode_image
+from synth.data import ImageFolderDataset, decode_image, eval_transform
 from synth.files import RunLock, write_json_atomic
 
 PIPELINE = importlib.import_module('practise_df.pipeline')  # the module: the package exports the function too
@@ -664,3 +665,58 @@ def test_the_robustness_summary_never_prints_a_percent_of_nothing():
                           'teacher_mean_corruption_top1': 100.0}}
     text = practise_df.robustness.robustness_table(result)
     assert 'n/a%' not in text and 'relative mCE: n/a' in text and 'the teacher makes no error' in text
+
+
+# --- issue 28: what a run says about itself ---------------------------------------------------------------
+
+def test_a_model_with_random_weights_where_they_matter_is_warned_about(capsys, images):
+    argv = ['eval', *MODEL, '--weights', 'random', '--data', images, '--repeats', 1, '--batch-size', 2,
+            '--teacher', 'timm:resnet18']
+    code, text, err = cli(capsys, *argv)
+    assert code == 0 and err.count('warning:') == 1
+    assert '--teacher timm:resnet18 has no --teacher-weights, so it is built with random weights' in err
+    assert 'timm:resnet18 (teacher)' in text  # the teacher's row beside the model's
+    code, _, err = cli(capsys, *argv, '--teacher-weights', 'random')  # random on purpose
+    assert code == 0 and 'warning:' not in err
+    code, _, err = cli(capsys, 'latency', *MODEL, '--repeats', 1, '--warmup', 0)  # timing: weights do not matter
+    assert code == 0 and 'warning:' not in err
+
+
+def test_a_run_without_finetuning_says_so_and_claims_no_recovery(capsys, tmp_path):
+    out = tmp_path / 'run'
+    code, _, err = cli(capsys, 'compress', *MODEL, '--blocks', 'layer4.1', *TINY, '--output-dir', out)
+    assert code == 0, err
+    assert [line[:5] for line in err.splitlines() if line.startswith('[')] == \
+        ['[1/5]', '[2/5]', '[3/5]', '[4/5]', '[5/5]']
+    assert '[4/5] finetuning: skipped' in err and '--model timm:resnet18 has no --weights' in err
+    card = (out / 'model' / 'README.md').read_text()
+    assert 'not finetuned' in card and 'recover' not in card.split('## Use')[0]
+
+
+# --- issue 28: labels that cannot be the model's are never scored as if they were -----------------------------
+
+def test_imagenet_wnid_folders_are_labelled_with_the_models_class_indices(capsys, tmp_path):
+    model = create_model('timm:resnet18')  # 1000 ImageNet classes, random weights saved so eval rebuilds them
+    torch.save(model.state_dict(), tmp_path / 'w.pth')
+    flat = make_image_folder(str(tmp_path / 'flat'), classes=(), flat=6, size=40)
+    dataset = ImageFolderDataset(flat, eval_transform(resolve_data_config(model, input_size=32)))
+    with torch.no_grad():
+        predicted = model(torch.stack([dataset[i][0] for i in range(len(dataset))])).argmax(1).tolist()
+    wnids = timm.data.ImageNetInfo('imagenet-1k').label_names()
+    for (path, _), label in zip(dataset.samples, predicted):  # each image in the folder of the class predicted
+        os.makedirs(tmp_path / 'subset' / wnids[label], exist_ok=True)
+        shutil.copy(path, tmp_path / 'subset' / wnids[label])
+    code, out, err = cli(capsys, 'eval', *MODEL, '--weights', tmp_path / 'w.pth', '--data', tmp_path / 'subset',
+                         '--repeats', 1, '--batch-size', 2, '--json')
+    assert code == 0, err
+    assert json.loads(out)['top1'] == 100.0  # by sorted folder index it would be ~0
+
+
+def test_folders_that_cannot_be_the_models_classes_give_agreement_only(capsys, caplog, images):
+    argv = ['eval', *MODEL, '--weights', 'random', '--data', images, '--repeats', 1, '--batch-size', 2,
+            '--teacher', 'timm:resnet18', '--teacher-weights', 'random', '--json']
+    code, out, err = cli(capsys, *argv)  # 2 class folders, a 1000-class model
+    result = json.loads(out)
+    assert code == 0 and 'top1' not in result and 'agreement' in result
+    said = [r.message for r in caplog.records if 'cannot be matched to the model' in r.message]
+    assert len(said) == 1 and 'the 2 class folder(s)' in result['labels']

@@ -7,7 +7,7 @@ import sys
 
 from practise_df.cli import main
 
-from conftest import cli_commands
+from conftest import cli_commands, make_image_folder
 
 
 def run(capsys, *argv):
@@ -78,7 +78,8 @@ def test_score_select_save_then_eval(capsys, tmp_path, image_folder):
                        '--train-images', 6, '--heldout-images', 6, '--adaptor-steps', 1, '--drop', 1,
                        '--output-dir', out_dir)
     assert code == 2 and 'already holds a compressed model' in err and '--overwrite' in err
-    code, out, err = run(capsys, 'eval', '--model', out_dir, '--data', image_folder, '--teacher', 'timm:resnet18',
+    numbered = make_image_folder(str(tmp_path / 'numbered'), classes=('0', '1', '2'), per_class=4)  # class indices
+    code, out, err = run(capsys, 'eval', '--model', out_dir, '--data', numbered, '--teacher', 'timm:resnet18',
                          '--batch-size', 4, '--repeats', 2, '--json')
     assert code == 0, err
     r = json.loads(out)

@@ -242,9 +242,25 @@ def deprecated(parser, old: str, new: str, dest: Optional[str] = None, **kwargs)
                         help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
 
 
-def load(args, source: Optional[str] = None, weights: Optional[str] = None):
+def warn_random_weights(spec: str, weights: Optional[str], flag: str = '--model') -> None:
+    """One line when a model whose predictions matter (a teacher, a model to compress, evaluate or export) is
+    a named timm/torchvision architecture built with random weights because no weights were given (``random``
+    given on purpose says nothing; folders and factories bring their own)."""
+    library = spec.split(':', 1)[0].lower() if ':' in spec else 'timm'
+    if weights or library not in ('timm', 'torchvision', 'tv') or os.path.exists(spec):
+        return
+    weights_flag = '--teacher-weights' if flag == '--teacher' else '--weights'
+    print(f"practise-df: warning: {flag} {spec} has no {weights_flag}, so it is built with random weights and its "
+          f"predictions mean nothing. Pass {weights_flag} FILE (or 'pretrained'), or {weights_flag} random to say "
+          'that is meant.', file=sys.stderr)
+
+
+def load(args, source: Optional[str] = None, weights: Optional[str] = None, weights_matter: bool = True):
     """(model, data config) from ``--model/--weights`` (or the given source), the model arguments and the
-    preprocessing flags."""
+    preprocessing flags; with ``weights_matter`` (not for block lists and timing) a model built with random
+    weights is warned about."""
+    if weights_matter and source is None:
+        warn_random_weights(args.model, args.weights)
     kwargs = model_arguments(getattr(args, 'num_classes', None), getattr(args, 'model_kwargs', None))
     model = load_model(source or args.model, weights if source else args.weights, **kwargs)
     config = resolve_data_config(model, **{k: getattr(args, k, None) for k in PREPROCESSING})
@@ -252,7 +268,10 @@ def load(args, source: Optional[str] = None, weights: Optional[str] = None):
 
 
 def load_teacher(args):
-    return load_model(args.teacher, args.teacher_weights) if args.teacher else None
+    if not args.teacher:
+        return None
+    warn_random_weights(args.teacher, args.teacher_weights, '--teacher')
+    return load_model(args.teacher, args.teacher_weights)
 
 
 def check_output_file(path: Optional[str], overwrite: bool, flag: str = '--output') -> None:

@@ -28,7 +28,7 @@ def blocks_command(args) -> dict:
                 [f'torchvision:{n}' for n in fnmatch.filter(torchvision.models.list_models(), args.list)]}
     if not args.model:
         raise ValueError('blocks needs --model SPEC (or --list PATTERN).')
-    model, config = _args.load(args)
+    model, config = _args.load(args, weights_matter=False)
     return {'model': args.model, 'blocks': [
         {'name': n, 'type': type(model.get_submodule(n)).__name__, 'params': count_params(model.get_submodule(n))}
         for n in find_blocks(model, config['input_size'])]}

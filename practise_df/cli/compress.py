@@ -167,6 +167,8 @@ def compress_command(args, defaults: Optional[Dict[str, Any]] = None) -> dict:
     accelerator = make_accelerator(config.output_dir, config.finetune, cpu=getattr(args, 'cpu', False),
                                    mixed_precision=getattr(args, 'mixed_precision', None),
                                    log_with=getattr(args, 'log_with', None))
+    if accelerator.is_main_process:
+        _args.warn_random_weights(config.model, config.weights)
     if getattr(args, 'log_with', None):
         accelerator.init_trackers('practise-df', config=_flat(config.to_dict()))
     report = compress(config, overwrite=getattr(args, 'overwrite', False), resume=getattr(args, 'resume', False),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .._format import format_table
 from ..evaluate import evaluate_source
-from ..latency import measure_latency
+from ..latency import measure_latencies
 from . import _args
 
 
@@ -25,11 +25,15 @@ def eval_command_parser(subparsers):
 def eval_command(args) -> dict:
     _args.check_output_file(args.output, args.overwrite)
     model, config = _args.load(args)
-    result = evaluate_source(model, args.data, config, teacher=_args.load_teacher(args), batch_size=args.batch_size,
+    teacher = _args.load_teacher(args)
+    result = evaluate_source(model, args.data, config, teacher=teacher, batch_size=args.batch_size,
                              max_images=args.max_images, seed=args.seed, num_workers=args.workers,
                              device=args.device, progress=not args.json)
-    latency = measure_latency(model, config['input_size'], args.batch_size, args.device, repeats=args.repeats)
-    result = {'model': args.model, **result, 'latency_ms': latency.median_ms, 'batch_size': args.batch_size}
+    latency = measure_latencies([model] + ([teacher] if teacher is not None else []), config['input_size'],
+                                args.batch_size, args.device, repeats=args.repeats)  # timed interleaved
+    result = {'model': args.model, **result, 'latency_ms': latency[0].median_ms, 'batch_size': args.batch_size}
+    if teacher is not None:
+        result.update(teacher=args.teacher, teacher_latency_ms=latency[1].median_ms)
     _args.write_output(args.output, result)
     return result
 
@@ -37,6 +41,9 @@ def eval_command(args) -> dict:
 def render_eval(r: dict) -> str:
     keys = [k for k in ('top1', 'top5', 'agreement') if k in r]
     rows = [[r['model'], r['images']] + [r[k] for k in keys] + [r['latency_ms']]]
+    if 'teacher' in r:  # the baseline beside the model: its top-1 (when labelled) and latency
+        teacher = {'top1': r.get('teacher_top1', '-'), 'top5': '-', 'agreement': '-'}
+        rows.append([f"{r['teacher']} (teacher)", r['images']] + [teacher[k] for k in keys] + [r['teacher_latency_ms']])
     header = ['model', 'images'] + [k + ' %' for k in keys] + [f"latency ms (batch {r['batch_size']})"]
     text = format_table(rows, header)
     if r.get('skipped_files'):

@@ -28,7 +28,7 @@ def latency_command_parser(subparsers):
 
 def latency_command(args) -> dict:
     _args.check_output_file(args.output, args.overwrite)
-    model, config = _args.load(args)
+    model, config = _args.load(args, weights_matter=False)
     size = config['input_size']
     timing = dict(batch_size=args.batch_size, device=args.device, warmup=args.warmup, repeats=args.repeats,
                   runtime=args.runtime or 'torch', threads=args.threads)
