@@ -25,7 +25,7 @@ def _config(out, images, scoring=None, **kw):
 def finished_run(tmp_path_factory):
     """One complete compress run on a generated image folder, shared by the tests below."""
     root = tmp_path_factory.mktemp('compress')
-    images = make_image_folder(str(root / 'images'), classes=('a', 'b', 'c'), per_class=4)
+    images = make_image_folder(str(root / 'images'), classes=('0', '1', '2'), per_class=4)  # class indices
     out = root / 'run'
     report = compress(_config(out, images), progress=False)
     return out, images, report

@@ -154,7 +154,8 @@ def add_selection(group, prefix: str = '') -> None:
 
 def add_data(parser, required: bool = True) -> None:
     parser.add_argument('--data', required=required,
-                        help='images: a folder (one subfolder per class gives labels, sorted names = class index), '
+                        help='images: a folder (one subfolder per class gives labels: numbered folders or ImageNet '
+                             'wnids are class indices, other names count in sorted order if as many as the model has), '
                              'hf:NAME[:SPLIT] or a save_to_disk folder')
 
 
