@@ -177,10 +177,10 @@ def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]
     """Check every argument that can be checked without the long stages, and return what was loaded on the
     way (candidate blocks, the block-latency table, the evaluation images) so it is not loaded twice."""
     check_rebuildable(teacher, data_config)  # a teacher that would be saved as another network fails now
-    images = config.images.source
+    source = config.images.source  # crops:P1,P2 reads photos P1 and P2
     check_outputs_apart({'--output-dir': config.output_dir}, {
         '--model': config.model, '--weights': config.weights, '--eval-data': config.eval.data,
-        '--images': images.split(':', 1)[1] if images and images.startswith('crops:') else images,
+        '--images': source.split(':', 1)[1].split(',') if source and source.startswith('crops:') else source,
         '--guard-images': config.eval.guard_images, '--block-latency': config.latency.block_latency})
     input_size = data_config['input_size']
     candidates = find_blocks(teacher, input_size)
@@ -207,12 +207,12 @@ def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]
         if len(pool) < images.num_images:
             raise ValueError(f"{images.source} holds {len(pool)} readable image(s), fewer than --num-images "
                              f"{images.num_images}. Pass --num-images {len(pool)} or add images.")
-    eval_data = None
+    eval_data = labels = None
     if config.eval.data:
         eval_data = ImageFolderDataset(config.eval.data, eval_transform(data_config),
                                        max_images=config.eval.max_images, seed=config.seed)
-        match_folder_labels(eval_data, model_num_classes(teacher, input_size))
-    return {'candidates': candidates, 'latency': latency, 'pool': pool, 'eval_data': eval_data}
+        labels = match_folder_labels(eval_data, model_num_classes(teacher, input_size))  # None: the model's
+    return {'candidates': candidates, 'latency': latency, 'pool': pool, 'eval_data': eval_data, 'eval_labels': labels}
 
 
 def _finished(config: CompressConfig, resume: bool, stage: str) -> bool:
@@ -486,6 +486,8 @@ def _report(config, teacher, student, others, selection, history, held, checked,
         report['eval'] = {'data': config.eval.data, 'skipped_files': checked['eval_data'].skipped,
                           'teacher': teacher_eval,
                           'student': evaluate(student, loader, device, teacher=predictions, progress=progress)}
+        if checked['eval_labels']:
+            report['eval']['labels'] = checked['eval_labels']
         # Both students of a finetuned run: the dropped one before finetuning, and a finetuned one the guard
         # rejected; the dropped one is the kept student when the guard rejected finetuning (evaluated once).
         for key, model in others.items():

@@ -107,7 +107,8 @@ def check_outputs_apart(outputs: Dict[str, Optional[str]],
         target = os.path.realpath(out)
         for in_flag, paths in inputs.items():
             for path in [paths] if isinstance(paths, str) else paths or []:
-                if not path or not os.path.exists(path):  # a model name or hf:NAME is no file to protect
+                path = _spec_path(path)
+                if path is None:  # a model name or hf:NAME is no file to protect
                     continue
                 source = os.path.realpath(path)
                 if target == source or target.startswith(source.rstrip(os.sep) + os.sep):
@@ -119,6 +120,15 @@ def check_outputs_apart(outputs: Dict[str, Optional[str]],
                 raise FileExistsError(f"{out_flag} '{out}' {where} the input {in_flag} '{path}': writing there would "
                                       'change what this command reads, so it is refused (also with --overwrite). '
                                       f'Choose an {out_flag} outside the inputs; nothing was changed.')
+
+
+def _spec_path(spec: Optional[str]) -> Optional[str]:
+    """The file or folder a path or a ``PREFIX:PATH[:NAME]`` spec (``local-dir:``, ``py:FILE:FUNCTION``,
+    ``crops:``) reads, when it exists."""
+    if not spec:
+        return None
+    rest = spec.split(':', 1)[1] if ':' in spec else spec
+    return next((p for p in (spec, rest, rest.rsplit(':', 1)[0]) if os.path.exists(p)), None)
 
 
 def write_json_atomic(path: str, obj) -> None:

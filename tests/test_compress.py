@@ -95,12 +95,12 @@ def test_output_dir_is_never_mixed_or_lost(tmp_path, finished_run):
 def test_overwrite_replaces_an_earlier_run(tmp_path, image_folder):
     out = tmp_path / 'run'
     out.mkdir()
-    (out / 'run.json').write_text(json.dumps({'model': 'timm:resnet18', 'stale': True}))
+    (out / 'run.json').write_text(json.dumps(_config(out, image_folder, seed=7).to_dict()))  # an earlier run's
     (out / 'scores.json').write_text('{"stale": true}')
     (out / 'notes.txt').write_text('mine')  # a file of the user's beside the run: kept
     report = compress(_config(out, image_folder, scoring={'drop': 2}), overwrite=True, progress=False)
     assert len(report['dropped_blocks']) == 2
-    assert 'stale' not in json.load(open(out / 'run.json')) and (out / 'notes.txt').read_text() == 'mine'
+    assert json.load(open(out / 'run.json'))['seed'] == 0 and (out / 'notes.txt').read_text() == 'mine'
 
 
 def test_resume_may_change_settings_of_stages_not_run_yet(tmp_path, image_folder):

@@ -127,7 +127,7 @@ def test_heatmap_png(loader, tiny_resnet, tmp_path):
 
 
 def test_cli_json_table_heatmap_and_bad_names(tmp_path, capsys):
-    folder = make_image_folder(str(tmp_path / 'images'), classes=('a', 'b'), per_class=2, size=40)
+    folder = make_image_folder(str(tmp_path / 'images'), classes=('0', '1'), per_class=2, size=40)
     args = ['robustness', '--model', 'timm:resnet18', '--teacher', 'timm:resnet18', '--data', folder,
             '--input-size', '40', '--corruptions', 'gaussian_noise,fog', '--severities', '1,5']
     heat, out = str(tmp_path / 'heat.png'), str(tmp_path / 'r.json')
@@ -145,7 +145,7 @@ def test_cli_json_table_heatmap_and_bad_names(tmp_path, capsys):
 
 
 def test_compress_adds_robustness_to_the_report(tmp_path):
-    images = make_image_folder(str(tmp_path / 'images'), classes=('a', 'b'), per_class=4, size=40)
+    images = make_image_folder(str(tmp_path / 'images'), classes=('0', '1'), per_class=4, size=40)
     config = CompressConfig(model='timm:resnet18', output_dir=str(tmp_path / 'run'), input_size=32,
                             images={'source': images, 'num_images': 8, 'heldout': 2},
                             scoring={'drop': 1, 'images': 4, 'adaptor_steps': 10},

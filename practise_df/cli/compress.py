@@ -193,8 +193,12 @@ def render_report(r: dict) -> str:
         text += f"\n{r['skipped_files']} file(s) of {r['images']} did not decode and were skipped"
     if 'eval' in r:
         t, s = r['eval']['teacher'], r['eval']['student']
-        text += (f"\n{r['eval']['data']}: teacher top-1 {t.get('top1', float('nan')):.2f}%, student top-1 "
-                 f"{s.get('top1', float('nan')):.2f}% (agreement {s['agreement']:.1f}%)")
+        if 'top1' in s:
+            text += (f"\n{r['eval']['data']}: teacher top-1 {t['top1']:.2f}%, student top-1 {s['top1']:.2f}% "
+                     f"(agreement {s['agreement']:.1f}%)")
+        else:
+            text += (f"\n{r['eval']['data']}: agreement with the teacher {s['agreement']:.1f}% (no top-1: "
+                     f"{r['eval'].get('labels', 'the images have no labels')})")
         others = {'before_finetune': 'before finetuning', 'finetuned': 'finetuned (rejected by the guard)'}
         for key, label in others.items():
             if key in r['eval']:
