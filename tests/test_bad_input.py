@@ -70,8 +70,9 @@ def no_long_work(monkeypatch):
 
 
 @pytest.fixture(scope='module')
-def images(tmp_path_factory):
-    return make_image_folder(str(tmp_path_factory.mktemp('data') / 'images'), per_class=3, size=40)
+def images(tmp_path_factory):  # numbered class folders: labels a 1000-class model can be scored on
+    return make_image_folder(str(tmp_path_factory.mktemp('data') / 'images'), classes=('0', '1'), per_class=3,
+                             size=40)
 
 
 @pytest.fixture
@@ -143,8 +144,9 @@ def test_every_output_flag_refuses_a_file_or_folder_of_the_user(capsys, no_long_
 
 @pytest.fixture(scope='module')
 def with_truncated_jpeg(tmp_path_factory):
-    root = make_image_folder(str(tmp_path_factory.mktemp('data') / 'images'), per_class=3, size=40)
-    path = os.path.join(root, 'a', 'cut.jpg')
+    root = make_image_folder(str(tmp_path_factory.mktemp('data') / 'images'), classes=('0', '1'), per_class=3,
+                             size=40)
+    path = os.path.join(root, '0', 'cut.jpg')
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
     data = open(path, 'rb').read()
     open(path, 'wb').write(data[:len(data) // 2])
@@ -332,7 +334,7 @@ def test_compress_checks_its_arguments_before_writing_anything(capsys, no_long_w
 
 def test_crops_make_as_many_images_as_asked(images, tmp_path):
     config = CompressConfig(model='timm:resnet18', output_dir=str(tmp_path / 'run'), input_size=32,
-                            images={'source': f'crops:{images}/a/0.png', 'num_images': 50}, scoring={'drop': 1})
+                            images={'source': f'crops:{images}/0/0.png', 'num_images': 50}, scoring={'drop': 1})
     teacher = create_model('timm:resnet18')
     checked = PIPELINE.check_inputs(config, teacher, resolve_data_config(teacher, input_size=32))
     assert len(checked['pool']) == 50 and not (tmp_path / 'run').exists()
@@ -435,7 +437,7 @@ def test_a_recipe_without_network_fails_at_once_and_leaves_nothing(tmp_path, net
 
 def test_data_naming_a_file_says_it_is_a_file(capsys, images, users):
     _, file = users
-    for path in (file, os.path.join(images, 'a', '0.png')):
+    for path in (file, os.path.join(images, '0', '0.png')):
         for command in ('eval', 'robustness'):
             code, _, err = cli(capsys, command, *MODEL, '--data', path)
             assert code == 2 and f"'{path}' is a file" in err and 'folder of images' in err
@@ -712,10 +714,11 @@ def test_imagenet_wnid_folders_are_labelled_with_the_models_class_indices(capsys
     assert json.loads(out)['top1'] == 100.0  # by sorted folder index it would be ~0
 
 
-def test_folders_that_cannot_be_the_models_classes_give_agreement_only(capsys, caplog, images):
+def test_folders_that_cannot_be_the_models_classes_give_agreement_only(capsys, caplog, tmp_path):
+    images = make_image_folder(str(tmp_path / 'images'), classes=('a', 'b'), per_class=2, size=40)
     argv = ['eval', *MODEL, '--weights', 'random', '--data', images, '--repeats', 1, '--batch-size', 2,
             '--teacher', 'timm:resnet18', '--teacher-weights', 'random', '--json']
-    code, out, err = cli(capsys, *argv)  # 2 class folders, a 1000-class model
+    code, out, err = cli(capsys, *argv)  # 2 class folders a and b, a 1000-class model
     result = json.loads(out)
     assert code == 0 and 'top1' not in result and 'agreement' in result
     said = [r.message for r in caplog.records if 'cannot be matched to the model' in r.message]
