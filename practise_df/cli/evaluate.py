@@ -1,9 +1,11 @@
-"""``practise-df eval``: top-1/top-5 on labelled images, agreement with a teacher, and latency."""
+"""``practise-df eval``: top-1/top-5 on labelled images, agreement with a teacher, and latency; ``--model`` may be
+an exported ``.onnx`` file (run in ONNX Runtime)."""
 from __future__ import annotations
 
 from .._format import format_table
 from ..evaluate import evaluate_source
 from ..latency import measure_latency
+from ..runtime import OnnxRuntimeModel
 from . import _args
 
 
@@ -15,7 +17,7 @@ def eval_command_parser(subparsers):
     _args.add_batch_size(parser, 32)
     parser.add_argument('--max-images', type=_args.positive_int, help='evaluate a seeded subset of this many images')
     parser.add_argument('--workers', type=_args.non_negative_int, default=0, help='data loader worker processes')
-    parser.add_argument('--repeats', type=_args.positive_int, default=10, help='timed runs (the median is reported)')
+    _args.add_timing(parser)
     _args.add_common(parser)
     _args.add_output(parser)
     parser.set_defaults(func=eval_command, render=render_eval)
@@ -28,7 +30,9 @@ def eval_command(args) -> dict:
     result = evaluate_source(model, args.data, config, teacher=_args.load_teacher(args), batch_size=args.batch_size,
                              max_images=args.max_images, seed=args.seed, num_workers=args.workers,
                              device=args.device, progress=not args.json)
-    latency = measure_latency(model, config['input_size'], args.batch_size, args.device, repeats=args.repeats)
+    runtime = 'onnxruntime' if isinstance(model, OnnxRuntimeModel) else 'torch'  # an .onnx file runs in ONNX Runtime
+    latency = measure_latency(model, config['input_size'], args.batch_size, args.device, repeats=args.repeats,
+                              runtime=runtime, ci_width=args.ci_width, max_seconds=args.max_seconds)
     result = {'model': args.model, **result, 'latency_ms': latency.median_ms, 'batch_size': args.batch_size}
     _args.write_output(args.output, result)
     return result
