@@ -30,13 +30,14 @@ from .blocks import check_blocks, drop_blocks, find_blocks
 from .checkpoint import check_rebuildable, load_compressed, load_model, save_compressed
 from .config import STAGE_SETTINGS, CompressConfig
 from .evaluate import evaluate
+from .export import export_model, load_exported
 from .finetune import DATAFREE_MIX, finetune, make_accelerator
 from .guard import choose, closeness, guard_images
-from .latency import (block_latency_savings, count_macs, count_params, measure_latencies, read_block_latency,
-                      runtime_info)
+from .latency import block_latency, compare_latency, count_macs, count_params, read_block_latency, runtime_info
 from .model_card import command_line, write_model_card
 from .models import resolve_data_config
 from .robustness import evaluate_folder_robustness, save_heatmap
+from .runtime import require_deploy
 from .scoring import ESTIMATORS, BlockScore, drop_and_recover, score_blocks, select_blocks
 
 RUN_FILE = 'run.json'
@@ -48,9 +49,10 @@ RECOVERED_DIR = 'recovered'  # blocks dropped (adaptors folded with keep_adaptor
 MODEL_DIR = 'model'  # model.safetensors + config.json + README.md (the model card)
 REJECTED_DIR = 'finetuned'  # the finetuned student when the guard kept the dropped one
 REPORT_FILE = 'report.json'
+EXPORT_FILES = {'onnx': 'model.onnx', 'int8': 'model-int8.onnx'}  # --export: the deployable file
 # What a run writes: --overwrite removes these and nothing else.
 ARTEFACTS = (RUN_FILE, SCORES_FILE, PARTIAL_SCORES_FILE, LATENCY_FILE, SYNTH_DIR, RECOVERED_DIR, 'checkpoints',
-             MODEL_DIR, REJECTED_DIR, REPORT_FILE, 'robustness.png')
+             MODEL_DIR, REJECTED_DIR, REPORT_FILE, 'robustness.png', *EXPORT_FILES.values())
 
 
 def _stage(accelerator, message: str) -> None:
@@ -90,7 +92,8 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress) -
     train_idx, held_idx = _split(pool, min(config.images.num_heldout, len(pool) - 1), config.seed)
     latency_kwargs = dict(input_size=data_config['input_size'], batch_size=config.latency.batch_size,
                           device=config.latency.device or str(accelerator.device), repeats=config.latency.repeats,
-                          runtime=config.latency.runtime, threads=config.latency.threads)
+                          runtime=config.latency.runtime, threads=config.latency.threads,
+                          ci_width=config.latency.ci_width, max_seconds=config.latency.max_seconds)
 
     # --- score and select (main process; the others read the result) -----------------------------
     scores_file = os.path.join(out, SCORES_FILE)
@@ -151,8 +154,9 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress) -
                     others['finetuned'] = finetuned  # rejected by the guard
         model_dir = save_compressed(student, os.path.join(out, MODEL_DIR), data_config=data_config, overwrite=True,
                                     extra={'scores': selection['scores']})
+        exported = _export(config, student, data_config, latency_kwargs) if config.eval.export else None
         report = _report(config, teacher, student, others, selection, history, Subset(pool, held_idx), checked,
-                         data_config, latency_kwargs, model_dir, guard, progress)
+                         data_config, latency_kwargs, model_dir, guard, progress, exported)
         write_json_atomic(os.path.join(out, REPORT_FILE), report)
         write_model_card(model_dir, report, config.card.license, config.card.base_model, command_line())
         if config.robustness.enabled:  # pictures after the numbers: a failed plot loses nothing
@@ -193,6 +197,9 @@ def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]
         if len(pool) < images.num_images:
             raise ValueError(f"{images.source} holds {len(pool)} readable image(s), fewer than --num-images "
                              f"{images.num_images}. Pass --num-images {len(pool)} or add images.")
+    if config.eval.export or config.latency.runtime == 'onnxruntime':
+        for package in ('onnx', 'onnxscript', 'onnxruntime'):  # before hours of work, not after
+            require_deploy(package)
     eval_data = None
     if config.eval.data:
         eval_data = ImageFolderDataset(config.eval.data, eval_transform(data_config),
@@ -316,12 +323,11 @@ def _block_latency(config: CompressConfig, teacher, blocks: List[str], checked, 
     path = os.path.join(config.output_dir, LATENCY_FILE)
     if os.path.isfile(path):
         return read_block_latency(path)
-    kw = latency_kwargs
-    table = block_latency_savings(teacher, blocks, **kw)
-    write_json_atomic(path, {'blocks': table, **{k: kw[k] for k in ('batch_size', 'device', 'repeats')},
-                             **runtime_info(kw['runtime'], kw['device'], kw['threads']),
-                             'input_size': list(kw['input_size'])})
-    return table
+    measured = block_latency(teacher, blocks, **latency_kwargs)
+    if measured['warning']:
+        print(f"      per-block {measured['warning']}", file=sys.stderr)
+    write_json_atomic(path, measured)
+    return measured['blocks']
 
 
 def _read_partial_scores(path: str) -> Dict[str, BlockScore]:
@@ -395,20 +401,43 @@ def _heatmap(result: dict, out: str, model: str) -> str:
         return f'not drawn: {e}'
 
 
+def _export(config: CompressConfig, student, data_config, latency_kwargs) -> Dict[str, Any]:
+    """``--export``: the deployable ONNX file written into the run by :func:`export_model` (any batch size,
+    checked against PyTorch, on ``--eval-data`` too), and loaded in ONNX Runtime for the report."""
+    path = os.path.join(config.output_dir, EXPORT_FILES[config.eval.export])
+    result = export_model(student, path, 'onnx', data_config=data_config, batch_size=latency_kwargs['batch_size'],
+                          dynamic_batch=True, data=config.eval.data, max_images=config.eval.max_images,
+                          overwrite=True, seed=config.seed,
+                          quantize='int8' if config.eval.export == 'int8' else None)
+    threads = runtime_info('onnxruntime', latency_kwargs['device'], latency_kwargs['threads'])['threads']
+    return {'file': path, 'format': config.eval.export, 'checks': result['checks'], 'bytes': result['bytes'],
+            'module': load_exported(path, device=latency_kwargs['device'], threads=threads)}
+
+
+def _latency(timed, latency_kwargs, size) -> Dict[str, Any]:
+    (before, after), saving = timed.latencies, timed.savings[0]
+    return {'device': latency_kwargs['device'], 'batch_size': latency_kwargs['batch_size'], 'input_size': list(size),
+            'teacher_ms': before.median_ms, 'student_ms': after.median_ms, **saving.to_dict(),
+            'runtime': before.runtime, 'threads': before.threads, 'provider': before.provider, **timed.to_dict()}
+
+
 def _report(config, teacher, student, others, selection, history, held, checked, data_config, latency_kwargs,
-            model_dir, guard, progress) -> Dict[str, Any]:
+            model_dir, guard, progress, exported=None) -> Dict[str, Any]:
     size, ft = data_config['input_size'], _finetune_config(config)
-    before, after = measure_latencies([teacher, student], **latency_kwargs)
+    deployed = None
+    if exported is not None:  # what ships, against the teacher, both in ONNX Runtime
+        deployed = compare_latency([teacher, exported['module']], **{**latency_kwargs, 'runtime': 'onnxruntime'})
+    # with --latency-runtime onnxruntime the final check is the exported file itself, when there is one
+    timed = deployed if deployed is not None and latency_kwargs['runtime'] == 'onnxruntime' else \
+        compare_latency([teacher, student], **latency_kwargs)
     device = latency_kwargs['device']
     report = {
         'model': config.model, 'weights': config.weights, 'images': config.images.source or 'synthesized',
         'skipped_files': getattr(checked['pool'], 'skipped', 0),  # --images files that did not decode
         'dropped_blocks': selection['selected'], 'adaptors': config.scoring.keep_adaptors,
         'scores': selection['scores'], 'compressed_model': model_dir,
-        'latency': {'device': device, 'batch_size': latency_kwargs['batch_size'], 'input_size': list(size),
-                    'teacher_ms': before.median_ms, 'student_ms': after.median_ms,
-                    'saved_pct': 100 * (1 - after.median_ms / before.median_ms),
-                    'runtime': before.runtime, 'threads': before.threads, 'provider': before.provider},
+        'latency': {**_latency(timed, latency_kwargs, size),
+                    'student': exported['file'] if timed is deployed else 'the PyTorch student'},
         'params': {'teacher': count_params(teacher), 'student': count_params(student)},
         'macs': {'teacher': count_macs(teacher, size), 'student': count_macs(student, size)},
         'finetune': {'loss': ft.loss, 'iterations': ft.iterations, 'freeze_bn': ft.freeze_bn, 'mix': ft.mix,
@@ -428,6 +457,12 @@ def _report(config, teacher, student, others, selection, history, held, checked,
         for key, model in others.items():
             report['eval'][key] = report['eval']['student'] if model is student else \
                 evaluate(model, loader, device, teacher=predictions, progress=progress)
+    if exported is not None:
+        report['export'] = {k: v for k, v in exported.items() if k != 'module'}
+        report['export']['latency'] = _latency(deployed, latency_kwargs, size)
+        if checked['eval_data'] is not None:
+            report['eval']['exported'] = evaluate(exported['module'], loader, 'cpu', teacher=predictions,
+                                                  progress=progress)
     if guard is not None:
         report['guard'] = guard
     if config.robustness.enabled:
