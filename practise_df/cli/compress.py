@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from synth import PRESETS
 
-from .._format import format_table
+from .._format import format_interval, format_table
 from ..pipeline import compress
 from ..config import EXPORTS, CompressConfig, read_settings_file
 from ..finetune import DATAFREE_MIX, LOSSES, make_accelerator
@@ -221,9 +221,7 @@ def render_report(r: dict) -> str:
 
 
 def _interval(lat: dict) -> str:
-    if lat.get('saved_low') is None:  # a report of an older version, or too few runs
-        return f"no interval, {lat.get('runs', '?')} runs"
-    return f"95% interval {lat['saved_low']:.1f} to {lat['saved_high']:.1f}%, {lat['runs']} runs"
+    return f"95% interval {format_interval(lat)}, {lat.get('runs', '?')} runs"
 
 
 def recipe_main(description: str, defaults: Dict[str, Any], argv: Optional[Sequence[str]] = None,

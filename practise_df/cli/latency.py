@@ -4,7 +4,7 @@ A compressed model is timed beside the teacher it came from; an exported ``.onnx
 Every saving comes with its 95% interval (``practise_df.latency.compare_latency``)."""
 from __future__ import annotations
 
-from .._format import format_table
+from .._format import format_interval, format_table
 from ..blocks import find_blocks
 from ..checkpoint import is_compressed_dir, read_config
 from ..latency import block_latency, model_latency_report
@@ -70,7 +70,7 @@ def render_latency(r: dict) -> str:
             f"({r['seconds']:.0f} s, stopped by {r['stopped']}), other processes used {r['load']['other_cores']:.1f} "
             f"of {r['load']['cpu_count']} cores\n")
     if 'blocks' in r:  # --per-block
-        rows = [(b, v['latency_ms'], v['saved_ms'], v['saved_pct'], _interval(v)) for b, v in r['blocks'].items()]
+        rows = [(b, v['latency_ms'], v['saved_ms'], v['saved_pct'], format_interval(v)) for b, v in r['blocks'].items()]
         text = head + format_table(rows, ('dropped block', 'median ms', 'saved ms', 'saved %', '95% interval'))
     else:
         rows = [(v['name'], v['median_ms'], v['p10_ms'], v['p90_ms'], _or_na(v['params']),
@@ -78,12 +78,8 @@ def render_latency(r: dict) -> str:
         text = head + format_table(rows, ('model', 'median ms', 'p10 ms', 'p90 ms', 'params', 'MMACs'))
         if 'saved_pct' in r:
             text += f"\nlatency saved ({r['compared'][1]} vs {r['compared'][0]}): {r['saved_pct']:.1f}%, 95% " \
-                    f'interval {_interval(r)}'
+                    f'interval {format_interval(r)}'
     return text + (f"\nwarning: {r['warning']}" if r.get('warning') else '')
-
-
-def _interval(v: dict) -> str:
-    return 'n/a' if v.get('saved_low') is None else f"{v['saved_low']:.1f} to {v['saved_high']:.1f}%"
 
 
 def _or_na(value):
