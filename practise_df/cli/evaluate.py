@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._format import format_table
 from ..evaluate import evaluate_source
-from ..latency import measure_latency
+from ..latency import compare_latency
 from ..runtime import OnnxRuntimeModel
 from . import _args
 
@@ -31,9 +31,10 @@ def eval_command(args) -> dict:
                              max_images=args.max_images, seed=args.seed, num_workers=args.workers,
                              device=args.device, progress=not args.json)
     runtime = 'onnxruntime' if isinstance(model, OnnxRuntimeModel) else 'torch'  # an .onnx file runs in ONNX Runtime
-    latency = measure_latency(model, config['input_size'], args.batch_size, args.device, repeats=args.repeats,
-                              runtime=runtime, ci_width=args.ci_width, max_seconds=args.max_seconds)
-    result = {'model': args.model, **result, 'latency_ms': latency.median_ms, 'batch_size': args.batch_size}
+    timed = compare_latency([model], config['input_size'], args.batch_size, args.device, repeats=args.repeats,
+                            runtime=runtime, ci_width=args.ci_width, max_seconds=args.max_seconds)
+    result = {'model': args.model, **result, 'latency_ms': timed.latencies[0].median_ms, 'batch_size': args.batch_size,
+              'latency_runs': timed.rounds, 'latency_warning': timed.warning}
     _args.write_output(args.output, result)
     return result
 
@@ -45,4 +46,6 @@ def render_eval(r: dict) -> str:
     text = format_table(rows, header)
     if r.get('skipped_files'):
         text += f"\n{r['skipped_files']} image file(s) did not decode and were skipped"
+    if r.get('latency_warning'):
+        text += f"\nwarning: {r['latency_warning']}"
     return text
