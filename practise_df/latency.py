@@ -313,7 +313,7 @@ def compare_latency(models: Sequence[nn.Module], input_size: Sequence[int], batc
             dev = device
         x = torch.randn(batch_size, *input_size, device=torch.device(dev))
         moved = [m.to(dev).eval() for m in models]
-        load_before, (cpu_before, own_before), start = os.getloadavg(), cpu_clock(), clock()
+        load_before, (cpu_before, own_before), start = psutil.getloadavg(), cpu_clock(), clock()
         times, stopped = _timings(moved, x, warmup, repeats, ci_width, max_seconds, clock, seed)
         seconds = clock() - start
         cpu_after, own_after = cpu_clock()
@@ -322,7 +322,7 @@ def compare_latency(models: Sequence[nn.Module], input_size: Sequence[int], batc
     cpu_count = os.cpu_count() or 1
     free = max(0, cpu_count - info['threads'])  # cores the timing leaves to others without slowing down
     load = {'cpu_count': cpu_count, 'other_cores': round(others, 2), 'loadavg_before': round(load_before[0], 2),
-            'loadavg_after': round(os.getloadavg()[0], 2), 'busy': others > free + BUSY_CORES}
+            'loadavg_after': round(psutil.getloadavg()[0], 2), 'busy': others > free + BUSY_CORES}
     return Comparison([replace(_summary(t, x), device=where, **info) for t in times],
                       [paired_saving(times[0], t) for t in times[1:]], len(times[0]), seconds, stopped, ci_width,
                       max_seconds, load)

@@ -256,8 +256,8 @@ def select_blocks(scores: Sequence[BlockScore], drop: Optional[int] = None,
         return ordered[:drop]
     if not 0 < latency_reduction < 1:
         raise ValueError(f'latency_reduction is a fraction between 0 and 1 (e.g. 0.25), got {latency_reduction}.')
-    if model is None:
-        raise ValueError('Selecting by latency_reduction needs the model to re-measure latency.')
+    if model is None or not ordered:
+        raise ValueError('Selecting by latency_reduction needs the model to re-measure latency and scored blocks.')
     chosen: List[str] = []
     saving = None
     for block in ordered:
