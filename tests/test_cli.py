@@ -82,10 +82,11 @@ def test_score_select_save_then_eval(capsys, tmp_path, image_folder):
     out_dir = tmp_path / 'compressed'
     code, out, err = run(capsys, 'score', '--model', 'timm:resnet18', '--input-size', 64, '--data', image_folder,
                          '--train-images', 6, '--heldout-images', 6, '--adaptor-steps', 2, '--drop', 2,
-                         '--output-dir', out_dir, '--json')
+                         '--latency-repeats', 6, '--output-dir', out_dir, '--json')
     assert code == 0, err
     r = json.loads(out)
     assert len(r['scores']) == 5 and len(r['selected']) == 2
+    assert all(s['saved_low'] <= s['saved_pct'] <= s['saved_high'] for s in r['scores'])  # each block's interval
     assert sorted(os.listdir(out_dir)) == ['config.json', 'model.safetensors']
     assert json.load(open(out_dir / 'config.json'))['dropped_blocks'] == r['selected']
     # refuses to overwrite without --overwrite
