@@ -134,6 +134,12 @@ def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model
               '']
     if lat.get('warning'):
         lines[-1:] = ['', f"**Warning:** {lat['warning']}", '']
+    if 'export' in report:  # compress --export: the file that ships, measured as it runs
+        ex = report['export']
+        top1 = report.get('eval', {}).get('exported', {}).get('top1')
+        lines += [f"Deployable file: `{os.path.basename(ex['file'])}` ({ex['format']}, beside this folder in the run); "
+                  f"in ONNX Runtime it saves {_saving(ex['latency'])} against the teacher"
+                  + (f"; top-1 {top1:.2f}%." if top1 is not None else '.'), '']
     lines += _accuracy(report)
     if 'robustness' in report:
         lines += ['', '## Robustness', '', 'ImageNet-C corruptions of the evaluation images (teacher as baseline):',

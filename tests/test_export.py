@@ -270,6 +270,7 @@ def test_compress_measures_in_onnxruntime_and_writes_a_model_card(tmp_path, imag
     assert report['latency']['student'] == shipped and report['export']['latency'] == \
         {k: v for k, v in report['latency'].items() if k != 'student'}  # measured once
     assert 'deployable int8 file' in render_report(report)
+    assert 'Deployable file: `model-int8.onnx` (int8' in open(tmp_path / 'run' / 'model' / 'README.md').read()
     block_latency = json.load(open(tmp_path / 'run' / 'block_latency.json'))
     assert (block_latency['runtime'], block_latency['provider']) == ('onnxruntime', 'CPUExecutionProvider')
     card = ModelCard.load(str(tmp_path / 'run' / 'model' / 'README.md'))
