@@ -1,6 +1,7 @@
 """``practise-df eval``: top-1/top-5 on labelled images, agreement with a teacher, and latency."""
 from __future__ import annotations
 
+from .._distributed import on_main_process
 from .._format import format_table
 from ..evaluate import evaluate_source
 from ..latency import measure_latency
@@ -27,8 +28,9 @@ def eval_command(args) -> dict:
     model, config = _args.load(args)
     result = evaluate_source(model, args.data, config, teacher=_args.load_teacher(args), batch_size=args.batch_size,
                              max_images=args.max_images, seed=args.seed, num_workers=args.workers,
-                             device=args.device, progress=not args.json)
-    latency = measure_latency(model, config['input_size'], args.batch_size, args.device, repeats=args.repeats)
+                             device=_args.process_device(args.device), progress=not args.json)
+    latency = on_main_process(  # alone on the device: the other processes wait
+        lambda: measure_latency(model, config['input_size'], args.batch_size, args.device, repeats=args.repeats))
     result = {'model': args.model, **result, 'latency_ms': latency.median_ms, 'batch_size': args.batch_size}
     _args.write_output(args.output, result)
     return result
