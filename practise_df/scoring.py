@@ -281,10 +281,10 @@ def score_images(teacher: nn.Module, data_config: dict, source: str, train_image
     scores = score_blocks(teacher, train, held, blocks=blocks, settings=settings, latency_kwargs=kw, seed=seed,
                           progress=progress)
     result: dict = {'scores': [s.to_dict() for s in scores]}
-    if drop is not None or latency_reduction is not None:
-        result['selected'] = select_blocks(scores, drop=drop, latency_reduction=latency_reduction, model=teacher,
-                                           latency_kwargs=kw)
-    if output_dir is not None:
+    if drop is not None or latency_reduction is not None:  # latency re-measured on the main process alone
+        result['selected'] = on_main_process(lambda: select_blocks(
+            scores, drop=drop, latency_reduction=latency_reduction, model=teacher, latency_kwargs=kw))
+    if output_dir is not None and PartialState().is_main_process:
         student = drop_and_recover(teacher, result['selected'], train, settings=settings, seed=seed)
         result['output'] = save_compressed(student, output_dir, data_config=data_config, overwrite=overwrite,
                                            extra={'scores': result['scores']})
