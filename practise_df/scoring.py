@@ -28,11 +28,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from synth import load_images
 from synth.data import split_tensor
 
+from ._distributed import gather, my_share, on_main_process
 from .adaptors import fold_adaptors, insert_adaptors
 from .blocks import check_blocks, drop_blocks, find_blocks
 from .checkpoint import check_model_dir, save_compressed
@@ -192,7 +194,12 @@ def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images:
         latency: precomputed :func:`block_latency_savings` output; measured when None with
             ``latency_kwargs`` (input_size, batch_size, device, repeats, ...). The score divides by the
             block's saving as :func:`comparable_savings` pools it.
-        on_score: called with each block's result as soon as it is known (e.g. to save progress).
+        on_score: called with each block's result as soon as it is known (e.g. to save progress), on the
+            process that scored it.
+
+    Under ``accelerate launch`` the blocks are split over the processes (every n-th block from the rank on)
+    and the scores gathered on every process; each block's fit depends only on ``seed``, so the scores are
+    those of one process. Latency, when measured here, is measured on the main process while the others wait.
     """
     if estimator not in ESTIMATORS and settings is None:
         raise ValueError(f"Unknown estimator '{estimator}'; choose from {sorted(ESTIMATORS)}.")
@@ -203,16 +210,18 @@ def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images:
     candidates = find_blocks(teacher, tuple(train_images.shape[1:]))
     blocks = list(blocks) if blocks is not None else candidates
     check_blocks(teacher, blocks, candidates)
-    if latency is None:
-        latency = block_latency_savings(teacher, blocks, **{'input_size': tuple(heldout_images.shape[1:]),
-                                                            **(latency_kwargs or {})})
+    if latency is None:  # timed on the main process alone: the others would load the same cores or device
+        kw = {'input_size': tuple(heldout_images.shape[1:]), **(latency_kwargs or {})}
+        latency = on_main_process(lambda: block_latency_savings(teacher, blocks, **kw))
     shared = comparable_savings(latency)
     train_x = _resize(train_images, settings.resolution_scale)
     held_x = _resize(heldout_images, settings.resolution_scale)
     train_t = compute_features(teacher, train_x)  # computed once, reused for every block
     held_t = compute_features(teacher, held_x)
     results = []
-    bar = tqdm(blocks, desc='scoring blocks', disable=not progress)
+    state = PartialState()
+    desc = 'scoring blocks' + (f' (rank {state.process_index})' if state.num_processes > 1 else '')
+    bar = tqdm(my_share(blocks), desc=desc, disable=not progress)
     for block in bar:
         start = time.perf_counter()
         student = drop_blocks(teacher, [block], candidates=candidates)
@@ -232,7 +241,8 @@ def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images:
         bar.set_postfix(block=block, rec=f'{rec:.4g}')
         if on_score is not None:
             on_score(results[-1])
-    return sorted(results, key=lambda s: s.score)
+    position = {block: i for i, block in enumerate(blocks)}  # ties keep the blocks' order, whoever scored them
+    return sorted(gather(results), key=lambda s: (s.score, position[s.block]))
 
 
 def select_blocks(scores: Sequence[BlockScore], drop: Optional[int] = None,
@@ -303,10 +313,10 @@ def score_images(teacher: nn.Module, data_config: dict, source: str, train_image
     scores = score_blocks(teacher, train, held, blocks=blocks, settings=settings, latency_kwargs=kw, seed=seed,
                           progress=progress)
     result: dict = {'scores': [s.to_dict() for s in scores]}
-    if drop is not None or latency_reduction is not None:
-        result['selected'] = select_blocks(scores, drop=drop, latency_reduction=latency_reduction, model=teacher,
-                                           latency_kwargs=kw)
-    if output_dir is not None:
+    if drop is not None or latency_reduction is not None:  # latency re-measured on the main process alone
+        result['selected'] = on_main_process(lambda: select_blocks(
+            scores, drop=drop, latency_reduction=latency_reduction, model=teacher, latency_kwargs=kw))
+    if output_dir is not None and PartialState().is_main_process:
         student = drop_and_recover(teacher, result['selected'], train, settings=settings, seed=seed)
         result['output'] = save_compressed(student, output_dir, data_config=data_config, overwrite=overwrite,
                                            extra={'scores': result['scores']})

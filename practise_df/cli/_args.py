@@ -12,6 +12,7 @@ import sys
 from typing import Optional
 
 import torch
+from accelerate import PartialState
 
 from synth.files import check_writable, write_json_atomic
 
@@ -275,13 +276,13 @@ def load(args, source: Optional[str] = None, weights: Optional[str] = None):
         if 'input_size' not in model.pretrained_cfg and getattr(args, 'input_size', None) is None:
             raise ValueError(f"'{source}' carries no preprocessing metadata (exported elsewhere?); pass --input-size.")
     else:
-        model = load_model(source, weights, **kwargs)
+        model = load_model(source, weights, seed=getattr(args, 'seed', None), **kwargs)
     config = resolve_data_config(model, **{k: getattr(args, k, None) for k in PREPROCESSING})
     return model, config
 
 
 def load_teacher(args):
-    return load_model(args.teacher, args.teacher_weights) if args.teacher else None
+    return load_model(args.teacher, args.teacher_weights, seed=getattr(args, 'seed', None)) if args.teacher else None
 
 
 def check_output_file(path: Optional[str], overwrite: bool, flag: str = '--output') -> None:
@@ -298,7 +299,16 @@ def check_output_file(path: Optional[str], overwrite: bool, flag: str = '--outpu
     check_writable(path, flag)
 
 
+def process_device(device: str) -> str:
+    """``--device`` for this process: under ``accelerate launch`` a device type without an index (``cuda``)
+    means each process's own device, as Accelerate assigns them."""
+    state = PartialState()
+    if state.num_processes > 1 and ':' not in device and state.device.type == torch.device(device).type:
+        return str(state.device)
+    return device
+
+
 def write_output(path: Optional[str], result: dict) -> None:
-    if path:
+    if path and PartialState().is_main_process:  # under accelerate launch every process has the result
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         write_json_atomic(path, result)

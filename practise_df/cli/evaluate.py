@@ -2,6 +2,7 @@
 an exported ``.onnx`` file (run in ONNX Runtime)."""
 from __future__ import annotations
 
+from .._distributed import on_main_process
 from .._format import format_table
 from ..evaluate import evaluate_source
 from ..latency import compare_latency
@@ -29,10 +30,11 @@ def eval_command(args) -> dict:
     model, config = _args.load(args)
     result = evaluate_source(model, args.data, config, teacher=_args.load_teacher(args), batch_size=args.batch_size,
                              max_images=args.max_images, seed=args.seed, num_workers=args.workers,
-                             device=args.device, progress=not args.json)
+                             device=_args.process_device(args.device), progress=not args.json)
     runtime = 'onnxruntime' if isinstance(model, OnnxRuntimeModel) else 'torch'  # an .onnx file runs in ONNX Runtime
-    timed = compare_latency([model], config['input_size'], args.batch_size, args.device, repeats=args.repeats,
-                            runtime=runtime, ci_width=args.ci_width, max_seconds=args.max_seconds)
+    timed = on_main_process(  # alone on the device: the other processes wait
+        lambda: compare_latency([model], config['input_size'], args.batch_size, args.device, repeats=args.repeats,
+                                runtime=runtime, ci_width=args.ci_width, max_seconds=args.max_seconds))
     result = {'model': args.model, **result, 'latency_ms': timed.latencies[0].median_ms, 'batch_size': args.batch_size,
               'latency_runs': timed.rounds, 'latency_warning': timed.warning}
     _args.write_output(args.output, result)
