@@ -7,6 +7,7 @@
 #      evaluate_robustness pass (teacher + student, 15 corruptions x 5 severities);
 #   3. the CLI on cuda (`practise-df robustness --device cuda`), with a heatmap.
 #   4. with CHECKS=datafree (or CHECKS=corruptions,datafree): data-free synthesis and recovery on the GPU (below).
+#   5. with CHECKS=scaleout: block scoring and robustness on 1 GPU against all of them (below).
 # DATA: the images of bench_corruptions.py (make them with
 #   `python benchmarks/bench_corruptions_device.py --export DIR` where ../shared/data/imagenet-sample exists).
 # Results go to $OUT (default runs/gpu_check); at most 8 files.
@@ -49,4 +50,13 @@ if [[ "${CHECKS:-corruptions}" == *datafree* ]]; then
   echo "synthesis wall $((SECONDS - start)) s" | tee -a "$OUT/synth_gpu1024.log"
   (cd benchmarks && timeout 1200 $PY bench_datafree.py --point 25 --rows drop,mir_gpu1024,kd_gpu1024 --threads 4 \
     --out "$OUT/datafree_gpu.json") 2>&1 | tail -8 | tee "$OUT/datafree_gpu.log"
+fi
+
+# CHECKS=scaleout (issue 32): lite0 block scoring and a robustness sweep on 1 GPU against every GPU of the machine
+# (one process each, accelerate launch): wall times, speed-up, and whether the scores and the numbers are the same.
+# Needs ../shared/data/imagenet-sample. On a one-GPU machine it only checks that a launch of 1 works.
+if [[ "${CHECKS:-corruptions}" == *scaleout* ]]; then
+  gpus=$(nvidia-smi -L | wc -l)
+  (cd benchmarks && timeout 1200 $PY bench_scale_out.py --device cuda --processes "$gpus" --threads 4 \
+    --out "$OUT/scale_out.json") 2>&1 | tail -6 | tee "$OUT/scale_out.log"
 fi

@@ -11,3 +11,9 @@ def format_table(rows: Sequence[Sequence], header: Sequence[str]) -> str:
     lines = ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, '  '.join('-' * w for w in widths))
     return '\n'.join(lines)
+
+
+def format_interval(entry: dict) -> str:
+    """'LOW to HIGH%': the 95% interval of a saving (``saved_low``/``saved_high``), or 'n/a' without one
+    (too few runs, or a file of an older version)."""
+    return 'n/a' if entry.get('saved_low') is None else f"{entry['saved_low']:.1f} to {entry['saved_high']:.1f}%"

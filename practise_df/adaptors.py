@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Tuple
 import torch
 import torch.nn as nn
 
-from ._graph import reaches, walk
+from ._graph import reaches, trace_input, walk
 from .models import PrePoolFeatures, model_device
 
 _LAYERS = (nn.Conv2d, nn.Linear)
@@ -96,7 +96,7 @@ def find_adaptor_sites(model: nn.Module, dropped: Iterable[str],
         if isinstance(module, _LAYERS):
             handles.append(module.register_forward_hook(_recorder(layer_out, layer_in, name)))
     try:
-        x = torch.randn(1, *input_size, device=model_device(model), requires_grad=True) * 1.0
+        x = trace_input(input_size, model_device(model))
         with torch.enable_grad():
             features = PrePoolFeatures(model.eval())(x)
     finally:

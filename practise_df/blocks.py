@@ -15,7 +15,7 @@ from typing import Iterable, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ._graph import reaches
+from ._graph import reaches, trace_input
 from .models import model_device, resolve_data_config
 
 # Autograd nodes a skip connection may pass through: the add itself and the activation some
@@ -47,8 +47,7 @@ def residual_modules(model: nn.Module, input_size: Sequence[int]) -> List[str]:
     was_training = model.training
     model.eval()
     try:
-        # The model's input must carry a grad_fn so that a block at the very start is traceable too.
-        x = torch.randn(1, *input_size, device=model_device(model), requires_grad=True) * 1.0
+        x = trace_input(input_size, model_device(model))
         with torch.enable_grad():
             model(x)
     finally:

@@ -245,10 +245,12 @@ def is_compressed_dir(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, 'config.json'))
 
 
-def load_model(source: str, weights: Optional[str] = None, **kwargs: Any) -> nn.Module:
-    """A model from a spec (:func:`practise_df.create_model`, with ``weights`` and constructor ``kwargs``) or a
-    compressed-model directory (:func:`load_compressed`, which carries its own weights and architecture):
-    what every command's ``--model`` takes. ``hf-hub:ORG/NAME`` is either, told apart by its config.json."""
+def load_model(source: str, weights: Optional[str] = None, *, seed: Optional[int] = None, **kwargs: Any
+               ) -> nn.Module:
+    """A model from a spec (:func:`practise_df.create_model`, with ``weights`` and constructor ``kwargs``; random
+    weights drawn from ``seed``) or a compressed-model directory (:func:`load_compressed`, which carries its own
+    weights and architecture): what every command's ``--model`` takes. ``hf-hub:ORG/NAME`` is either, told apart
+    by its config.json."""
     if is_compressed_dir(source) or (source.startswith(HUB_PREFIX) and _is_compressed_on_hub(source)):
         if weights not in (None, '', 'random'):
             raise ValueError(f"'{source}' is a compressed-model directory and carries its own weights; "
@@ -263,7 +265,7 @@ def load_model(source: str, weights: Optional[str] = None, **kwargs: Any) -> nn.
     if os.path.isdir(source):
         raise ValueError(f"'{source}' is a directory but holds no config.json, so it is not a compressed model "
                          "written by practise-df. Pass a model spec such as 'timm:resnet50'.")
-    return create_model(source, weights, **kwargs)
+    return create_model(source, weights, seed=seed, **kwargs)
 
 
 def load_compressed(path: str) -> nn.Module:

@@ -13,7 +13,7 @@ import json
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from synth import get_preset
 from synth.ood import photo_paths
@@ -21,7 +21,7 @@ from synth.ood import photo_paths
 from .corruptions import parse_corruptions, parse_severities
 from .finetune import FinetuneConfig
 from .guard import SIGNALS
-from .latency import RUNTIMES
+from .latency import AUTO, CI_WIDTH, MAX_SECONDS, RUNTIMES, check_repeats
 from .models import INTERPOLATIONS, PREPROCESSING, model_arguments
 from .scoring import ESTIMATORS
 
@@ -109,15 +109,25 @@ class LatencyConfig:
     """How latency is measured (stage ``scores``, and the report)."""
     batch_size: int = 32
     device: Optional[str] = None  # default: the training device
-    repeats: int = 10
+    # 'auto': timed runs continue until every saving's 95% interval is at most ci_width percentage points
+    # wide, or max_seconds have passed (per measurement); a number fixes the runs
+    repeats: Union[int, str] = AUTO
+    ci_width: float = CI_WIDTH
+    max_seconds: float = MAX_SECONDS
     block_latency: Optional[str] = None  # per-block savings measured elsewhere (practise-df latency --per-block)
     runtime: str = 'torch'  # or 'onnxruntime': latency measured on the exported graph, as deployed
     threads: Optional[int] = None  # default: torch's thread count
 
     def __post_init__(self):
-        _positive(batch_size=self.batch_size, repeats=self.repeats, threads=self.threads)
+        _positive(batch_size=self.batch_size, threads=self.threads)
+        check_repeats(self.repeats)
+        if not (self.ci_width > 0 and self.max_seconds > 0):
+            raise ValueError(f'ci_width and max_seconds must be positive, got {self.ci_width} and {self.max_seconds}.')
         if self.runtime not in RUNTIMES:
             raise ValueError(f"Unknown latency runtime '{self.runtime}'; choose from {', '.join(RUNTIMES)}.")
+
+
+EXPORTS = ('onnx', 'int8')
 
 
 @dataclass
@@ -131,9 +141,14 @@ class EvalConfig:
     guard: bool = True
     guard_images: Optional[List[str]] = None  # photos (files or folders); default: scikit-image's sample photos
     guard_signal: str = 'kl'
+    # 'onnx' or 'int8': the deployable file (EXPORT_FILES) written into the run through export_model, checked
+    # against PyTorch, evaluated on `data` and timed against the teacher in ONNX Runtime
+    export: Optional[str] = None
 
     def __post_init__(self):
         _positive(max_images=self.max_images, batch_size=self.batch_size)
+        if self.export is not None and self.export not in EXPORTS:
+            raise ValueError(f"Unknown export '{self.export}'; choose from {', '.join(EXPORTS)}.")
         if self.guard_signal not in SIGNALS:
             raise ValueError(f"Unknown guard signal '{self.guard_signal}'; choose from {', '.join(SIGNALS)}.")
         if self.guard_images is not None:

@@ -13,6 +13,8 @@ from tqdm.auto import tqdm
 
 from synth import load_images
 
+from ._distributed import gather, sharded_batches, sum_over_processes
+
 _logger = logging.getLogger(__name__)
 WNID = re.compile(r'n\d{8}')  # an ImageNet (WordNet) class id, the folder names of ImageNet's image folders
 
@@ -76,6 +78,17 @@ class Tally:
             self.teacher_top1 += int((teacher_pred[known] == labels[known]).sum())
         return topk[:, 0]
 
+    FIELDS = ('images', 'labelled', 'top1', 'top5', 'compared', 'agree', 'teacher_top1')
+
+    @staticmethod
+    def sum_over_processes(tallies) -> None:
+        """Add up, in place, the counts every process made on its share of the batches (no image twice)."""
+        tallies = list(tallies)
+        counts = torch.tensor([[getattr(t, f) for f in Tally.FIELDS] for t in tallies], dtype=torch.long)
+        for t, row in zip(tallies, sum_over_processes(counts).tolist()):
+            for f, v in zip(Tally.FIELDS, row):
+                setattr(t, f, v)
+
     def result(self, top5: bool = True, teacher_top1: bool = False) -> Dict[str, float]:
         """Percentages of what could be measured: ``top1`` (and ``top5``, ``teacher_top1``) with labels,
         ``agreement`` with teacher predictions."""
@@ -102,27 +115,34 @@ def evaluate(model: nn.Module, loader: Iterable, device: str = 'cpu',
     for the same loader in the same order (``result['predictions']`` of an earlier call with
     ``return_predictions=True``), which saves running the teacher again for every student;
     ``teacher_top1`` adds the teacher's own top-1 on the labelled images.
+
+    Under ``accelerate launch`` the batches are split over the processes (batch i to process i mod n) and the
+    counts summed, each image once: the numbers are those of one process. A DataLoader must then keep a
+    fixed order (no shuffling).
     """
     model = model.eval().to(device)
     if isinstance(teacher, nn.Module):
         teacher = teacher.eval().to(device)
     tally, predictions = Tally(), []
-    for images, labels in tqdm(loader, desc='evaluating', disable=not progress, leave=False):
+    for _, start, (images, labels) in tqdm(sharded_batches(loader), desc='evaluating', disable=not progress,
+                                           leave=False):
         images, labels = images.to(device), torch.as_tensor(labels).to(device)
         teacher_pred = None
         if isinstance(teacher, nn.Module):
             teacher_pred = teacher(images).argmax(1)
         elif teacher is not None:
-            if len(teacher) < tally.images + len(images):
+            if len(teacher) < start + len(images):
                 raise ValueError(f'Got {len(teacher)} teacher predictions for a loader with more images; pass '
                                  'the predictions made on the same loader.')
-            teacher_pred = teacher[tally.images:tally.images + len(images)].to(device)
-        predictions.append(tally.add(model(images), labels, teacher_pred).cpu())
+            teacher_pred = teacher[start:start + len(images)].to(device)
+        predictions.append((start, tally.add(model(images), labels, teacher_pred).cpu()))
+    Tally.sum_over_processes([tally])
     if teacher is not None and not isinstance(teacher, nn.Module) and len(teacher) != tally.images:
         raise ValueError(f'Got {len(teacher)} teacher predictions for {tally.images} images; pass the predictions '
                          'made on the same loader.')
     result = {'images': tally.images, 'labelled': tally.labelled, **tally.result(teacher_top1=teacher_top1)}
     if return_predictions:
+        predictions = [p for _, p in sorted(gather(predictions), key=lambda item: item[0])]  # the loader's order
         result['predictions'] = torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
     return result
 

@@ -25,7 +25,7 @@ from synth.data import image_loader
 
 from .blocks import dropped_blocks
 from .guard import guard_images
-from .models import model_device, resolve_data_config
+from .models import PREPROCESSING, model_device, resolve_data_config
 from .runtime import OnnxRuntimeModel, require_deploy
 
 FORMATS = ('onnx', 'torch-export')
@@ -123,14 +123,26 @@ def _is_torch_export(path: str) -> bool:
     return zipfile.is_zipfile(path)  # .pt2 archives are zip files; ONNX files are protobuf
 
 
+EXPORTED_SUFFIXES = ('.onnx', '.pt2')
+
+
+def is_exported_file(path: str) -> bool:
+    return path.endswith(EXPORTED_SUFFIXES) and os.path.isfile(path)
+
+
 def load_exported(path: str, device: str = 'cpu', threads: Optional[int] = None) -> nn.Module:
     """An exported file as a callable module: ONNX through ONNX Runtime (see
-    :class:`~practise_df.runtime.OnnxRuntimeModel`), ``.pt2`` through ``torch.export.load``."""
+    :class:`~practise_df.runtime.OnnxRuntimeModel`), ``.pt2`` through ``torch.export.load``. The
+    preprocessing in the file's metadata becomes the module's ``pretrained_cfg``, so
+    :func:`~practise_df.models.resolve_data_config` reads it as it does for a timm model."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"'{path}' does not exist.")
-    if _is_torch_export(path):
-        return torch.export.load(path).module()
-    return OnnxRuntimeModel(path, device=device, threads=threads)
+    module = torch.export.load(path).module() if _is_torch_export(path) else \
+        OnnxRuntimeModel(path, device=device, threads=threads)
+    meta = read_metadata(path)
+    keys = (*PREPROCESSING, 'crop_mode')
+    module.pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.items() if k in keys}
+    return module
 
 
 def read_metadata(path: str) -> Dict[str, Any]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from synth import SingleImageCrops
 from synth.ood import photo_paths
 
+from ._distributed import gather, sharded_batches
 from .models import PrePoolFeatures, model_device
 
 # scikit-image's natural photos with no copyright restriction: astronaut (NASA, public domain), chelsea
@@ -55,18 +56,21 @@ def closeness(student: nn.Module, teacher: nn.Module, images: torch.Tensor,
               batch_size: int = 64) -> Dict[str, torch.Tensor]:
     """How close ``student`` is to ``teacher`` on each of ``images``: top-1 agreement (100 or 0), the KL
     divergence of the student's prediction from the teacher's, and the mean squared difference of the
-    pre-pooling features; one value per image, for :func:`choose`'s paired test."""
+    pre-pooling features; one value per image, for :func:`choose`'s paired test.
+
+    Under ``accelerate launch`` the batches are split over the processes and the values gathered in the
+    images' order, on every process."""
     device = model_device(student)
     ours, theirs = PrePoolFeatures(student.eval(), with_logits=True), PrePoolFeatures(teacher.eval(), with_logits=True)
-    values = {signal: [] for signal in SIGNALS}
-    for batch in images.split(batch_size):
+    mine = []
+    for i, _, (batch,) in sharded_batches([(b,) for b in images.split(batch_size)]):
         batch = batch.to(device)
         (f_s, l_s), (f_t, l_t) = ours(batch), theirs(batch)
-        values['agreement'].append(100.0 * (l_s.argmax(1) == l_t.argmax(1)).float().cpu())
         kl = F.kl_div(l_s.float().log_softmax(1), l_t.float().log_softmax(1), log_target=True, reduction='none')
-        values['kl'].append(kl.sum(1).cpu())
-        values['feature_mse'].append((f_s.float() - f_t.float()).pow(2).flatten(1).mean(1).cpu())
-    return {signal: torch.cat(v) for signal, v in values.items()}
+        mine.append((i, {'agreement': 100.0 * (l_s.argmax(1) == l_t.argmax(1)).float().cpu(), 'kl': kl.sum(1).cpu(),
+                         'feature_mse': (f_s.float() - f_t.float()).pow(2).flatten(1).mean(1).cpu()}))
+    batches = [values for _, values in sorted(gather(mine), key=lambda item: item[0])]
+    return {signal: torch.cat([values[signal] for values in batches]) for signal in SIGNALS}
 
 
 def compare(student: nn.Module, teacher: nn.Module, images: torch.Tensor, batch_size: int = 64) -> Dict[str, float]:

@@ -40,6 +40,16 @@ def _pct(value: Optional[float]) -> str:
     return 'n/a' if value is None else f'{value:.2f}%'
 
 
+def _saving(lat: Dict[str, Any]) -> str:
+    """The saving with its 95% interval and how it was measured (older reports have no interval)."""
+    if lat.get('saved_low') is None:
+        return f"{lat['saved_pct']:.1f}%" + (f" (no 95% interval: {lat['runs']} runs)" if 'runs' in lat else '')
+    load = lat.get('load', {})
+    return (f"{lat['saved_pct']:.1f}% (95% interval {lat['saved_low']:.1f}% to {lat['saved_high']:.1f}%, median of "
+            f"{lat['runs']} paired runs; other processes used {load.get('other_cores', 0):.1f} of "
+            f"{load.get('cpu_count', '?')} CPU cores meanwhile)")
+
+
 def _accuracy(report: Dict[str, Any]) -> List[str]:
     if 'eval' not in report:
         return ['## Accuracy', '',
@@ -126,9 +136,17 @@ def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model
                       ('params', f"{report['params']['teacher']:,}", f"{report['params']['student']:,}"),
                       ('MACs', f"{report['macs']['teacher'] / 1e6:.1f} M",
                        f"{report['macs']['student'] / 1e6:.1f} M")]),
-              '', f"Latency saved: {lat['saved_pct']:.1f}%, measured on the machine that ran the job. Measure it where "
+              '', f"Latency saved: {_saving(lat)}, measured on the machine that ran the job. Measure it where "
               'the model will run: `practise-df latency --model FOLDER --runtime onnxruntime`.',
               '']
+    if lat.get('warning'):
+        lines[-1:] = ['', f"**Warning:** {lat['warning']}", '']
+    if 'export' in report:  # compress --export: the file that ships, measured as it runs
+        ex = report['export']
+        top1 = report.get('eval', {}).get('exported', {}).get('top1')
+        lines += [f"Deployable file: `{os.path.basename(ex['file'])}` ({ex['format']}, beside this folder in the run); "
+                  f"in ONNX Runtime it saves {_saving(ex['latency'])} against the teacher"
+                  + (f"; top-1 {top1:.2f}%." if top1 is not None else '.'), '']
     lines += _accuracy(report)
     if 'robustness' in report:
         lines += ['', '## Robustness', '', 'ImageNet-C corruptions of the evaluation images (teacher as baseline):',

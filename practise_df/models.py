@@ -76,6 +76,8 @@ def parse_spec(spec: str) -> ModelSpec:
 def create_model(
         spec: str,
         weights: Optional[str] = None,
+        *,
+        seed: Optional[int] = None,
         **kwargs: Any,
 ) -> nn.Module:
     """Build a model from a spec (for a compressed-model directory too, use :func:`practise_df.load_model`).
@@ -92,6 +94,9 @@ def create_model(
         kwargs: passed to the model constructor (e.g. ``num_classes``); must be JSON-serialisable
             for the model to be saved with :func:`practise_df.save_compressed`. Without ``num_classes``, a
             weights file whose classifier has another class count builds the model with the file's count.
+        seed: draw the random initial weights from this seed, in a forked RNG that leaves the global one as it
+            was, so a random-weight model is the same in every run and on every process (default: the global
+            RNG, as ``timm.create_model``).
 
     Returns:
         The model in eval mode, on CPU.
@@ -100,6 +105,13 @@ def create_model(
         raise ValueError(f"'{spec}' is a directory, not a model spec. A compressed-model directory is loaded with "
                          "practise_df.load_model (or load_compressed), a timm model folder is 'local-dir:{spec}'; "
                          "otherwise pass a spec such as 'timm:resnet50'.")
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return _create_model(spec, weights, kwargs)
+
+
+def _create_model(spec: str, weights: Optional[str], kwargs: Dict[str, Any]) -> nn.Module:
     random = weights in (None, '', 'random')
     file = None if random or weights == 'pretrained' else weights
     state_dict, train_args = None, None

@@ -4,13 +4,15 @@ Every argument that can be checked is checked before the first file is written, 
 a synthesis. Every stage writes its result into the output directory before the next starts, so
 re-running with ``resume=True`` skips what is done (images, block scores, finetuning checkpoints) and
 picks up settings of the stages not yet run (:data:`practise_df.config.STAGE_SETTINGS`). Under
-``accelerate launch`` synthesis and finetuning use every process; scoring, latency and the final
-evaluation run on the main process while the others wait.
+``accelerate launch`` every long stage uses every process: synthesis (images), scoring (blocks),
+finetuning (data-parallel), the guard and the final evaluation (batches); latency is measured on the main
+process while the others wait, and the main process writes every file but the per-rank shards.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -27,31 +29,36 @@ from synth.files import (RunLock, append_jsonl, check_outputs_apart, check_writa
                          drop_partial_line, remove_leftovers, write_json_atomic)
 from synth.synthesized import is_synthesized
 
+from ._distributed import on_main_process
 from .blocks import check_blocks, drop_blocks, find_blocks
 from .checkpoint import check_rebuildable, is_saved_model, load_compressed, load_model, save_compressed
 from .config import STAGE_SETTINGS, CompressConfig, is_run_settings
 from .evaluate import evaluate, match_folder_labels, model_num_classes
+from .export import export_model, load_exported
 from .finetune import DATAFREE_MIX, finetune, make_accelerator
 from .guard import choose, closeness, guard_images
-from .latency import (block_latency_savings, count_macs, count_params, measure_latencies, read_block_latency,
+from .latency import (block_latency, compare_latency, count_macs, count_params, measure_latencies, read_block_latency,
                       runtime_info)
 from .model_card import command_line, write_model_card
 from .models import resolve_data_config
 from .robustness import evaluate_folder_robustness, save_heatmap
+from .runtime import require_deploy
 from .scoring import ESTIMATORS, BlockScore, drop_and_recover, score_blocks, select_blocks
 
 RUN_FILE = 'run.json'
 SCORES_FILE = 'scores.json'
 PARTIAL_SCORES_FILE = 'scores.partial.jsonl'  # one line per scored block, so an interrupted scoring resumes
+PARTIAL_SCORES_PATTERN = 'scores.partial-rank{rank}.jsonl'  # the same, of the processes other than the main one
 LATENCY_FILE = 'block_latency.json'
 SYNTH_DIR = 'synth'
 RECOVERED_DIR = 'recovered'  # blocks dropped (adaptors folded with keep_adaptors), before finetuning
 MODEL_DIR = 'model'  # model.safetensors + config.json + README.md (the model card)
 REJECTED_DIR = 'finetuned'  # the finetuned student when the guard kept the dropped one
 REPORT_FILE = 'report.json'
+EXPORT_FILES = {'onnx': 'model.onnx', 'int8': 'model-int8.onnx'}  # --export: the deployable file
 # What a run writes: --overwrite removes these and nothing else.
 ARTEFACTS = (RUN_FILE, SCORES_FILE, PARTIAL_SCORES_FILE, LATENCY_FILE, SYNTH_DIR, RECOVERED_DIR, 'checkpoints',
-             MODEL_DIR, REJECTED_DIR, REPORT_FILE, 'robustness.png')
+             MODEL_DIR, REJECTED_DIR, REPORT_FILE, 'robustness.png', *EXPORT_FILES.values())
 
 
 def _stage(accelerator, message: str) -> None:
@@ -69,13 +76,15 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
     ``timm.create_model``; this is checked before any long stage.
     """
     if teacher is None:
-        teacher = load_model(config.model, config.weights, **config.model_arguments)
+        # random weights drawn from the seed: the same teacher in every run and on every rank
+        teacher = load_model(config.model, config.weights, seed=config.seed, **config.model_arguments)
     data_config = resolve_data_config(teacher, **config.preprocessing)
     checked = check_inputs(config, teacher, data_config)  # before anything is written
     accelerator = accelerator or make_accelerator(config.output_dir, config.finetune)
     latency_kwargs = dict(input_size=data_config['input_size'], batch_size=config.latency.batch_size,
                           device=config.latency.device or str(accelerator.device), repeats=config.latency.repeats,
-                          runtime=config.latency.runtime, threads=config.latency.threads)
+                          runtime=config.latency.runtime, threads=config.latency.threads,
+                          ci_width=config.latency.ci_width, max_seconds=config.latency.max_seconds)
     lock = RunLock(config.output_dir) if accelerator.is_main_process else None
     try:
         if lock is not None:
@@ -95,19 +104,23 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress, l
     pool, train_pool = _images(config, teacher, data_config, checked['pool'], accelerator, progress)
     train_idx, held_idx = _split(pool, min(config.images.num_heldout, len(pool) - 1), config.seed)
 
-    # --- score and select (main process; the others read the result) -----------------------------
+    # --- score (blocks split over the processes) and select (main process) ---------------------------
     scores_file = os.path.join(out, SCORES_FILE)
-    if accelerator.is_main_process and not os.path.isfile(scores_file):
+    if on_main_process(lambda: not os.path.isfile(scores_file)):  # one answer for every rank
         teacher.to(accelerator.device)
         if config.scoring.blocks is not None:
             _stage(accelerator, f"[2/5] dropping the given blocks, not scoring: {', '.join(config.scoring.blocks)}")
             scores, chosen = [], list(config.scoring.blocks)
         else:
             _stage(accelerator, f'[2/5] scoring blocks ({config.scoring.estimator} estimator)')
-            scores = _score(config, teacher, pool, train_idx, held_idx, checked, latency_kwargs, progress)
-            chosen = select_blocks(scores, drop=config.scoring.drop, latency_reduction=config.scoring.latency_reduction,
-                                   model=teacher, latency_kwargs=latency_kwargs)
-        write_json_atomic(scores_file, {'scores': [s.to_dict() for s in scores], 'selected': chosen})
+            scores = _score(config, teacher, pool, train_idx, held_idx, checked, latency_kwargs, accelerator,
+                            progress)
+            # latency_reduction re-measures latency: on the main process alone
+            chosen = on_main_process(lambda: select_blocks(
+                scores, drop=config.scoring.drop, latency_reduction=config.scoring.latency_reduction, model=teacher,
+                latency_kwargs=latency_kwargs))
+        if accelerator.is_main_process:
+            write_json_atomic(scores_file, {'scores': [s.to_dict() for s in scores], 'selected': chosen})
     elif accelerator.is_main_process:
         _stage(accelerator, f'[2/5] block selection: done earlier ({scores_file})')
     accelerator.wait_for_everyone()
@@ -145,30 +158,38 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress, l
     else:
         _stage(accelerator, '[4/5] finetuning: skipped (--finetune-iters 0: the student is kept as dropped)')
 
-    # --- save and evaluate (main process) ---------------------------------------------------------
-    report: Dict[str, Any] = {}
-    if accelerator.is_main_process:
-        _stage(accelerator, '[5/5] saving and evaluating')
-        student, teacher = student.to('cpu').eval(), teacher.to('cpu').eval()
-        guard, others = None, {}  # others: the students of a finetuned run that are not kept, by report name
-        if finetune_config.iterations > 0:
-            others['before_finetune'] = load_compressed(recovered_dir)  # what finetuning added over dropping
-            if config.eval.guard:
-                finetuned = student
-                student, guard = _guard(config, teacher, finetuned, others['before_finetune'], data_config)
-                if student is not finetuned:
-                    others['finetuned'] = finetuned  # rejected by the guard
-        model_dir = save_compressed(student, os.path.join(out, MODEL_DIR), data_config=data_config, overwrite=True,
-                                    extra={'scores': selection['scores']})
-        report = _report(config, teacher, student, others, selection, history, Subset(pool, held_idx), checked,
-                         data_config, latency_kwargs, model_dir, guard, progress)
+    # --- save (main process) and evaluate (images split over the processes) -------------------------
+    _stage(accelerator, '[5/5] saving and evaluating')
+    main = accelerator.is_main_process
+    student, teacher = student.to('cpu').eval(), teacher.to('cpu').eval()
+    guard, others = None, {}  # others: the students of a finetuned run that are not kept, by report name
+    if finetune_config.iterations > 0:
+        others['before_finetune'] = load_compressed(recovered_dir)  # what finetuning added over dropping
+        if config.eval.guard:
+            finetuned = student
+            student, guard = _guard(config, teacher, finetuned, others['before_finetune'], data_config, main)
+            if student is not finetuned:
+                others['finetuned'] = finetuned  # rejected by the guard
+    model_dir = os.path.join(out, MODEL_DIR)
+    if main:
+        save_compressed(student, model_dir, data_config=data_config, overwrite=True,
+                        extra={'scores': selection['scores']})
+    exported = None
+    if config.eval.export:  # written by the main process, then run by every process for the evaluation
+        exported = on_main_process(lambda: _export(config, student, data_config, latency_kwargs))
+        exported['module'] = load_exported(exported['file'], device=latency_kwargs['device'],
+                                           threads=exported.pop('threads'))
+    report = _report(config, teacher, student, others, selection, history, Subset(pool, held_idx), checked,
+                     data_config, latency_kwargs, model_dir, guard, str(accelerator.device), progress and main,
+                     exported)
+    if main:
         write_json_atomic(os.path.join(out, REPORT_FILE), report)
         write_model_card(model_dir, report, config.card.license, config.card.base_model, command_line())
         if config.robustness.enabled:  # pictures after the numbers: a failed plot loses nothing
             report['robustness']['heatmap'] = _heatmap(report['robustness'], out, config.model)
             write_json_atomic(os.path.join(out, REPORT_FILE), report)
     accelerator.wait_for_everyone()
-    return report
+    return report if main else {}
 
 
 # --- checks before the long work -------------------------------------------------------------------
@@ -207,6 +228,9 @@ def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]
         if len(pool) < images.num_images:
             raise ValueError(f"{images.source} holds {len(pool)} readable image(s), fewer than --num-images "
                              f"{images.num_images}. Pass --num-images {len(pool)} or add images.")
+    if config.eval.export or config.latency.runtime == 'onnxruntime':
+        for package in ('onnx', 'onnxscript', 'onnxruntime'):  # before hours of work, not after
+            require_deploy(package)
     eval_data = labels = None
     if config.eval.data:
         eval_data = ImageFolderDataset(config.eval.data, eval_transform(data_config),
@@ -281,7 +305,7 @@ def prepare_output_dir(config: CompressConfig, overwrite: bool = False, resume: 
         lock.acquire()  # before anything is removed: a run still writing here keeps its files
     remove_leftovers(out, ARTEFACTS)  # a killed run's temporary copies, named by this run's code only
     if earlier and overwrite and not resume:
-        for name in ARTEFACTS:
+        for name in ARTEFACTS + tuple(os.path.basename(p) for p in _journals(out)):
             path = os.path.join(out, name)
             shutil.rmtree(path) if os.path.isdir(path) else (os.remove(path) if os.path.exists(path) else None)
     write_json_atomic(run_file, config.to_dict())
@@ -379,18 +403,26 @@ def _block_latency(config: CompressConfig, teacher, blocks: List[str], checked, 
     path = os.path.join(config.output_dir, LATENCY_FILE)
     if os.path.isfile(path):
         return read_block_latency(path)
-    kw = latency_kwargs
-    table = block_latency_savings(teacher, blocks, **kw)
-    write_json_atomic(path, {'blocks': table, **{k: kw[k] for k in ('batch_size', 'device', 'repeats')},
-                             **runtime_info(kw['runtime'], kw['device'], kw['threads']),
-                             'input_size': list(kw['input_size'])})
-    return table
+    measured = block_latency(teacher, blocks, **latency_kwargs)
+    if measured['warning']:
+        print(f"      per-block {measured['warning']}", file=sys.stderr)
+    write_json_atomic(path, measured)
+    return measured['blocks']
 
 
-def _read_partial_scores(path: str) -> Dict[str, BlockScore]:
-    drop_partial_line(path)  # a line cut short by a crash: its block is scored again
+def _journals(out: str) -> List[str]:
+    """Every process's scoring journal: the main process's and those of the others."""
+    return [os.path.join(out, PARTIAL_SCORES_FILE)] + sorted(glob.glob(os.path.join(out, PARTIAL_SCORES_PATTERN.format(
+        rank='*'))))
+
+
+def _read_partial_scores(out: str) -> Dict[str, BlockScore]:
+    """The blocks scored so far, by any process (each appends to its own journal)."""
     done: Dict[str, BlockScore] = {}
-    if os.path.isfile(path):
+    for path in _journals(out):
+        drop_partial_line(path)  # a line cut short by a crash: its block is scored again
+        if not os.path.isfile(path):
+            continue
         with open(path) as f:
             for line in f:
                 try:
@@ -401,15 +433,20 @@ def _read_partial_scores(path: str) -> Dict[str, BlockScore]:
     return done
 
 
-def _score(config, teacher, pool, train_idx, held_idx, checked, latency_kwargs, progress) -> List[BlockScore]:
-    """Score every candidate, appending each result to a journal so an interrupted run continues."""
+def _score(config, teacher, pool, train_idx, held_idx, checked, latency_kwargs, accelerator,
+           progress) -> List[BlockScore]:
+    """Score every candidate, the blocks split over the processes; each process appends its results to its own
+    journal, so an interrupted run continues with the blocks no process finished, on any number of processes."""
     candidates = checked['candidates']
-    latency = _block_latency(config, teacher, candidates, checked, latency_kwargs)
-    journal = os.path.join(config.output_dir, PARTIAL_SCORES_FILE)
-    done = _read_partial_scores(journal)
+    out = config.output_dir
+    # Latency on the main process alone (the others wait), and one view of the journals for every rank.
+    latency = on_main_process(lambda: _block_latency(config, teacher, candidates, checked, latency_kwargs))
+    done = on_main_process(lambda: _read_partial_scores(out))
     todo = [b for b in candidates if b not in done]
     if done:
-        print(f'      {len(done)} block(s) already scored in {journal}; scoring {len(todo)}', file=sys.stderr)
+        _stage(accelerator, f'      {len(done)} block(s) already scored in {out}; scoring {len(todo)}')
+    rank = accelerator.process_index
+    journal = os.path.join(out, PARTIAL_SCORES_FILE if rank == 0 else PARTIAL_SCORES_PATTERN.format(rank=rank))
     new = []
     if todo:
         tiny = _stack(pool, train_idx[:config.scoring.images])
@@ -417,7 +454,8 @@ def _score(config, teacher, pool, train_idx, held_idx, checked, latency_kwargs, 
         new = score_blocks(teacher, tiny, held, blocks=todo, settings=_estimator(config), latency=latency,
                            seed=config.seed, progress=progress,
                            on_score=lambda score: append_jsonl(journal, [score.to_dict()]))
-    return sorted(list(done.values()) + new, key=lambda s: s.score)
+    position = {block: i for i, block in enumerate(candidates)}
+    return sorted(list(done.values()) + new, key=lambda s: (s.score, position[s.block]))
 
 
 def _finetune_config(config: CompressConfig):
@@ -431,23 +469,25 @@ def _finetune_config(config: CompressConfig):
                                mix=(1.0 if real else DATAFREE_MIX) if ft.mix is None else ft.mix)
 
 
-def _guard(config: CompressConfig, teacher, finetuned, dropped, data_config) -> Tuple[Any, Dict[str, Any]]:
+def _guard(config: CompressConfig, teacher, finetuned, dropped, data_config, main: bool) -> Tuple[Any, Dict[str, Any]]:
     """(the student to keep, what the guard measured): the finetuned student, unless it is not clearly closer
     to the teacher than the dropped one on the guard photos (``guard.choose``); a rejected one is saved in
-    ``finetuned/``."""
+    ``finetuned/`` (by the main process; every process measures its share of the crops)."""
     images = guard_images(data_config, config.eval.guard_images, seed=config.seed)
     per_crop = {'dropped': closeness(dropped, teacher, images), 'finetuned': closeness(finetuned, teacher, images)}
     kept, why = choose(per_crop['dropped'], per_crop['finetuned'], config.eval.guard_signal)
     means = {name: {signal: v.mean().item() for signal, v in values.items()} for name, values in per_crop.items()}
     info = {'images': config.eval.guard_images or 'scikit-image sample photos', 'crops': len(images),
             'signal': config.eval.guard_signal, **means, 'kept': kept, 'reason': why}
+    rejected_dir = os.path.join(config.output_dir, REJECTED_DIR)
     if kept == 'dropped':
-        info['finetuned_model'] = save_compressed(finetuned, os.path.join(config.output_dir, REJECTED_DIR),
-                                                  data_config=data_config, overwrite=True,
-                                                  extra={'stage': 'finetuned, rejected by the guard'})
+        info['finetuned_model'] = rejected_dir
+        if main:
+            save_compressed(finetuned, rejected_dir, data_config=data_config, overwrite=True,
+                            extra={'stage': 'finetuned, rejected by the guard'})
         return dropped, info
-    # a student an earlier, resumed try of this run rejected is not what this run kept: it must not linger
-    shutil.rmtree(os.path.join(config.output_dir, REJECTED_DIR), ignore_errors=True)
+    if main:  # a student an earlier, resumed try of this run rejected is not what this run kept: it must not linger
+        shutil.rmtree(rejected_dir, ignore_errors=True)
     return finetuned, info
 
 
@@ -458,20 +498,47 @@ def _heatmap(result: dict, out: str, model: str) -> str:
         return f'not drawn: {e}'
 
 
+def _export(config: CompressConfig, student, data_config, latency_kwargs) -> Dict[str, Any]:
+    """``--export``: the deployable ONNX file written into the run by :func:`export_model` (any batch size,
+    checked against PyTorch, on ``--eval-data`` too), and loaded in ONNX Runtime for the report."""
+    path = os.path.join(config.output_dir, EXPORT_FILES[config.eval.export])
+    result = export_model(student, path, 'onnx', data_config=data_config, batch_size=latency_kwargs['batch_size'],
+                          dynamic_batch=True, data=config.eval.data, max_images=config.eval.max_images,
+                          overwrite=True, seed=config.seed,
+                          quantize='int8' if config.eval.export == 'int8' else None)
+    threads = runtime_info('onnxruntime', latency_kwargs['device'], latency_kwargs['threads'])['threads']
+    return {'file': path, 'format': config.eval.export, 'checks': result['checks'], 'bytes': result['bytes'],
+            'threads': threads}
+
+
+def _latency(timed, latency_kwargs, size) -> Dict[str, Any]:
+    (before, after), saving = timed.latencies, timed.savings[0]
+    return {'device': latency_kwargs['device'], 'batch_size': latency_kwargs['batch_size'], 'input_size': list(size),
+            'teacher_ms': before.median_ms, 'student_ms': after.median_ms, **saving.to_dict(),
+            'runtime': before.runtime, 'threads': before.threads, 'provider': before.provider, **timed.to_dict()}
+
+
 def _report(config, teacher, student, others, selection, history, held, checked, data_config, latency_kwargs,
-            model_dir, guard, progress) -> Dict[str, Any]:
+            model_dir, guard, device, progress, exported=None) -> Dict[str, Any]:
+    """The report, on every process: latency measured on the main process alone, the evaluations split over
+    the processes (``device``: this process's)."""
     size, ft = data_config['input_size'], _finetune_config(config)
-    before, after = measure_latencies([teacher, student], **latency_kwargs)
-    device = latency_kwargs['device']
+
+    def timings():
+        deployed = None
+        if exported is not None:  # what ships, against the teacher, both in ONNX Runtime
+            deployed = compare_latency([teacher, exported['module']], **{**latency_kwargs, 'runtime': 'onnxruntime'})
+        # with --latency-runtime onnxruntime the final check is the exported file itself, when there is one
+        shipped = deployed is not None and latency_kwargs['runtime'] == 'onnxruntime'
+        return (deployed if shipped else compare_latency([teacher, student], **latency_kwargs)), deployed, shipped
+    timed, deployed, shipped = on_main_process(timings)
     report = {
         'model': config.model, 'weights': config.weights, 'images': config.images.source or 'synthesized',
         'skipped_files': getattr(checked['pool'], 'skipped', 0),  # --images files that did not decode
         'dropped_blocks': selection['selected'], 'adaptors': config.scoring.keep_adaptors,
         'scores': selection['scores'], 'compressed_model': model_dir,
-        'latency': {'device': device, 'batch_size': latency_kwargs['batch_size'], 'input_size': list(size),
-                    'teacher_ms': before.median_ms, 'student_ms': after.median_ms,
-                    'saved_pct': 100 * (1 - after.median_ms / before.median_ms),
-                    'runtime': before.runtime, 'threads': before.threads, 'provider': before.provider},
+        'latency': {**_latency(timed, latency_kwargs, size),
+                    'student': exported['file'] if shipped else 'the PyTorch student'},
         'params': {'teacher': count_params(teacher), 'student': count_params(student)},
         'macs': {'teacher': count_macs(teacher, size), 'student': count_macs(student, size)},
         'finetune': {'loss': ft.loss, 'iterations': ft.iterations, 'freeze_bn': ft.freeze_bn, 'mix': ft.mix,
@@ -493,6 +560,12 @@ def _report(config, teacher, student, others, selection, history, held, checked,
         for key, model in others.items():
             report['eval'][key] = report['eval']['student'] if model is student else \
                 evaluate(model, loader, device, teacher=predictions, progress=progress)
+    if exported is not None:
+        report['export'] = {k: v for k, v in exported.items() if k != 'module'}
+        report['export']['latency'] = _latency(deployed, latency_kwargs, size)
+        if checked['eval_data'] is not None:
+            report['eval']['exported'] = evaluate(exported['module'], loader, 'cpu', teacher=predictions,
+                                                  progress=progress)
     if guard is not None:
         report['guard'] = guard
     if config.robustness.enabled:

@@ -28,6 +28,7 @@ from synth.seeds import mix_seed
 
 from ._format import format_table
 from .corruptions import CORRUPTIONS, corrupt, parse_corruptions, parse_severities
+from ._distributed import sharded_batches
 from .evaluate import Tally, match_folder_labels, model_num_classes
 
 __all__ = ['evaluate_robustness', 'evaluate_folder_robustness', 'robustness_table', 'save_heatmap']
@@ -53,6 +54,9 @@ def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader
         corruptions, severities: subsets (names or a comma string; default all 15 x 1-5).
         seed: the corrupted images are a function of (seed, corruption, severity, batch index).
 
+    Under ``accelerate launch`` the batches (each with every corruption and severity) are split over the
+    processes, batch i to process i mod n, and the counts summed: the numbers are those of one process.
+
     Returns:
         ``{'clean': {...}, 'corruptions': {name: {severity: {...}}}, 'summary': {...}}`` where each
         leaf holds ``top1`` (with labels), ``teacher_top1`` and ``agreement`` (with a teacher); for a
@@ -77,7 +81,8 @@ def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader
 
     keys = ['clean'] + [(c, s) for c in corruptions for s in severities]
     counts = {name: {k: Tally() for k in keys} for name in models}
-    for batch, (images, labels) in enumerate(tqdm(loader, desc='robustness', unit='batch', disable=not progress)):
+    batches = sharded_batches(loader)  # batch i on process i mod n; its corruption seeds as in one process
+    for batch, _, (images, labels) in tqdm(batches, desc='robustness', unit='batch', disable=not progress):
         images, labels = images.to(device), torch.as_tensor(labels).to(device)
         if images.min() < 0 or images.max() > 1:
             raise ValueError('Images must be in [0, 1] before corrupting; build the loader with '
@@ -87,6 +92,7 @@ def evaluate_robustness(model: Union[nn.Module, Mapping[str, nn.Module]], loader
             for s in severities:
                 gen = torch.Generator(device=images.device).manual_seed(mix_seed(seed, CORRUPTIONS.index(c), s, batch))
                 run(corrupt(images, c, s, gen), labels, (c, s))
+    Tally.sum_over_processes(t for per_key in counts.values() for t in per_key.values())
     with_teacher = teacher is not None
     if not any(per_key['clean'].images for per_key in counts.values()):
         raise ValueError('The loader yielded no images.')

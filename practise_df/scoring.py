@@ -3,6 +3,9 @@
 Recoverability (PRACTISE): drop one block, insert identity adaptors around it, train only the
 adaptors to match the teacher's pre-pooling features (MSE) on the tiny set, then measure the feature
 MSE on held-out images. Score = recoverability / latency saved (%); the lowest scores are dropped.
+Latency savings are measured with a 95% interval (:mod:`practise_df.latency`); blocks whose savings
+cannot be told apart are scored with one shared saving (:func:`comparable_savings`), so among them
+recoverability alone decides the order, not the noise of the clock.
 
 Two estimators share this code:
 
@@ -25,15 +28,17 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from synth import load_images
 from synth.data import split_tensor
 
+from ._distributed import gather, my_share, on_main_process
 from .adaptors import fold_adaptors, insert_adaptors
 from .blocks import check_blocks, drop_blocks, find_blocks
 from .checkpoint import check_model_dir, save_compressed
-from .latency import block_latency_savings, measure_latencies
+from .latency import block_latency_savings, compare_latency
 from .models import PrePoolFeatures, model_device
 
 _logger = logging.getLogger(__name__)
@@ -66,9 +71,11 @@ class BlockScore:
     mse_dropped: float  # held-out feature MSE right after dropping, before any fitting
     saved_ms: float
     saved_pct: float
-    score: float  # recoverability / saved_pct; lower = drop first
+    score: float  # recoverability / the saving of the block's tier (comparable_savings); lower = drop first
     num_adaptors: int = 0
     seconds: float = 0.0
+    saved_low: Optional[float] = None  # the 95% interval of saved_pct, when it was measured with one
+    saved_high: Optional[float] = None
 
     def to_dict(self):
         return asdict(self)
@@ -151,6 +158,27 @@ def drop_and_recover(teacher: nn.Module, blocks: Sequence[str], train_images: to
     return fold_adaptors(student)
 
 
+def comparable_savings(latency: Dict[str, dict]) -> Dict[str, float]:
+    """The latency saving (%) each block is scored with: blocks whose savings cannot be told apart share one.
+
+    Blocks are taken from the largest saving down; each block whose 95% interval overlaps the interval of
+    the first block of the current tier (its ``saved_high`` reaches that block's ``saved_low``) joins
+    the tier, else it starts the next one. Every block of a tier is scored with the tier's mean saving,
+    so within a tier the order is that of recoverability. A block measured without an interval (e.g. a
+    ``--block-latency`` file of an older version) is a tier of its own.
+    """
+    ordered = sorted(latency, key=lambda b: -latency[b]['saved_pct'])
+    tiers: List[List[str]] = []
+    for block in ordered:
+        entry, lead = latency[block], latency[tiers[-1][0]] if tiers else None
+        if lead is not None and None not in (entry.get('saved_high'), lead.get('saved_low')) \
+                and entry['saved_high'] >= lead['saved_low']:
+            tiers[-1].append(block)
+        else:
+            tiers.append([block])
+    return {b: sum(latency[m]['saved_pct'] for m in tier) / len(tier) for tier in tiers for b in tier}
+
+
 def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images: torch.Tensor,
                  blocks: Optional[Sequence[str]] = None, estimator: str = 'fast',
                  settings: Optional[RecoverySettings] = None, latency: Optional[Dict[str, dict]] = None,
@@ -164,8 +192,14 @@ def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images:
             adaptors are fitted on, and the images recoverability is measured on.
         estimator: 'fast' or 'official' (see module doc); ``settings`` overrides it.
         latency: precomputed :func:`block_latency_savings` output; measured when None with
-            ``latency_kwargs`` (input_size, batch_size, device, repeats).
-        on_score: called with each block's result as soon as it is known (e.g. to save progress).
+            ``latency_kwargs`` (input_size, batch_size, device, repeats, ...). The score divides by the
+            block's saving as :func:`comparable_savings` pools it.
+        on_score: called with each block's result as soon as it is known (e.g. to save progress), on the
+            process that scored it.
+
+    Under ``accelerate launch`` the blocks are split over the processes (every n-th block from the rank on)
+    and the scores gathered on every process; each block's fit depends only on ``seed``, so the scores are
+    those of one process. Latency, when measured here, is measured on the main process while the others wait.
     """
     if estimator not in ESTIMATORS and settings is None:
         raise ValueError(f"Unknown estimator '{estimator}'; choose from {sorted(ESTIMATORS)}.")
@@ -176,15 +210,18 @@ def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images:
     candidates = find_blocks(teacher, tuple(train_images.shape[1:]))
     blocks = list(blocks) if blocks is not None else candidates
     check_blocks(teacher, blocks, candidates)
-    if latency is None:
-        latency = block_latency_savings(teacher, blocks, **{'input_size': tuple(heldout_images.shape[1:]),
-                                                            **(latency_kwargs or {})})
+    if latency is None:  # timed on the main process alone: the others would load the same cores or device
+        kw = {'input_size': tuple(heldout_images.shape[1:]), **(latency_kwargs or {})}
+        latency = on_main_process(lambda: block_latency_savings(teacher, blocks, **kw))
+    shared = comparable_savings(latency)
     train_x = _resize(train_images, settings.resolution_scale)
     held_x = _resize(heldout_images, settings.resolution_scale)
     train_t = compute_features(teacher, train_x)  # computed once, reused for every block
     held_t = compute_features(teacher, held_x)
     results = []
-    bar = tqdm(blocks, desc='scoring blocks', disable=not progress)
+    state = PartialState()
+    desc = 'scoring blocks' + (f' (rank {state.process_index})' if state.num_processes > 1 else '')
+    bar = tqdm(my_share(blocks), desc=desc, disable=not progress)
     for block in bar:
         start = time.perf_counter()
         student = drop_blocks(teacher, [block], candidates=candidates)
@@ -197,13 +234,15 @@ def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images:
             rec = feature_mse(student, held_x, held_t)
         saved = latency[block]
         # A block whose removal saves no measurable time can never be worth dropping first.
-        pct = max(saved['saved_pct'], 1e-3)
+        pct = max(shared[block], 1e-3)
         results.append(BlockScore(block, rec, mse_dropped, saved['saved_ms'], saved['saved_pct'], rec / pct,
-                                  num_adaptors=len(params), seconds=time.perf_counter() - start))
+                                  num_adaptors=len(params), seconds=time.perf_counter() - start,
+                                  saved_low=saved.get('saved_low'), saved_high=saved.get('saved_high')))
         bar.set_postfix(block=block, rec=f'{rec:.4g}')
         if on_score is not None:
             on_score(results[-1])
-    return sorted(results, key=lambda s: s.score)
+    position = {block: i for i, block in enumerate(blocks)}  # ties keep the blocks' order, whoever scored them
+    return sorted(gather(results), key=lambda s: (s.score, position[s.block]))
 
 
 def select_blocks(scores: Sequence[BlockScore], drop: Optional[int] = None,
@@ -212,8 +251,11 @@ def select_blocks(scores: Sequence[BlockScore], drop: Optional[int] = None,
     """Pick blocks to drop from :func:`score_blocks` output.
 
     Either ``drop`` (the K lowest scores) or ``latency_reduction`` (a fraction, e.g. 0.25): blocks are
-    added greedily by score and the combined model's latency is re-measured after each addition
-    (savings of single blocks do not add up exactly). The latter needs ``model``.
+    added by score and the whole student is timed against ``model`` after each addition
+    (:func:`~practise_df.latency.compare_latency` with ``latency_kwargs``; savings of single blocks do
+    not add up exactly) until the low end of the saving's 95% interval reaches the target, so the target
+    is met with 95% confidence and not by a lucky run. Without an interval (fewer than 6 fixed repeats)
+    the point estimate decides.
     """
     if (drop is None) == (latency_reduction is None):
         raise ValueError('Give exactly one of drop (a block count) or latency_reduction (a fraction).')
@@ -224,20 +266,20 @@ def select_blocks(scores: Sequence[BlockScore], drop: Optional[int] = None,
         return ordered[:drop]
     if not 0 < latency_reduction < 1:
         raise ValueError(f'latency_reduction is a fraction between 0 and 1 (e.g. 0.25), got {latency_reduction}.')
-    if model is None:
-        raise ValueError('Selecting by latency_reduction needs the model to re-measure latency.')
-    kw = dict(latency_kwargs or {})
+    if model is None or not ordered:
+        raise ValueError('Selecting by latency_reduction needs the model to re-measure latency and scored blocks.')
     chosen: List[str] = []
-    reached = 0.0
+    saving = None
     for block in ordered:
         chosen.append(block)
-        base, pruned = measure_latencies([model, drop_blocks(model, chosen, candidates=ordered)], **kw)
-        reached = 1 - pruned.median_ms / base.median_ms
-        _logger.info('dropping %s: latency reduced by %.1f%%', ','.join(chosen), 100 * reached)
-        if reached >= latency_reduction:
+        comparison = compare_latency([model, drop_blocks(model, chosen, candidates=ordered)], **(latency_kwargs or {}))
+        saving = comparison.savings[0]
+        _logger.info('dropping %s: latency saved %s', ','.join(chosen), saving.describe())
+        if saving.lower >= 100 * latency_reduction:
             return chosen
-    raise ValueError(f'A latency reduction of {100 * latency_reduction:.0f}% cannot be reached: dropping all '
-                     f'{len(ordered)} scored blocks saves {100 * reached:.1f}%. Ask for less, or score more blocks.')
+    raise ValueError(f'A latency reduction of {100 * latency_reduction:.0f}% cannot be reached with 95% confidence: '
+                     f'dropping all {len(ordered)} scored blocks saves {saving.describe()}. Ask for less, score more '
+                     'blocks, or measure on an idle machine (a busy one widens the interval).')
 
 
 def score_images(teacher: nn.Module, data_config: dict, source: str, train_images: int = 100,
@@ -271,10 +313,10 @@ def score_images(teacher: nn.Module, data_config: dict, source: str, train_image
     scores = score_blocks(teacher, train, held, blocks=blocks, settings=settings, latency_kwargs=kw, seed=seed,
                           progress=progress)
     result: dict = {'scores': [s.to_dict() for s in scores]}
-    if drop is not None or latency_reduction is not None:
-        result['selected'] = select_blocks(scores, drop=drop, latency_reduction=latency_reduction, model=teacher,
-                                           latency_kwargs=kw)
-    if output_dir is not None:
+    if drop is not None or latency_reduction is not None:  # latency re-measured on the main process alone
+        result['selected'] = on_main_process(lambda: select_blocks(
+            scores, drop=drop, latency_reduction=latency_reduction, model=teacher, latency_kwargs=kw))
+    if output_dir is not None and PartialState().is_main_process:
         student = drop_and_recover(teacher, result['selected'], train, settings=settings, seed=seed)
         result['output'] = save_compressed(student, output_dir, data_config=data_config, overwrite=overwrite,
                                            extra={'scores': result['scores']})

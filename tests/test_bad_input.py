@@ -390,7 +390,7 @@ RANDOM_WEIGHTS = {  # every command taking --weights (and the other models' weig
     'blocks': ['blocks'],
     'latency': ['latency', '--repeats', '1', '--warmup', '0'],
     'score': ['score', '--data', '{images}', '--train-images', '4', '--heldout-images', '2', '--adaptor-steps', '1',
-              '--candidates', 'layer4.1'],
+              '--candidates', 'layer4.1', '--latency-repeats', '1'],
     'eval': ['eval', '--data', '{images}', '--repeats', '1', '--teacher', 'timm:resnet18', '--teacher-weights',
              'random'],
     'robustness': ['robustness', '--data', '{images}', '--corruptions', 'fog', '--severities', '1', '--teacher',

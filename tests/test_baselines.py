@@ -5,7 +5,7 @@ from conftest import SMALL
 import practise_df as pdf
 from practise_df import baselines, scoring
 from practise_df.blocks import dropped_blocks
-from practise_df.latency import Latency, count_params
+from practise_df.latency import Comparison, Latency, Saving, count_params
 
 CANDIDATES = ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
 
@@ -15,6 +15,15 @@ def _fake_latency(cost):
     def measure(models, input_size=SMALL, batch_size=1, device='cpu', warmup=0, repeats=1):
         return [Latency(float(cost(m)), 0.0, 0.0, batch_size, input_size, device, repeats) for m in models]
     return measure
+
+
+def _fake_compare(cost):
+    """A stand-in for compare_latency: exact savings (no interval) from ``cost(model)``."""
+    def compare(models, input_size=SMALL, batch_size=1, device='cpu', **kwargs):
+        lats = _fake_latency(cost)(models, input_size, batch_size, device)
+        savings = [Saving(100 * (1 - lat.median_ms / lats[0].median_ms), None, None, 1) for lat in lats[1:]]
+        return Comparison(lats, savings, 1, 0.0, 'repeats', 2.0, 60.0)
+    return compare
 
 
 def test_first_blocks():
@@ -58,7 +67,7 @@ def test_output_difference_orders_by_mse_not_score():
 
 def test_grow_to_latency_takes_shortest_prefix(tiny_resnet, monkeypatch):
     # every dropped block saves 1 ms of 10: 25% needs three blocks, whichever order is given
-    monkeypatch.setattr(scoring, 'measure_latencies', _fake_latency(lambda m: 10 - len(dropped_blocks(m))))
+    monkeypatch.setattr(scoring, 'compare_latency', _fake_compare(lambda m: 10 - len(dropped_blocks(m))))
     order = ['layer3.1', 'layer1.1', 'layer4.1', 'layer2.1']
     assert baselines.grow_to_latency(tiny_resnet, order, 0.25) == order[:3]
     assert baselines.grow_to_latency(tiny_resnet, baselines.first_blocks(CANDIDATES, 4), 0.05) == ['layer1.1']

@@ -38,6 +38,20 @@ def test_latency_with_drop(capsys):
     full, dropped = r['variants']
     assert dropped['params'] < full['params'] and dropped['macs'] < full['macs']
     assert full['median_ms'] > 0 and 'saved_pct' in r
+    assert r['runs'] == 3 and r['saved_low'] is None and 'too few for a 95% interval' in r['warning']
+    assert {'cpu_count', 'other_cores', 'loadavg_before', 'busy'} <= set(r['load'])
+
+
+def test_latency_of_a_compressed_model_shows_its_teacher(capsys, tmp_path):
+    from practise_df import create_model, drop_blocks, save_compressed
+    student = drop_blocks(create_model('timm:resnet18'), ['layer4.1'])
+    save_compressed(student, str(tmp_path / 'student'), data_config={'input_size': (3, 32, 32)})
+    code, out, _ = run(capsys, 'latency', '--model', tmp_path / 'student', '--repeats', 6, '--warmup', 1)
+    assert code == 0
+    lines = out.splitlines()
+    teacher_row = next(i for i, line in enumerate(lines) if line.startswith('teacher timm:resnet18'))
+    assert lines[teacher_row + 1].startswith('model')
+    assert re.search(r'latency saved \(model vs teacher timm:resnet18\): -?[\d.]+%, 95% interval -?[\d.]+ to', out)
 
 
 def test_latency_per_block_is_what_compress_reads(capsys, tmp_path):
@@ -51,7 +65,8 @@ def test_latency_per_block_is_what_compress_reads(capsys, tmp_path):
     assert all({'saved_ms', 'saved_pct', 'latency_ms'} <= set(v) for v in table.values())
     code, out, _ = run(capsys, 'latency', '--model', 'timm:resnet18', '--input-size', 32, '--per-block',
                        '--blocks', 'layer4.1', '--repeats', 2, '--warmup', 1)
-    assert code == 0 and 'layer4.1' in out and 'layer1.1' not in out and 'saved %' in out
+    assert code == 0 and 'layer4.1' in out and 'layer1.1' not in out and 'saved %' in out and '95% interval' in out
+    assert 'warning: latency is uncertain' in out
 
 
 def test_bad_input_exits_2_with_a_message(capsys):
@@ -67,10 +82,11 @@ def test_score_select_save_then_eval(capsys, tmp_path, image_folder):
     out_dir = tmp_path / 'compressed'
     code, out, err = run(capsys, 'score', '--model', 'timm:resnet18', '--input-size', 64, '--data', image_folder,
                          '--train-images', 6, '--heldout-images', 6, '--adaptor-steps', 2, '--drop', 2,
-                         '--output-dir', out_dir, '--json')
+                         '--latency-repeats', 6, '--output-dir', out_dir, '--json')
     assert code == 0, err
     r = json.loads(out)
     assert len(r['scores']) == 5 and len(r['selected']) == 2
+    assert all(s['saved_low'] <= s['saved_pct'] <= s['saved_high'] for s in r['scores'])  # each block's interval
     assert sorted(os.listdir(out_dir)) == ['config.json', 'model.safetensors']
     assert json.load(open(out_dir / 'config.json'))['dropped_blocks'] == r['selected']
     # refuses to overwrite without --overwrite

@@ -42,7 +42,10 @@ def test_compress_writes_every_artefact(finished_run):
     assert len(report['dropped_blocks']) == 1
     assert report['params']['student'] < report['params']['teacher']
     assert report['macs']['student'] < report['macs']['teacher']
-    assert {'teacher_ms', 'student_ms', 'saved_pct', 'device'} <= set(report['latency'])
+    assert {'teacher_ms', 'student_ms', 'saved_pct', 'saved_low', 'saved_high', 'device', 'runs', 'load'} <= \
+        set(report['latency'])
+    assert report['latency']['runs'] == 2 and 'too few' in report['latency']['warning']  # 2 runs give no interval
+    assert report['latency']['warning'] in open(out / 'model' / 'README.md').read()
     assert 0 <= report['heldout_agreement'] <= 100
     assert report['eval']['student']['images'] == 12 and 'top5' in report['eval']['teacher']
     assert report['eval']['before_finetune']['images'] == 12

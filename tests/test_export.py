@@ -19,6 +19,7 @@ from conftest import ROOT, make_image_folder, randomize_norms  # noqa: E402
 from practise_df import (create_model, drop_blocks, export_model, load_compressed, load_exported,  # noqa: E402
                          save_compressed)
 from practise_df.cli import main  # noqa: E402
+from practise_df.cli.compress import render_report  # noqa: E402
 from practise_df.export import read_metadata  # noqa: E402
 from practise_df.latency import block_latency_savings, measure_latencies, read_block_latency  # noqa: E402
 from practise_df.model_card import model_card, write_model_card  # noqa: E402
@@ -224,6 +225,21 @@ print('LOADED', type(load_compressed('hf-hub:acme/resnet18-pruned')).__name__)
 """
 
 
+def test_eval_and_latency_take_an_exported_file(capsys, exported, image_folder):
+    path, _ = exported
+    code, out, _ = run(capsys, 'eval', '--model', path, '--data', image_folder, '--batch-size', 3, '--repeats', 2,
+                       '--json')
+    assert code == 0, out
+    r = json.loads(out)
+    assert r['images'] == 12 and 0 <= r['top1'] <= 100 and r['latency_ms'] > 0
+    code, out, _ = run(capsys, 'latency', '--model', path, '--batch-size', 2, '--repeats', 2, '--json')
+    r = json.loads(out)
+    assert code == 0 and r['runtime'] == 'onnxruntime' and r['variants'][0]['params'] is None
+    assert r['input_size'] == [3, SIZE, SIZE]  # from the file's metadata
+    code, _, err = run(capsys, 'latency', '--model', path, '--runtime', 'torch')
+    assert code != 0 and 'runs in ONNX Runtime' in err
+
+
 def test_hub_models_load_from_the_cache_and_offline_says_what_to_do(student_dir, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HOME=str(tmp_path / 'hf'), PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, '-c', HUB_SCRIPT, student_dir], capture_output=True, text=True, env=env,
@@ -242,9 +258,19 @@ def test_compress_measures_in_onnxruntime_and_writes_a_model_card(tmp_path, imag
                             images={'source': image_folder, 'num_images': 8, 'heldout': 2},
                             scoring={'drop': 1, 'images': 4, 'adaptor_steps': 10},
                             latency={'batch_size': 2, 'repeats': 2, 'runtime': 'onnxruntime', 'threads': 1},
-                            card={'license': 'mit'}, finetune={'iterations': 0})
+                            card={'license': 'mit'}, finetune={'iterations': 0},
+                            eval={'data': image_folder, 'export': 'int8'})
     report = compress(config, progress=False)
     assert (report['latency']['runtime'], report['latency']['threads']) == ('onnxruntime', 1)
+    # what ships: the int8 file in the run, checked, evaluated, and the one the final latency check timed
+    shipped = str(tmp_path / 'run' / 'model-int8.onnx')
+    assert report['export']['file'] == shipped and os.path.isfile(shipped)
+    assert set(report['export']['checks']) == {'random', 'image'}
+    assert 0 <= report['eval']['exported']['top1'] <= 100 and report['eval']['exported']['images'] == 12
+    assert report['latency']['student'] == shipped and report['export']['latency'] == \
+        {k: v for k, v in report['latency'].items() if k != 'student'}  # measured once
+    assert 'deployable int8 file' in render_report(report)
+    assert 'Deployable file: `model-int8.onnx` (int8' in open(tmp_path / 'run' / 'model' / 'README.md').read()
     block_latency = json.load(open(tmp_path / 'run' / 'block_latency.json'))
     assert (block_latency['runtime'], block_latency['provider']) == ('onnxruntime', 'CPUExecutionProvider')
     card = ModelCard.load(str(tmp_path / 'run' / 'model' / 'README.md'))

@@ -12,12 +12,14 @@ import sys
 from typing import Optional
 
 import torch
+from accelerate import PartialState
 
 from synth.files import check_outputs_apart, check_writable, write_json_atomic
 
 from ..models import INTERPOLATIONS, PREPROCESSING, model_arguments, resolve_data_config
 from ..checkpoint import load_model
-from ..latency import RUNTIMES
+from ..export import is_exported_file, load_exported
+from ..latency import AUTO, CI_WIDTH, MAX_SECONDS, RUNTIMES
 
 
 def device(name: str) -> str:
@@ -70,6 +72,24 @@ def fraction(text: str) -> float:
     value = _number(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f'is a fraction between 0 and 1 (e.g. 0.25), got {value}.')
+    return value
+
+
+def repeats(text: str):
+    """argparse type of ``--repeats``: 'auto' or a whole number of at least 1."""
+    return AUTO if text == AUTO else positive_int(text)
+
+
+repeats.__name__ = "'auto' or positive int"
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number.") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f'must be above 0, got {value}.')
     return value
 
 
@@ -200,6 +220,22 @@ def add_runtime(parser, prefix: str = '') -> None:
                         help="threads the latency is measured with (default: torch's thread count)")
 
 
+def add_timing(parser, prefix: str = '') -> None:
+    """--repeats / --ci-width / --max-seconds (compress: --latency-...): how long latency is measured."""
+    flag = '--latency-' if prefix else '--'
+    parser.add_argument(f'{flag}repeats', dest=prefix + 'repeats', type=repeats, metavar='auto|N',
+                        default=_default(parser, AUTO),
+                        help="timed runs per model: 'auto' continues until the saving's 95%% interval is narrower "
+                             'than the width below or the time cap is reached; a number fixes them (default: auto)')
+    parser.add_argument(f'{flag}ci-width', dest=prefix + 'ci_width', type=positive_float, metavar='PP',
+                        default=_default(parser, CI_WIDTH),
+                        help=f'with auto repeats: stop once the 95%% interval is this many percentage points wide '
+                             f'(default: {CI_WIDTH:g})')
+    parser.add_argument(f'{flag}max-seconds', dest=prefix + 'max_seconds', type=positive_float, metavar='S',
+                        default=_default(parser, MAX_SECONDS),
+                        help=f'with auto repeats: stop after this many seconds of timing (default: {MAX_SECONDS:g})')
+
+
 def add_batch_size(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument('--batch-size', type=positive_int, default=default, help='images per batch')
 
@@ -259,11 +295,21 @@ def warn_random_weights(spec: str, weights: Optional[str], flag: str = '--model'
 def load(args, source: Optional[str] = None, weights: Optional[str] = None, weights_matter: bool = True):
     """(model, data config) from ``--model/--weights`` (or the given source), the model arguments and the
     preprocessing flags; with ``weights_matter`` (not for block lists and timing) a model built with random
-    weights is warned about."""
+    weights is warned about. An exported ``.onnx``/``.pt2`` file is loaded with
+    :func:`~practise_df.load_exported`."""
     if weights_matter and source is None:
         warn_random_weights(args.model, args.weights)
+    source, weights = (source, weights) if source else (args.model, args.weights)
     kwargs = model_arguments(getattr(args, 'num_classes', None), getattr(args, 'model_kwargs', None))
-    model = load_model(source or args.model, weights if source else args.weights, **kwargs)
+    if is_exported_file(source):
+        if weights not in (None, '', 'random') or kwargs:
+            raise ValueError(f"'{source}' is an exported file and carries its own weights and architecture; drop "
+                             '--weights, --num-classes and --model-kwargs.')
+        model = load_exported(source, device=getattr(args, 'device', 'cpu'), threads=getattr(args, 'threads', None))
+        if 'input_size' not in model.pretrained_cfg and getattr(args, 'input_size', None) is None:
+            raise ValueError(f"'{source}' carries no preprocessing metadata (exported elsewhere?); pass --input-size.")
+    else:
+        model = load_model(source, weights, seed=getattr(args, 'seed', None), **kwargs)
     config = resolve_data_config(model, **{k: getattr(args, k, None) for k in PREPROCESSING})
     return model, config
 
@@ -272,7 +318,7 @@ def load_teacher(args):
     if not args.teacher:
         return None
     warn_random_weights(args.teacher, args.teacher_weights, '--teacher')
-    return load_model(args.teacher, args.teacher_weights)
+    return load_model(args.teacher, args.teacher_weights, seed=getattr(args, 'seed', None))
 
 
 def check_output_file(path: Optional[str], overwrite: bool, flag: str = '--output') -> None:
@@ -303,7 +349,16 @@ def check_outputs(args: argparse.Namespace) -> None:
     check_outputs_apart(flags(OUTPUT_FLAGS), flags(INPUT_FLAGS))
 
 
+def process_device(device: str) -> str:
+    """``--device`` for this process: under ``accelerate launch`` a device type without an index (``cuda``)
+    means each process's own device, as Accelerate assigns them."""
+    state = PartialState()
+    if state.num_processes > 1 and ':' not in device and state.device.type == torch.device(device).type:
+        return str(state.device)
+    return device
+
+
 def write_output(path: Optional[str], result: dict) -> None:
-    if path:
+    if path and PartialState().is_main_process:  # under accelerate launch every process has the result
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         write_json_atomic(path, result)

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Callable
 
+from accelerate import PartialState
+
 
 def run_command(prog: str, func: Callable, render: Callable[[dict], str], args) -> int:
     # Intel MKL's GEMM is not repeatable run to run with several threads unless its reproducible mode is on
@@ -35,6 +37,6 @@ def run_command(prog: str, func: Callable, render: Callable[[dict], str], args) 
         else:
             raise
         return 2
-    if result:
+    if result and PartialState().is_main_process:  # under accelerate launch every process has the result
         print(json.dumps(result, indent=2) if getattr(args, 'json', False) else render(result))
     return 0

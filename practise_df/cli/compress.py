@@ -15,9 +15,9 @@ from typing import Any, Dict, Optional, Sequence
 
 from synth import PRESETS
 
-from .._format import format_table
+from .._format import format_interval, format_table
 from ..pipeline import compress
-from ..config import CompressConfig, read_settings_file
+from ..config import EXPORTS, CompressConfig, read_settings_file
 from ..finetune import DATAFREE_MIX, LOSSES, make_accelerator
 from ..guard import SIGNALS
 from ..scoring import ESTIMATORS
@@ -74,7 +74,7 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add(g, '--latency-batch-size', dest='latency.batch_size', type=_args.positive_int, help=_args.LATENCY_BATCH_HELP)
     add(g, '--latency-device', dest='latency.device', type=_args.device,
         help='device latency is measured on (default: the training device)')
-    add(g, '--latency-repeats', dest='latency.repeats', type=_args.positive_int, help='timed runs per model')
+    _args.add_timing(g, prefix='latency.')
     _args.add_runtime(g, prefix='latency.')
     add(g, '--block-latency', dest='latency.block_latency', metavar='FILE',
         help='per-block latency measured elsewhere, e.g. on the deployment device (practise-df latency --per-block '
@@ -110,6 +110,10 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="photos (files or folders, comma-separated) the guard crops (default: scikit-image's sample photos)")
     add(g, '--guard-signal', dest='eval.guard_signal', choices=sorted(SIGNALS),
         help='what the guard compares: KL divergence of the predictions, top-1 agreement or feature MSE')
+    add(g, '--export', dest='eval.export', choices=EXPORTS,
+        help='also write the deployable ONNX file (float, or int8 quantized) into the run, checked against PyTorch, '
+             'with its top-1 on --eval-data and its latency against the teacher in ONNX Runtime (needs '
+             'practise-df[deploy])')
     add(g, '--robustness', dest='robustness.enabled', action='store_true',
         help='also evaluate teacher and student under ImageNet-C corruptions of --eval-data')
     add(g, '--robustness-corruptions', dest='robustness.corruptions', help='subset, e.g. noise,fog (default: all 15)')
@@ -187,8 +191,10 @@ def render_report(r: dict) -> str:
             f"{' (adaptors fitted and folded)' if r.get('adaptors') else ''}\n"
             + format_table(rows, ('model', f"latency ms (batch {lat['batch_size']}, {lat['device']})", 'params',
                                   'MMACs'))
-            + f"\nlatency saved: {lat['saved_pct']:.1f}%   held-out top-1 agreement with the teacher: "
-              f"{r['heldout_agreement']:.1f}%")
+            + f"\nlatency saved: {lat['saved_pct']:.1f}% ({_interval(lat)})   held-out top-1 agreement with the "
+              f"teacher: {r['heldout_agreement']:.1f}%")
+    if lat.get('warning'):
+        text += f"\nwarning: {lat['warning']}"
     if r.get('skipped_files'):
         text += f"\n{r['skipped_files']} file(s) of {r['images']} did not decode and were skipped"
     if 'eval' in r:
@@ -206,9 +212,22 @@ def render_report(r: dict) -> str:
                 text += f"\n  {label}: top-1 {e.get('top1', float('nan')):.2f}% (agreement {e['agreement']:.1f}%)"
         if r['eval'].get('skipped_files'):
             text += f"\n  {r['eval']['skipped_files']} image file(s) did not decode and were skipped"
+    if 'export' in r:
+        ex, lat_ex = r['export'], r['export']['latency']
+        top1 = r.get('eval', {}).get('exported', {}).get('top1')
+        text += (f"\ndeployable {ex['format']} file: {ex['file']} ({ex['bytes'] / 1e6:.1f} MB): in ONNX Runtime "
+                 f"{lat_ex['student_ms']:.4g} ms vs the teacher's {lat_ex['teacher_ms']:.4g} ms, latency saved "
+                 f"{lat_ex['saved_pct']:.1f}% ({_interval(lat_ex)})")
+        text += f", top-1 {top1:.2f}%" if top1 is not None else ''
+        if lat_ex.get('warning') and lat_ex['warning'] != lat.get('warning'):
+            text += f"\nwarning (ONNX Runtime): {lat_ex['warning']}"
     if 'guard' in r:
         text += f"\nguard: kept the {r['guard']['kept']} student: {r['guard']['reason']}"
     return text + f"\ncompressed model: {r['compressed_model']}"
+
+
+def _interval(lat: dict) -> str:
+    return f"95% interval {format_interval(lat)}, {lat.get('runs', '?')} runs"
 
 
 def recipe_main(description: str, defaults: Dict[str, Any], argv: Optional[Sequence[str]] = None,

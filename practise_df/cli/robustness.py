@@ -1,6 +1,8 @@
 """``practise-df robustness``: accuracy under the 15 ImageNet-C corruptions, with the teacher as baseline."""
 from __future__ import annotations
 
+from accelerate import PartialState
+
 from ..robustness import evaluate_folder_robustness, parse_corruptions, parse_severities, robustness_table, \
     save_heatmap
 from . import _args
@@ -34,11 +36,11 @@ def robustness_command(args) -> dict:
     result.update(evaluate_folder_robustness(
         model, args.data, config, teacher=_args.load_teacher(args), corruptions=args.corruptions,
         severities=args.severities, max_images=args.max_images, batch_size=args.batch_size, seed=args.seed,
-        device=args.device, num_workers=args.workers, progress=not args.json))
+        device=_args.process_device(args.device), num_workers=args.workers, progress=not args.json))
     if args.output:
         result['output'] = args.output
         _args.write_output(args.output, result)  # the numbers first: a failed picture loses nothing
-    if args.heatmap:
+    if args.heatmap and PartialState().is_main_process:
         try:
             result['heatmap'] = save_heatmap(result, args.heatmap, title=f'{args.model} on {args.data}')
         except (ImportError, OSError, ValueError) as e:

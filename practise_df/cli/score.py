@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .._format import format_table
+from .._format import format_interval, format_table
 from ..scoring import ESTIMATORS, score_images
 from . import _args
 
@@ -24,6 +24,7 @@ def score_command_parser(subparsers):
     _args.deprecated(parser, '--blocks', '--candidates', type=_args.block_list)
     parser.add_argument('--latency-batch-size', type=_args.positive_int, default=1, help=_args.LATENCY_BATCH_HELP)
     _args.deprecated(parser, '--batch-size', '--latency-batch-size', type=_args.positive_int)
+    _args.add_timing(parser, prefix='latency_')
     _args.deprecated(parser, '--output', '--output-dir')
     _args.add_selection(parser)
     _args.add_output_dir(parser)
@@ -40,16 +41,21 @@ def score_command(args) -> dict:
     result = score_images(model, config, args.data, train_images=args.train_images,
                           heldout_images=args.heldout_images, blocks=args.candidates, settings=settings, drop=args.drop,
                           latency_reduction=args.latency_reduction,
-                          latency_kwargs=dict(batch_size=args.latency_batch_size, device=args.device),
+                          latency_kwargs=dict(batch_size=args.latency_batch_size, device=args.device,
+                                              repeats=args.latency_repeats, ci_width=args.latency_ci_width,
+                                              max_seconds=args.latency_max_seconds),
                           output_dir=args.output_dir, overwrite=args.overwrite, seed=args.seed,
                           progress=not args.json)
     return {'model': args.model, 'estimator': args.estimator, **result}
 
 
 def render_score(r: dict) -> str:
-    rows = [(s['block'], s['recoverability'], s['mse_dropped'], s['saved_pct'], s['score']) for s in r['scores']]
+    """The scores, with each block's latency saving and its 95% interval (blocks whose intervals overlap are
+    scored with one shared saving: ``practise_df.scoring.comparable_savings``)."""
+    rows = [(s['block'], s['recoverability'], s['mse_dropped'], s['saved_pct'], format_interval(s), s['score'])
+            for s in r['scores']]
     text = f"{r['model']} ({r['estimator']} estimator, lower score = drop first)\n" + format_table(
-        rows, ('block', 'recoverability', 'mse dropped', 'saved %', 'score'))
+        rows, ('block', 'recoverability', 'mse dropped', 'saved %', '95% interval', 'score'))
     if r.get('selected'):
         text += f"\nselected: {', '.join(r['selected'])}"
     if r.get('output'):

@@ -5,7 +5,7 @@
 Every file this rank opens for writing (or renames into place) is listed in AUDIT_DIR/rank{N}.txt,
 through Python's audit hooks, so the test can check that no two ranks write the same file. With
 ``--crash-rank R``, rank R fails as finetuning starts, as a rank that runs out of memory would
-(``--crash-in scoring``: as scoring starts, a stage only the main process runs while the others wait).
+(``--crash-in scoring``: as scoring starts).
 """
 import os
 import sys
