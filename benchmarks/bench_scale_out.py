@@ -24,9 +24,9 @@ import time
 import torch
 
 from _sample import IMAGENET_SAMPLE, lite0_teacher
-from accelerate import PartialState
 
 from practise_df import drop_blocks, find_blocks, score_blocks
+from practise_df._distributed import process_state
 from practise_df.robustness import evaluate_folder_robustness
 from practise_df.scoring import ESTIMATORS
 from synth.data import load_image_tensor
@@ -36,7 +36,7 @@ HERE = os.path.abspath(__file__)
 
 def worker(args):
     torch.set_num_threads(args.threads)
-    state = PartialState()
+    state = process_state()  # joins the processes in one group on a CPU-only machine too
     device = state.device if args.device == 'cuda' else torch.device('cpu')
     teacher, data_config = lite0_teacher()
     teacher.to(device)

@@ -8,6 +8,7 @@ Outside ``accelerate launch`` every helper is the plain single-process loop.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterable, Iterator, List, Sequence, Tuple, TypeVar
 
 import torch
@@ -18,23 +19,37 @@ from torch.utils.data import DataLoader, SequentialSampler
 T = TypeVar('T')
 
 
+def needs_cpu_group() -> bool:
+    """Launched as several processes on a machine without GPUs: Accelerate forms the (gloo) process group only
+    when asked for the CPU; otherwise every process would run alone as its own main process."""
+    no_accelerator = not (torch.cuda.is_available() or (hasattr(torch, 'xpu') and torch.xpu.is_available()))
+    return int(os.environ.get('WORLD_SIZE', '1')) > 1 and no_accelerator
+
+
+def process_state() -> PartialState:
+    """Accelerate's state of this process, with the processes of ``accelerate launch`` joined in one group on
+    a CPU-only machine too (:func:`needs_cpu_group`). Every use of the state goes through here, so that the
+    first one, which sets the state up, never leaves the processes apart."""
+    return PartialState(cpu=True) if needs_cpu_group() else PartialState()
+
+
 def my_share(items: Sequence[T]) -> List[T]:
     """This process's items: every n-th from its rank on. Interleaved rather than Accelerate's contiguous
     ``split_between_processes``, so that neighbouring items of similar cost (blocks of one stage) spread
     over the processes."""
-    state = PartialState()
+    state = process_state()
     return list(items)[state.process_index::state.num_processes]
 
 
 def gather(mine: List[T]) -> List[T]:
     """Every process's list, concatenated in rank order, on every process."""
-    return list(gather_object(list(mine))) if PartialState().num_processes > 1 else list(mine)
+    return list(gather_object(list(mine))) if process_state().num_processes > 1 else list(mine)
 
 
 def on_main_process(fn: Callable[[], T]) -> T:
     """``fn()`` run on the main process alone while the others wait (a latency measurement must not share the
     device or the CPU cores); its result returned on every process."""
-    state = PartialState()
+    state = process_state()
     if state.num_processes == 1:
         return fn()
     result = [fn() if state.is_main_process else None]
@@ -44,7 +59,7 @@ def on_main_process(fn: Callable[[], T]) -> T:
 
 def sum_over_processes(counts: torch.Tensor) -> torch.Tensor:
     """Integer counts summed over the processes (on the process's device, as NCCL needs)."""
-    state = PartialState()
+    state = process_state()
     if state.num_processes == 1:
         return counts
     return reduce(counts.to(state.device), 'sum').cpu()
@@ -58,7 +73,7 @@ def sharded_batches(loader: Iterable) -> Iterator[Tuple[int, int, Any]]:
     A :class:`DataLoader` is rebuilt over this process's batches only (its images are not decoded
     elsewhere); any other iterable of ``(images, labels)`` batches is read whole and the others skipped.
     """
-    state = PartialState()
+    state = process_state()
     if isinstance(loader, DataLoader) and state.num_processes > 1:
         if loader.batch_sampler is None or not isinstance(loader.sampler, SequentialSampler):
             raise ValueError('Evaluation over several processes needs a DataLoader in a fixed order (a batch_size '

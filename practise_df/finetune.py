@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from synth.seeds import mix_seed
 
+from ._distributed import needs_cpu_group
 from .evaluate import Tally
 from .models import PrePoolFeatures, classifier_parameters
 
@@ -209,10 +210,6 @@ def _save_checkpoint(accelerator: Accelerator) -> str:
     return path
 
 
-def _no_accelerator() -> bool:
-    return not (torch.cuda.is_available() or (hasattr(torch, 'xpu') and torch.xpu.is_available()))
-
-
 def make_accelerator(output_dir: Optional[str] = None, config: Optional[FinetuneConfig] = None,
                      **kwargs) -> Accelerator:
     """An Accelerator set up for :func:`finetune`: numbered checkpoints under ``output_dir/checkpoints``
@@ -222,7 +219,7 @@ def make_accelerator(output_dir: Optional[str] = None, config: Optional[Finetune
     only when asked for the CPU; otherwise every process would run alone as the main process. So the
     CPU is asked for in that case."""
     config = config or FinetuneConfig()
-    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and _no_accelerator():
+    if needs_cpu_group():
         kwargs['cpu'] = True
     project = ProjectConfiguration(project_dir=output_dir or '.', automatic_checkpoint_naming=True,
                                    total_limit=config.keep_checkpoints)

@@ -28,13 +28,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from synth import load_images
 from synth.data import split_tensor
 
-from ._distributed import gather, my_share, on_main_process
+from ._distributed import gather, my_share, on_main_process, process_state
 from .adaptors import fold_adaptors, insert_adaptors
 from .blocks import check_blocks, drop_blocks, find_blocks
 from .checkpoint import check_model_dir, save_compressed
@@ -219,7 +218,7 @@ def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images:
     train_t = compute_features(teacher, train_x)  # computed once, reused for every block
     held_t = compute_features(teacher, held_x)
     results = []
-    state = PartialState()
+    state = process_state()
     desc = 'scoring blocks' + (f' (rank {state.process_index})' if state.num_processes > 1 else '')
     bar = tqdm(my_share(blocks), desc=desc, disable=not progress)
     for block in bar:
@@ -316,7 +315,7 @@ def score_images(teacher: nn.Module, data_config: dict, source: str, train_image
     if drop is not None or latency_reduction is not None:  # latency re-measured on the main process alone
         result['selected'] = on_main_process(lambda: select_blocks(
             scores, drop=drop, latency_reduction=latency_reduction, model=teacher, latency_kwargs=kw))
-    if output_dir is not None and PartialState().is_main_process:
+    if output_dir is not None and process_state().is_main_process:
         student = drop_and_recover(teacher, result['selected'], train, settings=settings, seed=seed)
         result['output'] = save_compressed(student, output_dir, data_config=data_config, overwrite=overwrite,
                                            extra={'scores': result['scores']})

@@ -158,3 +158,14 @@ def test_a_killed_two_process_scoring_resumes_without_scoring_a_block_twice(tmp_
     assert len(after) == len(set(after)), f'a block was scored twice: {after}'
     assert set(after) == {s['block'] for s in _scores(out)['scores']}
     _assert_same_scores(_scores(out), _scores(reference))
+
+
+def test_eval_alone_joins_the_processes_in_one_group_on_a_cpu_only_machine(tmp_path, files):
+    """`practise-df eval` as the first and only command of a 2-process launch: with no GPU, Accelerate forms the
+    gloo group only when asked for the CPU, else each process runs alone as its own main process, evaluates
+    every image and prints its own result."""
+    teacher_as_model = ['--model', 'timm:resnet18', '--weights', files['weights']]
+    proc = _launch([['eval', *teacher_as_model, '--data', files['images'], '--batch-size', '4', '--repeats', '1',
+                     '--json']])
+    assert proc.returncode == 0, launch_log(proc)
+    assert proc.stdout.count('"latency_ms"') == 1, proc.stdout  # printed by the one main process

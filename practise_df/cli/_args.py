@@ -12,10 +12,10 @@ import sys
 from typing import Optional
 
 import torch
-from accelerate import PartialState
 
 from synth.files import check_outputs_apart, check_writable, write_json_atomic
 
+from .._distributed import process_state
 from ..models import INTERPOLATIONS, PREPROCESSING, model_arguments, resolve_data_config
 from ..checkpoint import load_model
 from ..export import is_exported_file, load_exported
@@ -352,13 +352,13 @@ def check_outputs(args: argparse.Namespace) -> None:
 def process_device(device: str) -> str:
     """``--device`` for this process: under ``accelerate launch`` a device type without an index (``cuda``)
     means each process's own device, as Accelerate assigns them."""
-    state = PartialState()
+    state = process_state()
     if state.num_processes > 1 and ':' not in device and state.device.type == torch.device(device).type:
         return str(state.device)
     return device
 
 
 def write_output(path: Optional[str], result: dict) -> None:
-    if path and PartialState().is_main_process:  # under accelerate launch every process has the result
+    if path and process_state().is_main_process:  # under accelerate launch every process has the result
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         write_json_atomic(path, result)

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Callable
 
-from accelerate import PartialState
+from .._distributed import process_state
 
 
 def run_command(prog: str, func: Callable, render: Callable[[dict], str], args) -> int:
@@ -37,6 +37,6 @@ def run_command(prog: str, func: Callable, render: Callable[[dict], str], args) 
         else:
             raise
         return 2
-    if result and PartialState().is_main_process:  # under accelerate launch every process has the result
+    if result and process_state().is_main_process:  # under accelerate launch every process has the result
         print(json.dumps(result, indent=2) if getattr(args, 'json', False) else render(result))
     return 0

@@ -1,8 +1,8 @@
 """``practise-df robustness``: accuracy under the 15 ImageNet-C corruptions, with the teacher as baseline."""
 from __future__ import annotations
 
-from accelerate import PartialState
 
+from .._distributed import process_state
 from ..robustness import evaluate_folder_robustness, parse_corruptions, parse_severities, robustness_table, \
     save_heatmap
 from . import _args
@@ -40,7 +40,7 @@ def robustness_command(args) -> dict:
     if args.output:
         result['output'] = args.output
         _args.write_output(args.output, result)  # the numbers first: a failed picture loses nothing
-    if args.heatmap and PartialState().is_main_process:
+    if args.heatmap and process_state().is_main_process:
         try:
             result['heatmap'] = save_heatmap(result, args.heatmap, title=f'{args.model} on {args.data}')
         except (ImportError, OSError, ValueError) as e:
