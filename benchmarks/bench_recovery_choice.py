@@ -68,7 +68,7 @@ def _read(path):
 def _write(path, obj):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + '.partial', 'w') as f:
-        json.dump(obj, f, indent=1)
+        json.dump(obj, f)
     os.replace(path + '.partial', path)
 
 
@@ -120,7 +120,7 @@ class Bench:
         model.eval()
         hits = [(model(x).argmax(1) == y) for x, y in DataLoader(TensorDataset(self.test, self.test_y),
                                                                   batch_size=500)]
-        return torch.cat(hits).to(torch.uint8).tolist()
+        return ''.join(map(str, torch.cat(hits).to(torch.uint8).tolist()))  # '1': right; compact in the JSON
 
     def finetuned(self, point, run, seed, dropped, train):
         path = os.path.join(self.args.cache, f'{point}_{run}_s{seed}.safetensors')
@@ -144,8 +144,10 @@ class Bench:
         correct = self.correct(model)
         signals = {name: {s: v.mean().item() for s, v in closeness(model, self.teacher, images).items()}
                    for name, images in sets.items()}
-        per_image = {name: closeness(model, self.teacher, images)['kl'].tolist() for name, images in sets.items()}
-        self.results['candidates'][key] = {**extra, 'top1': 100 * sum(correct) / len(correct), 'correct': correct,
+        per_image = {name: [float(f'{v:.5g}') for v in closeness(model, self.teacher, images)['kl'].tolist()]
+                     for name, images in sets.items()}
+        self.results['candidates'][key] = {**extra, 'top1': 100 * correct.count('1') / len(correct),
+                                           'correct': correct,
                                            'signals': signals, 'kl_per_image': per_image}
         _write(self.args.out, self.results)
         print(f"{key}: top-1 {self.results['candidates'][key]['top1']:.2f}  "
@@ -176,7 +178,7 @@ class Bench:
 # -- the decisions --------------------------------------------------------------------------------------------
 def paired_se(a, b):
     """Standard error (in top-1 points) of the difference of two students' accuracies on the same images."""
-    d = [x - y for x, y in zip(a, b)]
+    d = [int(x) - int(y) for x, y in zip(a, b)]
     n = len(d)
     mean = sum(d) / n
     var = sum((x - mean) ** 2 for x in d) / (n - 1)
@@ -219,7 +221,8 @@ def analyse(path):
                 strict += pick['top1'] > other['top1'] or (pick['top1'] == other['top1'])
                 loose += pick['top1'] >= other['top1'] - se
         table['/'.join(rule)] = {'strict': strict, 'loose': loose, 'pairs': n}
-        lines.append(f"| {'/'.join(rule)} | {strict} ({100 * strict / n:.0f}%) | {loose} ({100 * loose / n:.0f}%) | {n} |")
+        name = '/'.join(rule)
+        lines.append(f'| {name} | {strict} ({100 * strict / n:.0f}%) | {loose} ({100 * loose / n:.0f}%) | {n} |')
     # per point: every candidate's mean top-1 over seeds, and what each rule keeps overall (best by signal)
     lines += ['', '| point | candidate | top-1 (mean of seeds) | gain over dropped |', '|---|---|---:|---:|']
     by = {}
