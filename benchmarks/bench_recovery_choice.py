@@ -223,6 +223,19 @@ def analyse(path):
         table['/'.join(rule)] = {'strict': strict, 'loose': loose, 'pairs': n}
         name = '/'.join(rule)
         lines.append(f'| {name} | {strict} ({100 * strict / n:.0f}%) | {loose} ({100 * loose / n:.0f}%) | {n} |')
+    # what each rule keeps among all candidates of a point and seed, and the share of the best gain it keeps
+    lines += ['', '| rule | kept at p15 (seed 0, 1) | kept at p26 (seed 0, 1) | share of the best gain (mean) |',
+              '|---|---|---|---:|']
+    for rule in [r for r in rules if r[2] == 'mean']:
+        kept, shares = {}, []
+        for (point, _), group in sorted(groups.items()):
+            best = max(group, key=lambda c: SIGNALS[rule[1]] * c['signals'][rule[0]][rule[1]])
+            dropped = next(c for c in group if c['run'] == 'dropped')
+            top = max(c['top1'] for c in group)
+            kept.setdefault(point, []).append(f"{best['run']} {best['mix']:g}: {best['top1']:.2f}")
+            shares.append((best['top1'] - dropped['top1']) / (top - dropped['top1']) if top > dropped['top1'] else 1)
+        lines.append(f"| {'/'.join(rule)} | {'; '.join(kept.get('p15', []))} | {'; '.join(kept.get('p26', []))} | "
+                     f'{100 * sum(shares) / len(shares):.0f}% |')
     # per point: every candidate's mean top-1 over seeds, and what each rule keeps overall (best by signal)
     lines += ['', '| point | candidate | top-1 (mean of seeds) | gain over dropped |', '|---|---|---:|---:|']
     by = {}
