@@ -308,6 +308,10 @@ def score_images(teacher: nn.Module, data_config: dict, source: str, train_image
         raise ValueError(f"'{source}' holds {len(images)} readable image(s); scoring needs at least 2.")
     tensor = torch.stack([images[i][0] for i in range(len(images))])
     train, held = split_tensor(tensor, min(train_images, len(tensor) - 1), seed=seed)
+    if len(tensor) < train_images + heldout_images:  # said, not silently shortened
+        _logger.warning("'%s' holds %d readable image(s), fewer than the %d + %d asked for (--train-images + "
+                        '--heldout-images): scoring fits on %d and measures on %d.', source, len(tensor),
+                        train_images, heldout_images, len(train), len(held))
     kw = dict(latency_kwargs or {}, input_size=tuple(data_config['input_size']))
     scores = score_blocks(teacher, train, held, blocks=blocks, settings=settings, latency_kwargs=kw, seed=seed,
                           progress=progress)

@@ -208,3 +208,12 @@ def test_compress_config_file_round_trip(tmp_path):
     import pytest
     with pytest.raises(ValueError, match='unknown setting.*iters'):
         config_from_args(parser.parse_args(['--config', str(tmp_path / 'bad.json')]))
+
+
+def test_score_says_when_the_folder_holds_fewer_images_than_asked(capsys, caplog, image_folder):
+    """issue 28: --heldout-images above what the folder holds was shortened without a word."""
+    code, _, err = run(capsys, 'score', '--model', 'timm:resnet18', '--input-size', 64, '--data', image_folder,
+                       '--train-images', 2, '--heldout-images', 500, '--adaptor-steps', 1, '--latency-repeats', 1)
+    assert code == 0, err
+    said = err + caplog.text
+    assert 'fewer than the 2 + 500 asked for' in said and 'measures on' in said
