@@ -14,15 +14,20 @@ from tqdm.auto import tqdm
 from synth import load_images
 
 from ._distributed import gather, sharded_batches, sum_over_processes
+from .models import model_device
 
 _logger = logging.getLogger(__name__)
 WNID = re.compile(r'n\d{8}')  # an ImageNet (WordNet) class id, the folder names of ImageNet's image folders
 
 
 def model_num_classes(model: nn.Module, input_size) -> int:
-    """How many classes ``model`` predicts (its output width on one blank image)."""
+    """How many classes ``model`` predicts: its output width on one blank image, or an exported ONNX file's
+    declared output width (the file may take a fixed batch size only)."""
+    session = getattr(model, 'session', None)  # practise_df.runtime.OnnxRuntimeModel
+    if session is not None and isinstance(session.get_outputs()[0].shape[-1], int):
+        return session.get_outputs()[0].shape[-1]
     with torch.no_grad():
-        return model.eval()(torch.zeros(1, *input_size, device=next(model.parameters()).device)).shape[-1]
+        return model.eval()(torch.zeros(1, *input_size, device=model_device(model))).shape[-1]
 
 
 def match_folder_labels(dataset: Dataset, num_classes: int) -> Optional[str]:

@@ -225,9 +225,10 @@ print('LOADED', type(load_compressed('hf-hub:acme/resnet18-pruned')).__name__)
 """
 
 
-def test_eval_and_latency_take_an_exported_file(capsys, exported, image_folder):
+def test_eval_and_latency_take_an_exported_file(capsys, exported, tmp_path):
     path, _ = exported
-    code, out, _ = run(capsys, 'eval', '--model', path, '--data', image_folder, '--batch-size', 3, '--repeats', 2,
+    numbered = make_image_folder(str(tmp_path / 'numbered'), classes=('0', '1', '2'), per_class=4)  # class indices
+    code, out, _ = run(capsys, 'eval', '--model', path, '--data', numbered, '--batch-size', 3, '--repeats', 2,
                        '--json')
     assert code == 0, out
     r = json.loads(out)
@@ -254,12 +255,13 @@ def test_hub_models_load_from_the_cache_and_offline_says_what_to_do(student_dir,
 def test_compress_measures_in_onnxruntime_and_writes_a_model_card(tmp_path, image_folder):
     from practise_df import CompressConfig, compress
 
+    numbered = make_image_folder(str(tmp_path / 'numbered'), classes=('0', '1', '2'), per_class=4)  # class indices
     config = CompressConfig(model='timm:test_resnet', output_dir=str(tmp_path / 'run'), input_size=SIZE,
                             images={'source': image_folder, 'num_images': 8, 'heldout': 2},
                             scoring={'drop': 1, 'images': 4, 'adaptor_steps': 10},
                             latency={'batch_size': 2, 'repeats': 2, 'runtime': 'onnxruntime', 'threads': 1},
                             card={'license': 'mit'}, finetune={'iterations': 0},
-                            eval={'data': image_folder, 'export': 'int8'})
+                            eval={'data': numbered, 'export': 'int8'})
     report = compress(config, progress=False)
     assert (report['latency']['runtime'], report['latency']['threads']) == ('onnxruntime', 1)
     # what ships: the int8 file in the run, checked, evaluated, and the one the final latency check timed
