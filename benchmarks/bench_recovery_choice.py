@@ -1,7 +1,11 @@
-"""Which recovered student to keep, and by which label-free signal (issue 31), Track B.
+"""Which recovered student to keep, and by which label-free signal (issue 31), on both tracks.
 
-The Fashion-MNIST ResNet of ``benchmarks/fmnist.py`` at two pinned block sets (~15% and ~26% latency saved,
-measured idle on 2026-11-26, ``latency_accuracy_B.json``), for each seed:
+Track B (``--track B``, the default): the Fashion-MNIST ResNet of ``benchmarks/fmnist.py`` at two pinned block
+sets (~15% and ~26% latency saved, measured idle on 2026-11-26, ``latency_accuracy_B.json``), top-1 on the 10k
+test images. Track A (``--track A``): tf_efficientnet_lite0 with its ImageNet weights at issue 14's two pinned
+block sets (BENCHMARKS "Data-free recovery against plain dropping"), top-1 on all 1000 imagenet-sample images
+(none is trained on: the run is data-free); KD is left out there, and the pools, steps and iterations are
+smaller (``TRACKS['A']['defaults']``), to fit two CPU cores. For each seed:
 
 - a pool of synthesized images (DeepInversion, the teacher's BatchNorm statistics) to finetune on, and a
   second synthesis batch with another seed that finetuning never sees (the signal images);
@@ -18,8 +22,11 @@ images and finetuned weights are cached under ``--cache``. ``--analyse`` prints,
 how often it picks the candidate with the higher real top-1 over all candidate pairs (a pair within one
 paired standard error counts right either way; both counts are reported).
 
-    python benchmarks/bench_recovery_choice.py --threads 1                  # ~1-2 h on one core
+    python benchmarks/bench_recovery_choice.py --threads 1                  # Track B, ~1-2 h on one core
     python benchmarks/bench_recovery_choice.py --analyse                    # the decision tables
+    python benchmarks/bench_recovery_choice.py --track A --seeds 0 --out benchmarks/results/recovery_choice_A_s0.json
+    python benchmarks/bench_recovery_choice.py --track A --seeds 1 --out benchmarks/results/recovery_choice_A_s1.json
+    python benchmarks/bench_recovery_choice.py --analyse --out benchmarks/results/recovery_choice_A_s*.json
 """
 from __future__ import annotations
 
@@ -38,21 +45,32 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import fmnist
+from _sample import lite0_teacher, sample_images
 
 import practise_df as pdf
 from practise_df.finetune import FinetuneConfig, finetune, interpolate_weights, make_accelerator
 from practise_df.guard import closeness, guard_images
 from synth import SynthesizedImages, synthesize
 
-POINTS = {  # pinned block sets; saved_pct: idle re-measurement of 2026-11-26 (latency_accuracy_B.json)
-    'p15': {'blocks': ['layer4.1', 'layer2.1'], 'saved_pct': 16.1},
-    'p26': {'blocks': ['layer4.1', 'layer2.1', 'layer1.1'], 'saved_pct': 26.7},
+TRACKS = {
+    'B': {  # pinned block sets; saved_pct: idle re-measurement of 2026-11-26 (latency_accuracy_B.json)
+        'points': {'p15': {'blocks': ['layer4.1', 'layer2.1'], 'saved_pct': 16.1},
+                   'p26': {'blocks': ['layer4.1', 'layer2.1', 'layer1.1'], 'saved_pct': 26.7}},
+        'runs': {  # one finetuning each; its mixes come from interpolation
+            'mir_lr0.02': {'loss': 'mir', 'lr': 0.02},
+            'mir_lr0.002': {'loss': 'mir', 'lr': 0.002},
+            'kd_lr0.002': {'loss': 'kd', 'lr': 0.002}},
+        'defaults': dict(images=256, signal_images=128, synth_steps=None, iterations=300, batch_size=64,
+                         out='benchmarks/results/recovery_choice_B.json', cache='runs/recovery_choice_B')},
+    'A': {  # issue 14's pinned sets (BENCHMARKS "Data-free recovery against plain dropping"): 15.2% and 25.5% saved
+        'points': {'p15': {'blocks': ['blocks.4.2', 'blocks.1.1'], 'saved_pct': 15.2},
+                   'p25': {'blocks': ['blocks.1.1', 'blocks.3.2', 'blocks.3.1', 'blocks.2.1', 'blocks.4.2'],
+                           'saved_pct': 25.5}},
+        'runs': {'mir_lr0.02': {'loss': 'mir', 'lr': 0.02}, 'mir_lr0.002': {'loss': 'mir', 'lr': 0.002}},
+        'defaults': dict(images=32, signal_images=16, synth_steps=200, iterations=100, batch_size=32,
+                         out='benchmarks/results/recovery_choice_A.json', cache='runs/recovery_choice_A')},
 }
-RUNS = {  # one finetuning each; its mixes come from interpolation
-    'mir_lr0.02': {'loss': 'mir', 'lr': 0.02},
-    'mir_lr0.002': {'loss': 'mir', 'lr': 0.002},
-    'kd_lr0.002': {'loss': 'kd', 'lr': 0.002},
-}
+POINTS, RUNS = TRACKS['B']['points'], TRACKS['B']['runs']  # main() sets them by --track
 MIXES = (0.1, 0.25, 0.5, 1.0)
 SIGNAL_SETS = ('synth_heldout', 'pool_heldout', 'photos')
 SIGNALS = {'kl': -1, 'agreement': +1, 'feature_mse': -1}  # +1: higher is closer to the teacher
@@ -75,19 +93,24 @@ def _write(path, obj):
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.teacher = fmnist.load_teacher(args.teacher)
-        self.dc = fmnist.DATA_CONFIG
-        test_x, self.test_y = fmnist.load_fmnist('test', args.fmnist_dir)
+        if args.track == 'B':
+            self.teacher = fmnist.load_teacher(args.teacher)
+            self.dc = fmnist.DATA_CONFIG
+            test_x, self.test_y = fmnist.load_fmnist('test', args.fmnist_dir)
+            self.test = fmnist.to_input(test_x)
+        else:
+            self.teacher, self.dc = lite0_teacher()
+            self.test, self.test_y = sample_images(self.dc)
         if args.quick:
-            test_x, self.test_y = test_x[:500], self.test_y[:500]
-        self.test = fmnist.to_input(test_x)
+            self.test, self.test_y = self.test[:500], self.test_y[:500]
         self.accelerator = make_accelerator(None, FinetuneConfig())
         self.results = _read(args.out)
         self.results.setdefault('candidates', {})
         self.results['setup'] = {
             'machine': f'{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}',
             'threads': torch.get_num_threads(), 'command': 'python ' + ' '.join(sys.argv),
-            'pool': args.images, 'signal_images': args.signal_images, 'synth_steps': args.synth_steps,
+            'track': args.track, 'pool': args.images, 'signal_images': args.signal_images,
+            'synth_steps': args.synth_steps,
             'iterations': args.iterations, 'batch_size': args.batch_size, 'points': POINTS, 'runs': RUNS,
             'mixes': MIXES, 'test_images': len(self.test_y),
             'started': self.results.get('setup', {}).get('started') or datetime.datetime.now(
@@ -119,7 +142,7 @@ class Bench:
     def correct(self, model):
         model.eval()
         hits = [(model(x).argmax(1) == y) for x, y in DataLoader(TensorDataset(self.test, self.test_y),
-                                                                  batch_size=500)]
+                                                                  batch_size=100)]
         return ''.join(map(str, torch.cat(hits).to(torch.uint8).tolist()))  # '1': right; compact in the JSON
 
     def finetuned(self, point, run, seed, dropped, train):
@@ -200,9 +223,8 @@ def rule_picks(rule, a, b):
     return far if se > 0 and gain.mean().item() / se > 2 else near
 
 
-def analyse(path):
-    results = _read(path)
-    cands = results['candidates']
+def analyse(paths):
+    cands = {k: v for path in paths for k, v in _read(path)['candidates'].items()}
     groups = {}
     for key, c in cands.items():
         groups.setdefault((c['point'], c['seed']), []).append({**c, 'key': key})
@@ -224,8 +246,9 @@ def analyse(path):
         name = '/'.join(rule)
         lines.append(f'| {name} | {strict} ({100 * strict / n:.0f}%) | {loose} ({100 * loose / n:.0f}%) | {n} |')
     # what each rule keeps among all candidates of a point and seed, and the share of the best gain it keeps
-    lines += ['', '| rule | kept at p15 (seed 0, 1) | kept at p26 (seed 0, 1) | share of the best gain (mean) |',
-              '|---|---|---|---:|']
+    points = sorted({c['point'] for c in cands.values()})
+    lines += ['', f"| rule | {' | '.join(f'kept at {p} (seeds)' for p in points)} | share of the best gain (mean) |",
+              '|---|' + '---|' * len(points) + '---:|']
     for rule in [r for r in rules if r[2] == 'mean']:
         kept, shares = {}, []
         for (point, _), group in sorted(groups.items()):
@@ -234,7 +257,7 @@ def analyse(path):
             top = max(c['top1'] for c in group)
             kept.setdefault(point, []).append(f"{best['run']} {best['mix']:g}: {best['top1']:.2f}")
             shares.append((best['top1'] - dropped['top1']) / (top - dropped['top1']) if top > dropped['top1'] else 1)
-        lines.append(f"| {'/'.join(rule)} | {'; '.join(kept.get('p15', []))} | {'; '.join(kept.get('p26', []))} | "
+        lines.append(f"| {'/'.join(rule)} | {' | '.join('; '.join(kept.get(p, [])) for p in points)} | "
                      f'{100 * sum(shares) / len(shares):.0f}% |')
     # per point: every candidate's mean top-1 over seeds, and what each rule keeps overall (best by signal)
     lines += ['', '| point | candidate | top-1 (mean of seeds) | gain over dropped |', '|---|---|---:|---:|']
@@ -253,26 +276,35 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--teacher', default='runs/fmnist_teacher/model.safetensors')
     p.add_argument('--fmnist-dir', default=fmnist.FMNIST_DIR)
-    p.add_argument('--out', default='benchmarks/results/recovery_choice_B.json')
-    p.add_argument('--cache', default='runs/recovery_choice_B')
+    p.add_argument('--track', choices=sorted(TRACKS), default='B')
+    p.add_argument('--out', nargs='+', default=None, help="results file (--analyse: one or more); default: the track's")
+    p.add_argument('--cache', default=None, help="synthesized images and finetuned weights; default: the track's")
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
-    p.add_argument('--images', type=int, default=256, help='synthesized images to finetune on (a quarter held out)')
-    p.add_argument('--signal-images', type=int, default=128, help='a second synthesis batch, never trained on')
-    p.add_argument('--synth-steps', type=int, default=None, help="synthesis steps (default: the 'fast' preset's)")
-    p.add_argument('--iterations', type=int, default=300)
-    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--images', type=int, help='synthesized images to finetune on (a quarter held out)')
+    p.add_argument('--signal-images', type=int, help='a second synthesis batch, never trained on')
+    p.add_argument('--synth-steps', type=int, help="synthesis steps (None: the 'fast' preset's)")
+    p.add_argument('--iterations', type=int)
+    p.add_argument('--batch-size', type=int)
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--quick', action='store_true', help='smoke run: 500 test images, tiny pools, 3 iterations')
     p.add_argument('--analyse', action='store_true', help='print the decision tables of --out and exit')
     args = p.parse_args()
+    global POINTS, RUNS
+    POINTS, RUNS = TRACKS[args.track]['points'], TRACKS[args.track]['runs']
+    for k, v in TRACKS[args.track]['defaults'].items():  # the track's sizes unless given
+        if getattr(args, k) is None:
+            setattr(args, k, [v] if k == 'out' else v)
     if args.analyse:
         analyse(args.out)
         return
+    if len(args.out) != 1:
+        p.error('--out takes one file when running (several only with --analyse)')
+    args.out = args.out[0]
     torch.set_num_threads(args.threads)
     if args.quick:
         args.images, args.signal_images, args.synth_steps, args.iterations = 16, 8, 4, 3
     Bench(args).run()
-    analyse(args.out)
+    analyse([args.out])
 
 
 if __name__ == '__main__':
