@@ -38,7 +38,8 @@ def test_compress_writes_every_artefact(finished_run):
                                               'run.json', 'scores.json', 'scores.partial.jsonl'] + rejected)
     assert CompressConfig.from_file(str(out / 'run.json')) == _config(out, images), 'run.json is the settings file'
 
-    assert json.load(open(out / 'report.json')) == json.loads(json.dumps(report))
+    assert json.load(open(out / 'report.json')) == report.to_dict(), 'report.json is the Report'
+    assert report.dropped_blocks == report['dropped_blocks'], 'read as the dict it was before issue 30'
     assert len(report['dropped_blocks']) == 1
     assert report['params']['student'] < report['params']['teacher']
     assert report['macs']['student'] < report['macs']['teacher']
