@@ -6,6 +6,11 @@ the architecture with random weights, replace the dropped blocks by identity, lo
 Saving rebuilds it the same way and compares outputs first, so a model that would load as another network
 is refused. A folder published on the Hugging Face Hub loads as ``hf-hub:ORG/NAME`` (timm's prefix),
 fetched once with ``huggingface_hub`` and cached.
+
+What rebuilds a model is one object, :class:`Provenance`, that the pipeline hands from stage to stage and
+:func:`save_compressed` writes (its fields are the config's ``source``, ``dropped_blocks`` and ``data_config``
+keys, as every version of the format wrote them); :func:`read_provenance` reads it back. Given explicitly,
+nothing is read off the module, so a wrapped or re-built model saves the same.
 """
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ import errno
 import json
 import os
 import shutil
-from typing import Any, Dict, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import timm
 import torch
@@ -31,9 +37,61 @@ FORMAT = 'practise-df-compressed'
 FORMAT_VERSION = 1
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a model comes from: what builds its architecture (``source``: a :func:`create_model` spec or
+    ``py:`` factory and its constructor arguments), the blocks dropped from it and the preprocessing it
+    expects. Saved in a compressed model's ``config.json`` and read back by :func:`load_compressed`."""
+    source: Dict[str, Any]  # {'model': spec or py: factory, 'kwargs': constructor arguments}
+    dropped_blocks: Tuple[str, ...] = ()
+    data_config: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: nn.Module, data_config: Optional[Dict[str, Any]] = None) -> 'Provenance':
+        """The provenance of a model made by :func:`create_model` (+ :func:`drop_blocks`), by
+        :func:`load_compressed` or by ``timm.create_model``, from what those record on it."""
+        return cls(model_source(model), tuple(dropped_blocks(model)),
+                   dict(data_config or resolve_data_config(model)))
+
+    @classmethod
+    def from_dict(cls, config: Dict[str, Any]) -> 'Provenance':
+        """From a compressed model's ``config.json`` (any format version: the keys never changed)."""
+        return cls(dict(config['source']), tuple(config.get('dropped_blocks') or ()),
+                   dict(config.get('data_config') or {}))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {'source': self.source, 'dropped_blocks': list(self.dropped_blocks),
+                'data_config': dict(self.data_config)}
+
+    def dropping(self, blocks: Iterable[str]) -> 'Provenance':
+        """This provenance with ``blocks`` dropped too."""
+        return replace(self, dropped_blocks=(*self.dropped_blocks, *blocks))
+
+    def describe(self) -> str:
+        return self.source['model'] + (f" without {', '.join(self.dropped_blocks)}" if self.dropped_blocks else '')
+
+    def build(self, state: Optional[Dict[str, torch.Tensor]] = None) -> nn.Module:
+        """The architecture (with ``state`` loaded when given), in eval mode."""
+        model = create_model(self.source['model'], **self.source.get('kwargs', {}))
+        if self.dropped_blocks:
+            model = drop_blocks(model, self.dropped_blocks, inplace=True)
+        if state is not None:
+            model.load_state_dict(state)
+        # timm's resolve_model_data_config reads pretrained_cfg (timm's own record of the preprocessing), so
+        # any code that asks timm (synth included) gets the preprocessing the model was saved with
+        saved = {k: tuple(v) if isinstance(v, list) else v for k, v in self.data_config.items()}
+        model.pretrained_cfg = {**(getattr(model, 'pretrained_cfg', None) or {}), **saved}
+        model.practise_df_source = self.source  # what Provenance.of reads, for a later save without provenance
+        return model.eval()
+
+
 def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str, Any]] = None,
-                    extra: Optional[Dict[str, Any]] = None, overwrite: bool = False) -> str:
-    """Write ``model`` (made by :func:`create_model` + :func:`drop_blocks`) to directory ``path``.
+                    extra: Optional[Dict[str, Any]] = None, overwrite: bool = False,
+                    provenance: Optional[Provenance] = None) -> str:
+    """Write ``model`` and its :class:`Provenance` to directory ``path``.
+
+    ``provenance``: what rebuilds ``model``; default :meth:`Provenance.of` (``model`` made by
+    :func:`create_model` + :func:`drop_blocks`, or loaded by :func:`load_compressed`), with ``data_config``.
 
     Before anything is written the model is rebuilt from what would be saved and its outputs compared with
     ``model``'s (:func:`check_rebuilds`): a model that would load as another network is refused. The
@@ -41,14 +99,11 @@ def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str,
     half-written model that later loads. An existing directory is only replaced with ``overwrite``.
     """
     check_model_dir(path, overwrite)
-    config = {
-        'format': FORMAT,
-        'format_version': FORMAT_VERSION,
-        'source': model_source(model),
-        'dropped_blocks': dropped_blocks(model),
-        'data_config': dict(data_config or resolve_data_config(model)),
-        **(extra or {}),
-    }
+    if provenance is None:
+        provenance = Provenance.of(model, data_config)
+    elif data_config is not None:
+        provenance = replace(provenance, data_config=dict(data_config))
+    config = {'format': FORMAT, 'format_version': FORMAT_VERSION, **provenance.to_dict(), **(extra or {})}
     try:
         text = json.dumps(config, indent=2)  # tuples are written as lists
     except TypeError as e:
@@ -56,7 +111,7 @@ def save_compressed(model: nn.Module, path: str, data_config: Optional[Dict[str,
                          f'({e}): pass JSON values (numbers, strings, lists, dicts).') from None
     # safetensors refuses shared storage; contiguous clones are what a reload needs anyway.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    check_rebuilds(model, config, state)
+    check_rebuilds(model, provenance, state)
     target = os.path.abspath(path)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = temporary_name(target, directory=True)  # a name of this save alone: nothing of the user's is touched
@@ -99,19 +154,18 @@ def model_source(model: nn.Module) -> Dict[str, Any]:
                      "your own network with create_model('py:FILE.py:FUNCTION'), a function that returns it.")
 
 
-def check_rebuilds(model: nn.Module, config: Dict[str, Any], state: Dict[str, torch.Tensor]) -> None:
-    """Raise a ValueError unless rebuilding ``config`` (what :func:`load_compressed` does) with ``state``
+def check_rebuilds(model: nn.Module, provenance: Provenance, state: Dict[str, torch.Tensor]) -> None:
+    """Raise a ValueError unless rebuilding ``provenance`` (what :func:`load_compressed` does) with ``state``
     gives ``model``'s outputs on a fixed random input (eval mode, the data config's input size)."""
-    described = f"{config['source']['model']}" + (f" without {', '.join(config['dropped_blocks'])}"
-                                                    if config['dropped_blocks'] else '')
+    described = provenance.describe()
     try:
-        rebuilt = _rebuild(config, state)
+        rebuilt = provenance.build(state)
     except RuntimeError as e:  # load_state_dict: keys or shapes differ
         raise ValueError(f'Refused to save: rebuilding {described} does not give this model: '
                          f"{' '.join(str(e).split())[:300]}. {REBUILD_FIX} "
                          'Nothing was written.') from None
     device, dtype = model_device(model), next(model.parameters(), torch.empty(0)).dtype
-    x = torch.randn(2, *config['data_config']['input_size'], generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, *provenance.data_config['input_size'], generator=torch.Generator().manual_seed(0))
     was_training = model.training
     try:
         with torch.no_grad():
@@ -133,27 +187,12 @@ def _logits(output) -> torch.Tensor:
     return output.float().cpu()
 
 
-def check_rebuildable(model: nn.Module, data_config: Optional[Dict[str, Any]] = None) -> None:
+def check_rebuildable(model: nn.Module, data_config: Optional[Dict[str, Any]] = None) -> Provenance:
     """Before long work on ``model``: raise what :func:`save_compressed` would (no record of how to build
-    it, or a rebuild that is another network)."""
-    config = {'source': model_source(model), 'dropped_blocks': dropped_blocks(model),
-              'data_config': dict(data_config or resolve_data_config(model))}
-    check_rebuilds(model, config, model.state_dict())
-
-
-def _rebuild(config: Dict[str, Any], state: Dict[str, torch.Tensor]) -> nn.Module:
-    """The model a compressed-model config and its tensors describe, in eval mode."""
-    source = config['source']
-    model = create_model(source['model'], **source.get('kwargs', {}))
-    if config['dropped_blocks']:
-        model = drop_blocks(model, config['dropped_blocks'], inplace=True)
-    model.load_state_dict(state)
-    # timm's resolve_model_data_config reads pretrained_cfg, so any code that asks timm (synth included) gets
-    # the preprocessing the model was saved with, not its architecture's default
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in config['data_config'].items()}
-    model.pretrained_cfg = {**(getattr(model, 'pretrained_cfg', None) or {}), **saved}
-    model.practise_df_source = source
-    return model.eval()
+    it, or a rebuild that is another network); else return its :class:`Provenance`."""
+    provenance = Provenance.of(model, data_config)
+    check_rebuilds(model, provenance, model.state_dict())
+    return provenance
 
 
 def _save_tensors(state: Dict[str, Any], path: str) -> None:
@@ -221,6 +260,11 @@ def read_config(path: str) -> Dict[str, Any]:
     return config
 
 
+def read_provenance(path: str) -> Provenance:
+    """The :class:`Provenance` saved in compressed-model folder ``path``."""
+    return Provenance.from_dict(read_config(path))
+
+
 def download_compressed(spec: str) -> str:
     """Local folder of ``hf-hub:ORG/NAME[@REVISION]``: the Hub's files, or the cached copy when offline."""
     repo_id, _, revision = spec[len(HUB_PREFIX):].partition('@')
@@ -281,9 +325,10 @@ def load_compressed(path: str) -> nn.Module:
     except SafetensorError as e:
         raise ValueError(f"'{weights}' cannot be read ({e}): the compressed model is damaged, e.g. a copy cut "
                          'short. Copy or save it again.') from None
-    factory = config['source']['model']
+    provenance = Provenance.from_dict(config)
+    factory = provenance.source['model']
     try:
-        return _rebuild(config, tensors)
+        return provenance.build(tensors)
     except (ImportError, FileNotFoundError) as e:
         if not factory.startswith(PY_PREFIX):
             raise

@@ -15,18 +15,45 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
-from synth import get_preset
-from synth.ood import photo_paths
-
-from .corruptions import parse_corruptions, parse_severities
-from .finetune import FinetuneConfig
-from .guard import SIGNALS
-from .latency import AUTO, CI_WIDTH, MAX_SECONDS, RUNTIMES, check_repeats
-from .models import INTERPOLATIONS, PREPROCESSING, model_arguments
-from .scoring import ESTIMATORS
-
 __all__ = ['CompressConfig', 'ImagesConfig', 'SynthesisConfig', 'ScoringConfig', 'LatencyConfig',
            'FinetuneConfig', 'EvalConfig', 'RobustnessConfig', 'CardConfig', 'STAGE_SETTINGS']
+
+# The vocabulary of the settings, defined here at the bottom of the package so that a settings file loads
+# without importing (or being stopped by) the code that runs it. Names that live in a registry (synthesis
+# presets, scoring estimators, guard signals, corruptions) and every path are checked before a run by
+# practise_df.pipeline.check_settings / check_inputs, not when a file is read: an old run.json whose paths
+# moved still loads.
+PREPROCESSING = ('input_size', 'mean', 'std', 'interpolation', 'crop_pct')  # what overrides a model's data config
+INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')  # timm's resize modes
+RUNTIMES = ('torch', 'onnxruntime')
+AUTO = 'auto'
+CI_WIDTH = 2.0  # percentage points: repeats='auto' stops once every saving's 95% interval is this narrow
+MAX_SECONDS = 60.0  # ... or once this much time has passed
+LOSSES = ('mir', 'kd', 'mir+kd', 'ce')
+# SGD learning rate per loss when none is given: 0.002 for the distillation losses, a tenth of the official
+# MiR rate, which assumes real images and train-mode BatchNorm (the few-shot recipe sets 0.02); on
+# tf_efficientnet_lite0 every rate tried lowered real top-1 with synthesized or out-of-domain images, and
+# 0.02 moved furthest (BENCHMARKS.md), and KD diverged at 0.02. CE: the official 'BP' baseline's.
+DEFAULT_LR = {'mir': 0.002, 'kd': 0.002, 'mir+kd': 0.002, 'ce': 1e-4}
+
+
+def check_repeats(repeats: Union[int, str]) -> Union[int, str]:
+    """``repeats`` if it is 'auto' or a whole number of at least 1, else a ValueError that says so."""
+    if repeats == AUTO or (isinstance(repeats, int) and not isinstance(repeats, bool) and repeats >= 1):
+        return repeats
+    raise ValueError(f"repeats is '{AUTO}' (until the interval is narrow enough or the time cap) or a whole number "
+                     f'of at least 1, got {repeats!r}.')
+
+
+def model_arguments(num_classes: Optional[int] = None, model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The constructor arguments of ``--num-classes`` and ``--model-kwargs`` (num_classes / model_kwargs)."""
+    kwargs = dict(model_kwargs or {})
+    if num_classes is not None:
+        if kwargs.get('num_classes', num_classes) != num_classes:
+            raise ValueError(f"num_classes is {num_classes} but the model arguments say {kwargs['num_classes']}; "
+                             "give it once (--num-classes).")
+        kwargs['num_classes'] = num_classes
+    return kwargs
 
 
 @dataclass
@@ -70,7 +97,6 @@ class SynthesisConfig:
 
     def __post_init__(self):
         _positive(steps=self.steps, batch_size=self.batch_size, micro_batch=self.micro_batch)
-        get_preset(self.preset, self.steps)  # an unknown preset, or fewer steps than its phases, fails now
 
 
 @dataclass
@@ -79,6 +105,7 @@ class ScoringConfig:
     drop: Optional[int] = None  # the K lowest PRACTISE scores
     latency_reduction: Optional[float] = None  # or: add blocks by score until this fraction of latency is saved
     blocks: Optional[List[str]] = None  # or: drop exactly these blocks (no scoring)
+    candidates: Optional[List[str]] = None  # score only these blocks (default: every droppable block)
     estimator: str = 'fast'
     images: int = 64  # the tiny set the adaptors are fitted on
     adaptor_steps: Optional[int] = None  # default: the estimator's
@@ -87,21 +114,30 @@ class ScoringConfig:
     keep_adaptors: bool = False
 
     def __post_init__(self):
-        chosen = [n for n, v in (('drop', self.drop), ('latency_reduction', self.latency_reduction),
-                                 ('blocks', self.blocks)) if v is not None]
-        if len(chosen) != 1:
+        chosen = self._chosen()
+        if len(chosen) > 1:  # none is checked by the pipeline: practise-df score may only score
             raise ValueError('Say what to drop, in exactly one way: --drop K (blocks), --latency-reduction F '
-                             f"(e.g. 0.25) or --blocks B1,B2{f' (got {chosen})' if chosen else ''}.")
+                             f'(e.g. 0.25) or --blocks B1,B2 (got {chosen}).')
         if self.drop is not None and self.drop < 1:
             raise ValueError(f'drop is a number of blocks, at least 1; got {self.drop}.')
         if self.latency_reduction is not None and not 0 < self.latency_reduction < 1:
             raise ValueError(f'latency_reduction is a fraction between 0 and 1 (e.g. 0.25), got '
                              f'{self.latency_reduction}.')
-        if self.blocks is not None and not self.blocks:
-            raise ValueError('blocks is empty; name at least one block (practise-df blocks --model ... lists them).')
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"Unknown estimator '{self.estimator}'; choose from {sorted(ESTIMATORS)}.")
+        for name in ('blocks', 'candidates'):
+            if getattr(self, name) is not None and not getattr(self, name):
+                raise ValueError(f'{name} is empty; name at least one block (practise-df blocks --model ... lists '
+                                 'them).')
         _positive(images=self.images, adaptor_steps=self.adaptor_steps)
+
+    def _chosen(self) -> List[str]:
+        return [n for n, v in (('drop', self.drop), ('latency_reduction', self.latency_reduction),
+                               ('blocks', self.blocks)) if v is not None]
+
+    @property
+    def selects(self) -> Optional[str]:
+        """How the blocks to drop are chosen ('drop', 'latency_reduction' or 'blocks'); None: not said."""
+        chosen = self._chosen()
+        return chosen[0] if chosen else None
 
 
 @dataclass
@@ -126,6 +162,56 @@ class LatencyConfig:
         if self.runtime not in RUNTIMES:
             raise ValueError(f"Unknown latency runtime '{self.runtime}'; choose from {', '.join(RUNTIMES)}.")
 
+    def timing(self, input_size) -> Dict[str, Any]:
+        """The keyword arguments of :mod:`practise_df.latency`'s measurements (``block_latency``,
+        ``compare_latency``, ``select_blocks``'s ``latency_kwargs``) at ``input_size`` (C, H, W)."""
+        return dict(input_size=tuple(input_size), batch_size=self.batch_size, device=self.device or 'cpu',
+                    repeats=self.repeats, runtime=self.runtime, threads=self.threads, ci_width=self.ci_width,
+                    max_seconds=self.max_seconds)
+
+
+@dataclass
+class FinetuneConfig:
+    """How the student is finetuned against the teacher (stage ``finetune``; :func:`practise_df.finetune`)."""
+    loss: str = 'mir'
+    iterations: int = 2000
+    batch_size: int = 64  # per process
+    lr: Optional[float] = None  # default: DEFAULT_LR[loss]
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    step_at: float = 0.4  # StepLR x0.1 at this fraction of the iterations
+    gradient_accumulation_steps: int = 1
+    kd_temperature: float = 4.0
+    kd_weight: float = 1.0  # weight of the KD term in 'mir+kd'
+    max_grad_norm: Optional[float] = 5.0  # clip the gradient norm (None: no clipping)
+    # Keep BatchNorm statistics fixed (eval mode) while training. None: yes, except that compress trains them
+    # when told its images are real (images.real).
+    freeze_bn: Optional[bool] = None
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2
+    eval_every: int = 0
+    seed: Optional[int] = None  # None: 0, or the run's seed under compress
+    num_workers: int = 0
+    # Fraction of the finetuning update kept (WiSE-FT). None: all of it (1), except that compress keeps
+    # DATAFREE_MIX of it on synthesized or out-of-domain images (images.real unset).
+    mix: Optional[float] = None
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"Unknown finetuning loss '{self.loss}'; choose from {', '.join(LOSSES)}.")
+        if self.iterations < 0 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError('batch_size and gradient_accumulation_steps must be at least 1, and iterations '
+                             'at least 0 (0 = no finetuning).')
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f'lr must be positive, got {self.lr}.')
+        if self.mix is not None and not 0 < self.mix <= 1:
+            raise ValueError(f'mix is the fraction of the finetuning update kept, in (0, 1] (1: all of it), '
+                             f'got {self.mix}.')
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.loss]
+
 
 EXPORTS = ('onnx', 'int8')
 
@@ -149,10 +235,6 @@ class EvalConfig:
         _positive(max_images=self.max_images, batch_size=self.batch_size)
         if self.export is not None and self.export not in EXPORTS:
             raise ValueError(f"Unknown export '{self.export}'; choose from {', '.join(EXPORTS)}.")
-        if self.guard_signal not in SIGNALS:
-            raise ValueError(f"Unknown guard signal '{self.guard_signal}'; choose from {', '.join(SIGNALS)}.")
-        if self.guard_images is not None:
-            photo_paths(self.guard_images)  # every path exists and folders hold photos
 
 
 @dataclass
@@ -168,10 +250,6 @@ class RobustnessConfig:
     enabled: bool = False
     corruptions: Optional[str] = None  # e.g. 'noise,fog'; default all 15
     severities: Optional[str] = None  # e.g. '1,5'; default 1-5
-
-    def __post_init__(self):
-        parse_corruptions(self.corruptions)  # a bad name fails now, not after hours of work
-        parse_severities(self.severities)
 
 
 @dataclass

@@ -28,7 +28,6 @@ import os
 import random
 import shutil
 import sys
-from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -43,63 +42,16 @@ from tqdm.auto import tqdm
 from synth.seeds import mix_seed
 
 from ._distributed import needs_cpu_group
+from .config import DEFAULT_LR, LOSSES, FinetuneConfig  # noqa: F401  (the finetuning settings, re-exported)
 from .evaluate import Tally
 from .models import PrePoolFeatures, classifier_parameters
 
 _logger = logging.getLogger(__name__)
 
-LOSSES = ('mir', 'kd', 'mir+kd', 'ce')
-# SGD learning rate per loss when none is given: 0.002 for the distillation losses, a tenth of the official
-# MiR rate, which assumes real images and train-mode BatchNorm (the few-shot recipe sets 0.02); on
-# tf_efficientnet_lite0 every rate tried lowered real top-1 with synthesized or out-of-domain images, and
-# 0.02 moved furthest (BENCHMARKS.md), and KD diverged at 0.02. CE: the official 'BP' baseline's.
-DEFAULT_LR = {'mir': 0.002, 'kd': 0.002, 'mir+kd': 0.002, 'ce': 1e-4}
 # Fraction of the finetuning update compress keeps on synthesized or out-of-domain images (``mix``), chosen on
 # the dev images of bench_datafree: of 0.1, 0.25, 0.5 and 0.75 it gave the best mean and worst case over nine
 # students finetuned on photos or synthesized images (0.25 suits photos, 0.1 synthesized images; BENCHMARKS.md).
 DATAFREE_MIX = 0.1
-
-
-@dataclass
-class FinetuneConfig:
-    loss: str = 'mir'
-    iterations: int = 2000
-    batch_size: int = 64  # per process
-    lr: Optional[float] = None  # default: DEFAULT_LR[loss]
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    step_at: float = 0.4  # StepLR x0.1 at this fraction of the iterations
-    gradient_accumulation_steps: int = 1
-    kd_temperature: float = 4.0
-    kd_weight: float = 1.0  # weight of the KD term in 'mir+kd'
-    max_grad_norm: Optional[float] = 5.0  # clip the gradient norm (None: no clipping)
-    # Keep BatchNorm statistics fixed (eval mode) while training. None: yes, except that compress trains them
-    # when told its images are real (images.real).
-    freeze_bn: Optional[bool] = None
-    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
-    keep_checkpoints: int = 2
-    eval_every: int = 0
-    seed: Optional[int] = None  # None: 0, or the run's seed under compress
-    num_workers: int = 0
-    # Fraction of the finetuning update kept (WiSE-FT). None: all of it (1), except that compress keeps
-    # DATAFREE_MIX of it on synthesized or out-of-domain images (images.real unset).
-    mix: Optional[float] = None
-
-    def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"Unknown finetuning loss '{self.loss}'; choose from {', '.join(LOSSES)}.")
-        if self.iterations < 0 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise ValueError('batch_size and gradient_accumulation_steps must be at least 1, and iterations '
-                             'at least 0 (0 = no finetuning).')
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f'lr must be positive, got {self.lr}.')
-        if self.mix is not None and not 0 < self.mix <= 1:
-            raise ValueError(f'mix is the fraction of the finetuning update kept, in (0, 1] (1: all of it), '
-                             f'got {self.mix}.')
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.loss]
 
 
 class TrainState:

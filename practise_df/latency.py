@@ -29,14 +29,11 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .blocks import check_blocks, drop_blocks, find_blocks
+from .config import AUTO, CI_WIDTH, MAX_SECONDS, RUNTIMES, check_repeats  # noqa: F401  (re-exported)
 from .export import onnxruntime_models
 from .models import model_device
 from .runtime import OnnxRuntimeModel, provider_name
 
-RUNTIMES = ('torch', 'onnxruntime')
-AUTO = 'auto'
-CI_WIDTH = 2.0  # percentage points: repeats='auto' stops once every saving's 95% interval is this narrow
-MAX_SECONDS = 60.0  # ... or once this much time has passed
 MIN_ROUNDS = 6  # the fewest paired runs for which a 95% interval of the median exists
 CONFIDENCE = 0.95
 BUSY_CORES = 0.5  # other processes using more than this many of the cores the timing needs: the machine is busy
@@ -260,14 +257,6 @@ def runtime_info(runtime: str = 'torch', device: str = 'cpu', threads: Optional[
         raise ValueError(f"Unknown runtime '{runtime}'; choose from {', '.join(RUNTIMES)}.")
     return {'runtime': runtime, 'threads': threads or torch.get_num_threads(),
             'provider': provider_name(device) if runtime == 'onnxruntime' else None}
-
-
-def check_repeats(repeats: Union[int, str]) -> Union[int, str]:
-    """``repeats`` if it is 'auto' or a whole number of at least 1, else a ValueError that says so."""
-    if repeats == AUTO or (isinstance(repeats, int) and not isinstance(repeats, bool) and repeats >= 1):
-        return repeats
-    raise ValueError(f"repeats is '{AUTO}' (until the interval is narrow enough or the time cap) or a whole number "
-                     f'of at least 1, got {repeats!r}.')
 
 
 @contextlib.contextmanager

@@ -11,12 +11,13 @@ import json
 import os
 import shlex
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from huggingface_hub import ModelCardData
 
 from synth.files import write_text_atomic
 
+from .report import Report
 from .robustness import robustness_table
 
 README = 'README.md'
@@ -50,13 +51,13 @@ def _saving(lat: Dict[str, Any]) -> str:
             f"{load.get('cpu_count', '?')} CPU cores meanwhile)")
 
 
-def _accuracy(report: Dict[str, Any]) -> List[str]:
-    if 'eval' not in report:
+def _accuracy(report: Report) -> List[str]:
+    if report.eval is None:
         return ['## Accuracy', '',
                 f"No labelled images were given. Top-1 agreement with the teacher on held-out "
-                f"{'synthesized ' if report.get('images') == 'synthesized' else ''}images: "
-                f"{_pct(report.get('heldout_agreement'))}. Check accuracy on labelled images of your own."]
-    ev = report['eval']
+                f"{'synthesized ' if report.images == 'synthesized' else ''}images: "
+                f"{_pct(report.heldout_agreement)}. Check accuracy on labelled images of your own."]
+    ev = report.eval
     rows = [('teacher', _pct(ev['teacher'].get('top1')), _pct(ev['teacher'].get('top5')), ''),
             ('student', _pct(ev['student'].get('top1')), _pct(ev['student'].get('top5')),
              _pct(ev['student'].get('agreement')))]
@@ -67,41 +68,44 @@ def _accuracy(report: Dict[str, Any]) -> List[str]:
             _table(('model', 'top-1', 'top-5', 'top-1 agreement with the teacher'), rows)]
 
 
-def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model: Optional[str] = None,
+def model_card(report: Union[Report, Dict[str, Any]], license: Optional[str] = None, base_model: Optional[str] = None,
                command: Optional[str] = None, data_config: Optional[Dict[str, Any]] = None) -> str:
     """README.md text for a compressed model, from a ``compress`` report (``report.json``).
 
     Args:
-        report: the dict :func:`practise_df.pipeline.compress` returns.
+        report: the :class:`~practise_df.report.Report` :func:`practise_df.compress` returns (or its
+            ``report.json`` as a dict).
         license, base_model: Hub metadata (a license id, the teacher's Hub repo); ``unknown`` when None.
         command: the command that made the model (shown so it can be run again).
         data_config: the preprocessing saved in the folder's ``config.json``.
     """
-    images = report.get('images', 'synthesized')
+    if isinstance(report, dict):
+        report = Report.from_dict(report)
+    images = report.images
     tags = TAGS + (['data-free'] if images == 'synthesized' else [])
     meta = ModelCardData(license=license or 'unknown', base_model=base_model or 'unknown',
                          library_name='practise-df', pipeline_tag='image-classification', tags=tags)
-    dropped = report['dropped_blocks']
-    lat = report['latency']
+    dropped = report.dropped_blocks
+    lat = report.latency
     where = f"{lat.get('runtime', 'torch')}, {lat['device']}" + (
         f", {lat['provider']}" if lat.get('provider') else '') + (
         f", {lat['threads']} threads" if lat.get('threads') else '')
-    by_block = {s['block']: s for s in report.get('scores', [])}
-    weights = os.path.basename(str(report.get('weights')))  # a local file's name, not this machine's path
+    by_block = {s['block']: s for s in report.scores}
+    weights = os.path.basename(str(report.weights))  # a local file's name, not this machine's path
     recovered_on = ('images synthesized from the model itself: no training data was used' if images == 'synthesized'
                     else f'`{images}`')
-    if not report['finetune']['iterations']:
+    if not report.finetune['iterations']:
         recovery = ' The student was not finetuned after the blocks were dropped (0 finetuning iterations).'
-    elif report.get('guard', {}).get('kept') == 'dropped':
+    elif (report.guard or {}).get('kept') == 'dropped':
         recovery = (f' It was finetuned on {recovered_on}, but the guard kept the student as dropped (not finetuned): '
-                    f"{report['guard']['reason']}.")
+                    f"{report.guard['reason']}.")
     else:
         recovery = f' The student was then finetuned (recovered) on {recovered_on}.'
     lines = [
         '---', meta.to_yaml(), '---', '',
-        f"# {report['model']} with {len(dropped)} block(s) dropped",
+        f"# {report.model} with {len(dropped)} block(s) dropped",
         '',
-        f"Made with practise-df from `{report['model']}` (weights: `{weights}`; base model: "
+        f"Made with practise-df from `{report.model}` (weights: `{weights}`; base model: "
         f"{base_model or 'unknown'}) by dropping whole residual blocks (PRACTISE, Wang et al., CVPR 2023)."
         + recovery,
         '',
@@ -120,11 +124,11 @@ def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model
     ]
     if data_config:
         lines += ['', 'Preprocessing: ' + ', '.join(f'{k} `{v}`' for k, v in data_config.items()) + '.']
-    adaptors = ('adaptors fitted around them and folded into the neighbouring layers' if report.get('adaptors', True)
+    adaptors = ('adaptors fitted around them and folded into the neighbouring layers' if report.adaptors
                 else 'no adaptors')
     lines += ['', '## What was dropped', '',
               f"Blocks dropped: {', '.join(f'`{b}`' for b in dropped) or 'none'}; {adaptors}; "
-              f"finetuning: {report['finetune']['loss']}, {report['finetune']['iterations']} iterations."]
+              f"finetuning: {report.finetune['loss']}, {report.finetune['iterations']} iterations."]
     if by_block:
         lines += ['', _table(('block', 'recoverability (feature MSE)', 'latency saved alone'),
                              [(b, by_block[b]['recoverability'], _pct(by_block[b]['saved_pct']))
@@ -133,30 +137,30 @@ def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model
               _table(('', 'teacher', 'student'),
                      [(f"latency ms (batch {lat['batch_size']}, input {tuple(lat['input_size'])}; {where})",
                        lat['teacher_ms'], lat['student_ms']),
-                      ('params', f"{report['params']['teacher']:,}", f"{report['params']['student']:,}"),
-                      ('MACs', f"{report['macs']['teacher'] / 1e6:.1f} M",
-                       f"{report['macs']['student'] / 1e6:.1f} M")]),
+                      ('params', f"{report.params['teacher']:,}", f"{report.params['student']:,}"),
+                      ('MACs', f"{report.macs['teacher'] / 1e6:.1f} M",
+                       f"{report.macs['student'] / 1e6:.1f} M")]),
               '', f"Latency saved: {_saving(lat)}, measured on the machine that ran the job. Measure it where "
               'the model will run: `practise-df latency --model FOLDER --runtime onnxruntime`.',
               '']
     if lat.get('warning'):
         lines[-1:] = ['', f"**Warning:** {lat['warning']}", '']
-    if 'export' in report:  # compress --export: the file that ships, measured as it runs
-        ex = report['export']
-        top1 = report.get('eval', {}).get('exported', {}).get('top1')
+    if report.export is not None:  # compress --export: the file that ships, measured as it runs
+        ex = report.export
+        top1 = (report.eval or {}).get('exported', {}).get('top1')
         lines += [f"Deployable file: `{os.path.basename(ex['file'])}` ({ex['format']}, beside this folder in the run); "
                   f"in ONNX Runtime it saves {_saving(ex['latency'])} against the teacher"
                   + (f"; top-1 {top1:.2f}%." if top1 is not None else '.'), '']
     lines += _accuracy(report)
-    if 'robustness' in report:
+    if report.robustness is not None:
         lines += ['', '## Robustness', '', 'ImageNet-C corruptions of the evaluation images (teacher as baseline):',
-                  '', '```', robustness_table(report['robustness']), '```']
+                  '', '```', robustness_table(report.robustness), '```']
     if command:
         lines += ['', '## How it was made', '', '```bash', command, '```']
     return '\n'.join(lines) + '\n'
 
 
-def write_model_card(model_dir: str, report: Dict[str, Any], license: Optional[str] = None,
+def write_model_card(model_dir: str, report: Union[Report, Dict[str, Any]], license: Optional[str] = None,
                      base_model: Optional[str] = None, command: Optional[str] = None) -> str:
     """Write ``model_dir/README.md`` (the preprocessing read from its ``config.json``); returns its path."""
     with open(os.path.join(model_dir, 'config.json')) as f:

@@ -34,14 +34,14 @@ from huggingface_hub.utils import LocalEntryNotFoundError, RepositoryNotFoundErr
 from timm.models import load_state_dict
 from timm.models._hub import load_model_config_from_hf, load_model_config_from_path  # timm's readers of its folders
 
+from .config import INTERPOLATIONS, PREPROCESSING, model_arguments  # noqa: F401  (re-exported)
+
 _logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = ('.pth', '.pt', '.bin', '.safetensors', '.pth.tar')  # .pth.tar: timm train.py's checkpoints
 HUB_PREFIX = 'hf-hub:'  # a timm model or a compressed model on the Hugging Face Hub, as timm spells hub models
 LOCAL_DIR_PREFIX = 'local-dir:'  # a timm model folder (config.json + model.safetensors), timm's spelling
 PY_PREFIX = 'py:'  # a function that returns the network
-PREPROCESSING = ('input_size', 'mean', 'std', 'interpolation', 'crop_pct')  # what overrides a model's data config
-INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')  # timm's resize modes
 
 
 @dataclass(frozen=True)
@@ -476,17 +476,6 @@ def resolve_data_config(model: nn.Module, **overrides: Any) -> Dict[str, Any]:
             raise ValueError(f"{key} {tuple(config[key])} has {len(config[key])} value(s) but the model takes "
                              f"{config['input_size'][0]} input channel(s): give one per channel (--{key}).")
     return config
-
-
-def model_arguments(num_classes: Optional[int] = None, model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The constructor arguments of ``--num-classes`` and ``--model-kwargs`` (num_classes / model_kwargs)."""
-    kwargs = dict(model_kwargs or {})
-    if num_classes is not None:
-        if kwargs.get('num_classes', num_classes) != num_classes:
-            raise ValueError(f"num_classes is {num_classes} but the model arguments say {kwargs['num_classes']}; "
-                             "give it once (--num-classes).")
-        kwargs['num_classes'] = num_classes
-    return kwargs
 
 
 def model_device(model: nn.Module) -> torch.device:

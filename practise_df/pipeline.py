@@ -17,30 +17,34 @@ import json
 import os
 import shutil
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from synth import SingleImageCrops, SynthesizedImages, load_images, synthesize
+from synth import SingleImageCrops, SynthesizedImages, get_preset, load_images, synthesize
 from synth.data import ImageFolderDataset, eval_transform, train_transform
+from synth.ood import photo_paths
 from synth.files import (RunLock, append_jsonl, check_outputs_apart, check_writable, differing_settings,
                          drop_partial_line, remove_leftovers, write_json_atomic)
 from synth.synthesized import is_synthesized
 
 from ._distributed import on_main_process
 from .blocks import check_blocks, drop_blocks, find_blocks
-from .checkpoint import check_rebuildable, is_saved_model, load_compressed, load_model, save_compressed
-from .config import STAGE_SETTINGS, CompressConfig, is_run_settings
+from .checkpoint import Provenance, check_rebuildable, is_saved_model, load_compressed, load_model, save_compressed
+from .config import STAGE_SETTINGS, CompressConfig, LatencyConfig, is_run_settings
+from .corruptions import parse_corruptions, parse_severities
 from .evaluate import evaluate, match_folder_labels, model_num_classes
 from .export import export_model, load_exported
 from .finetune import DATAFREE_MIX, finetune, make_accelerator
-from .guard import choose, closeness, guard_images
+from .guard import SIGNALS, choose, closeness, guard_images
 from .latency import (block_latency, compare_latency, count_macs, count_params, read_block_latency,
                       runtime_info)
 from .model_card import command_line, write_model_card
 from .models import resolve_data_config
+from .report import Report
 from .robustness import evaluate_folder_robustness, save_heatmap
 from .runtime import require_deploy
 from .scoring import ESTIMATORS, BlockScore, drop_and_recover, score_blocks, select_blocks
@@ -66,85 +70,171 @@ def _stage(accelerator, message: str) -> None:
     accelerator.print(message, file=sys.stderr, flush=True)
 
 
+@dataclass
+class CheckedInputs:
+    """What :func:`check_inputs` loaded on the way, so that no stage loads it twice."""
+    provenance: Provenance  # what rebuilds the teacher: the students' provenance adds their dropped blocks
+    candidates: List[str]  # the blocks scoring considers
+    block_latency: Optional[Dict[str, dict]] = None  # the --block-latency table
+    pool: Optional[Dataset] = None  # the --images (None: synthesized by the images stage)
+    eval_data: Optional[Dataset] = None  # --eval-data
+    eval_labels: Optional[str] = None  # how eval_data's folders map to the model's classes (None: the model's)
+
+
+@dataclass
+class Selection:
+    """What the scoring stage chose (``scores.json``): every candidate's score, lowest first, and the blocks
+    dropped. ``scores`` is empty when the blocks were given (``--blocks``) and ``selected`` when nothing was
+    asked to be dropped (``practise-df score`` without a selection)."""
+    scores: List[BlockScore]
+    selected: List[str]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {'scores': [s.to_dict() for s in self.scores], 'selected': list(self.selected)}
+
+    @classmethod
+    def read(cls, path: str) -> 'Selection':
+        data = json.load(open(path))
+        return cls([BlockScore(**s) for s in data['scores']], list(data['selected']))
+
+
+@dataclass
+class Run:
+    """One run's fixed context, handed to every stage: the settings, the teacher and what was checked."""
+    config: CompressConfig
+    teacher: nn.Module
+    data_config: Dict[str, Any]
+    checked: CheckedInputs
+    accelerator: Any
+    latency: LatencyConfig  # config.latency with the device resolved
+    progress: bool = True
+
+    @property
+    def out(self) -> str:
+        return self.config.output_dir
+
+    @property
+    def timing(self) -> Dict[str, Any]:
+        """Arguments of :mod:`practise_df.latency`'s measurements."""
+        return self.latency.timing(self.data_config['input_size'])
+
+
+@dataclass
+class Dropped:
+    """What the stages up to the drop produced: the images, their split, the selection and the student."""
+    pool: Dataset
+    train_pool: Dataset
+    train_idx: List[int]
+    held_idx: List[int]
+    selection: Selection
+    student: Optional[nn.Module]  # None when stopped after scoring
+    provenance: Optional[Provenance]  # the student's
+
+
 def compress(config: CompressConfig, overwrite: bool = False, resume: bool = False,
-             accelerator=None, progress: bool = True, teacher: Optional[nn.Module] = None) -> Dict[str, Any]:
-    """Run the whole pipeline; returns the report (also written to ``output_dir/report.json``).
+             accelerator=None, progress: bool = True, teacher: Optional[nn.Module] = None,
+             stop_after: Optional[str] = None) -> Union['Report', Dropped]:
+    """Run the pipeline; returns the :class:`Report` (also written to ``output_dir/report.json``).
 
     ``teacher``: the model to compress, built in code (``config.model`` then only names it in the report); by
     default it is built from ``config.model``, ``config.weights`` and the model arguments. To be saved, it must
     be rebuildable: made by :func:`practise_df.create_model` (``py:`` for a network of your own) or
     ``timm.create_model``; this is checked before any long stage.
+
+    ``stop_after``: ``'scores'`` or ``'drop'`` (``practise-df score``) ends the run there and returns what it
+    produced (:class:`Dropped`); the run folder is then one ``compress --resume`` continues.
     """
+    if stop_after not in STOP_AFTER:
+        raise ValueError(f"stop_after is one of {', '.join(map(str, STOP_AFTER))}, got {stop_after!r}.")
+    check_settings(config, stop_after)
     if teacher is None:
         # random weights drawn from the seed: the same teacher in every run and on every rank
         teacher = load_model(config.model, config.weights, seed=config.seed, **config.model_arguments)
     data_config = resolve_data_config(teacher, **config.preprocessing)
     checked = check_inputs(config, teacher, data_config)  # before anything is written
     accelerator = accelerator or make_accelerator(config.output_dir, config.finetune)
-    latency_kwargs = dict(input_size=data_config['input_size'], batch_size=config.latency.batch_size,
-                          device=config.latency.device or str(accelerator.device), repeats=config.latency.repeats,
-                          runtime=config.latency.runtime, threads=config.latency.threads,
-                          ci_width=config.latency.ci_width, max_seconds=config.latency.max_seconds)
+    latency = dataclasses.replace(config.latency, device=config.latency.device or str(accelerator.device))
+    run = Run(config, teacher, data_config, checked, accelerator, latency, progress)
     lock = RunLock(config.output_dir) if accelerator.is_main_process else None
     try:
         if lock is not None:
             if config.scoring.latency_reduction is not None and not _finished(config, resume, 'scores'):
-                check_latency_target(config, teacher, checked, latency_kwargs)
+                check_latency_target(run)
             prepare_output_dir(config, overwrite, resume, lock)
         accelerator.wait_for_everyone()
-        return _run(config, teacher, data_config, checked, accelerator, resume, progress, latency_kwargs)
+        torch.manual_seed(config.seed)
+        dropped = drop_stage(run, stop_after)
+        if stop_after is not None:
+            return dropped
+        return _finish(run, dropped, resume)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(config, teacher, data_config, checked, accelerator, resume, progress, latency_kwargs) -> Dict[str, Any]:
-    out = config.output_dir
-    torch.manual_seed(config.seed)
-    pool, train_pool = _images(config, teacher, data_config, checked['pool'], accelerator, progress)
+def drop_stage(run: Run, stop_after: Optional[str] = None) -> Dropped:
+    """Images, scores and selection, and the student with the selected blocks dropped (``recovered/``): what
+    ``practise-df score`` and ``compress`` share. Each step's result is on disk before the next starts."""
+    config, accelerator = run.config, run.accelerator
+    pool, train_pool = _images(run)
     train_idx, held_idx = _split(pool, min(config.images.num_heldout, len(pool) - 1), config.seed)
-
-    # --- score (blocks split over the processes) and select (main process) ---------------------------
-    scores_file = os.path.join(out, SCORES_FILE)
-    if on_main_process(lambda: not os.path.isfile(scores_file)):  # one answer for every rank
-        teacher.to(accelerator.device)
-        if config.scoring.blocks is not None:
-            _stage(accelerator, f"[2/5] dropping the given blocks, not scoring: {', '.join(config.scoring.blocks)}")
-            scores, chosen = [], list(config.scoring.blocks)
-        else:
-            _stage(accelerator, f'[2/5] scoring blocks ({config.scoring.estimator} estimator)')
-            scores = _score(config, teacher, pool, train_idx, held_idx, checked, latency_kwargs, accelerator,
-                            progress)
-            # latency_reduction re-measures latency: on the main process alone
-            chosen = on_main_process(lambda: select_blocks(
-                scores, drop=config.scoring.drop, latency_reduction=config.scoring.latency_reduction, model=teacher,
-                latency_kwargs=latency_kwargs))
-        if accelerator.is_main_process:
-            write_json_atomic(scores_file, {'scores': [s.to_dict() for s in scores], 'selected': chosen})
-    elif accelerator.is_main_process:
-        _stage(accelerator, f'[2/5] block selection: done earlier ({scores_file})')
-    accelerator.wait_for_everyone()
-    selection = json.load(open(scores_file))
-    chosen = selection['selected']
+    selection = _select(run, pool, train_idx, held_idx)
+    if stop_after == 'scores' or not selection.selected:
+        return Dropped(pool, train_pool, train_idx, held_idx, selection, None, None)
+    chosen = selection.selected
+    provenance = run.checked.provenance.dropping(chosen)
 
     # --- drop (and fit adaptors around the gaps when kept; main process, the others load it) ----------
-    recovered_dir = os.path.join(out, RECOVERED_DIR)
+    recovered_dir = os.path.join(run.out, RECOVERED_DIR)
     if accelerator.is_main_process and not os.path.isfile(os.path.join(recovered_dir, 'model.safetensors')):
         if config.scoring.keep_adaptors:
             _stage(accelerator, f"[3/5] dropping {len(chosen)} block(s) and fitting adaptors: {', '.join(chosen)}")
             tiny = _stack(pool, train_idx[:config.scoring.images]).to(accelerator.device)
-            recovered = drop_and_recover(teacher.to(accelerator.device), chosen, tiny,
+            recovered = drop_and_recover(run.teacher.to(accelerator.device), chosen, tiny,
                                          settings=_estimator(config), seed=config.seed)
             stage = 'blocks dropped, adaptors folded, before finetuning'
         else:
             _stage(accelerator, f"[3/5] dropping {len(chosen)} block(s): {', '.join(chosen)}")
-            recovered, stage = drop_blocks(teacher, chosen), 'blocks dropped, before finetuning'
-        save_compressed(recovered.to('cpu'), recovered_dir, data_config=data_config, overwrite=True,
+            recovered, stage = drop_blocks(run.teacher, chosen), 'blocks dropped, before finetuning'
+        save_compressed(recovered.to('cpu'), recovered_dir, provenance=provenance, overwrite=True,
                         extra={'stage': stage})
     elif accelerator.is_main_process:
         _stage(accelerator, f'[3/5] dropping: done earlier ({recovered_dir})')
     accelerator.wait_for_everyone()
-    student = load_compressed(recovered_dir)
+    return Dropped(pool, train_pool, train_idx, held_idx, selection, load_compressed(recovered_dir), provenance)
+
+
+def _select(run: Run, pool, train_idx, held_idx) -> Selection:
+    """Score (blocks split over the processes) and select (main process); ``scores.json`` holds the result."""
+    config, accelerator = run.config, run.accelerator
+    scores_file = os.path.join(run.out, SCORES_FILE)
+    if on_main_process(lambda: not os.path.isfile(scores_file)):  # one answer for every rank
+        run.teacher.to(accelerator.device)
+        if config.scoring.blocks is not None:
+            _stage(accelerator, f"[2/5] dropping the given blocks, not scoring: {', '.join(config.scoring.blocks)}")
+            selection = Selection([], list(config.scoring.blocks))
+        else:
+            _stage(accelerator, f'[2/5] scoring blocks ({config.scoring.estimator} estimator)')
+            scores = _score(run, pool, train_idx, held_idx)
+            selection = Selection(scores, [])
+            if config.scoring.drop is not None or config.scoring.latency_reduction is not None:
+                # latency_reduction re-measures latency: on the main process alone
+                selection.selected = on_main_process(lambda: select_blocks(
+                    scores, drop=config.scoring.drop, latency_reduction=config.scoring.latency_reduction,
+                    model=run.teacher, latency_kwargs=run.timing))
+        if accelerator.is_main_process:
+            write_json_atomic(scores_file, selection.to_dict())
+    elif accelerator.is_main_process:
+        _stage(accelerator, f'[2/5] block selection: done earlier ({scores_file})')
+    accelerator.wait_for_everyone()
+    return Selection.read(scores_file)
+
+
+def _finish(run: Run, dropped: Dropped, resume: bool) -> 'Report':
+    """Finetune, guard, save, export and report: the stages after the drop."""
+    config, accelerator, teacher = run.config, run.accelerator, run.teacher
+    out, student = run.out, dropped.student
+    recovered_dir = os.path.join(out, RECOVERED_DIR)
 
     # --- finetune (every process) ------------------------------------------------------------------
     history: Dict[str, list] = {'loss': []}
@@ -153,8 +243,8 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress, l
         _stage(accelerator, f'[4/5] finetuning ({finetune_config.loss}, {finetune_config.iterations} iterations, '
                             f"BatchNorm {'frozen' if finetune_config.freeze_bn else 'in train mode'}, "
                             f'keeping {finetune_config.mix:g} of the update)')
-        history = finetune(student, teacher, Subset(train_pool, train_idx), finetune_config, accelerator=accelerator,
-                           output_dir=out, resume=resume, progress=progress)
+        history = finetune(student, teacher, Subset(dropped.train_pool, dropped.train_idx), finetune_config,
+                           accelerator=accelerator, output_dir=out, resume=resume, progress=run.progress)
     else:
         _stage(accelerator, '[4/5] finetuning: skipped (--finetune-iters 0: the student is kept as dropped)')
 
@@ -167,51 +257,70 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress, l
         others['before_finetune'] = load_compressed(recovered_dir)  # what finetuning added over dropping
         if config.eval.guard:
             finetuned = student
-            student, guard = _guard(config, teacher, finetuned, others['before_finetune'], data_config, main)
+            student, guard = _guard(run, finetuned, others['before_finetune'], dropped.provenance, main)
             if student is not finetuned:
                 others['finetuned'] = finetuned  # rejected by the guard
     model_dir = os.path.join(out, MODEL_DIR)
     if main:
-        save_compressed(student, model_dir, data_config=data_config, overwrite=True,
-                        extra={'scores': selection['scores']})
+        save_compressed(student, model_dir, provenance=dropped.provenance, overwrite=True,
+                        extra={'scores': dropped.selection.to_dict()['scores']})
     exported = None
     if config.eval.export:  # written by the main process, then run by every process for the evaluation
-        exported = on_main_process(lambda: _export(config, student, data_config, latency_kwargs))
-        exported['module'] = load_exported(exported['file'], device=latency_kwargs['device'],
+        exported = on_main_process(lambda: _export(run, student))
+        exported['module'] = load_exported(exported['file'], device=run.latency.device,
                                            threads=exported.pop('threads'))
-    report = _report(config, teacher, student, others, selection, history, Subset(pool, held_idx), checked,
-                     data_config, latency_kwargs, model_dir, guard, str(accelerator.device), progress and main,
-                     exported)
+    report = _report(run, student, others, dropped, history, model_dir, guard, exported)
     if main:
-        write_json_atomic(os.path.join(out, REPORT_FILE), report)
+        write_json_atomic(os.path.join(out, REPORT_FILE), report.to_dict())
         write_model_card(model_dir, report, config.card.license, config.card.base_model, command_line())
         if config.robustness.enabled:  # pictures after the numbers: a failed plot loses nothing
-            report['robustness']['heatmap'] = _heatmap(report['robustness'], out, config.model)
-            write_json_atomic(os.path.join(out, REPORT_FILE), report)
+            report.robustness['heatmap'] = _heatmap(report.robustness, out, config.model)
+            write_json_atomic(os.path.join(out, REPORT_FILE), report.to_dict())
     accelerator.wait_for_everyone()
-    return report if main else {}
+    return report if main else Report.empty()
 
 
 # --- checks before the long work -------------------------------------------------------------------
 
-def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]:
+STOP_AFTER = (None, 'scores', 'drop')
+
+
+def check_settings(config: CompressConfig, stop_after: Optional[str] = None) -> None:
+    """The names a settings file gives that live in a registry, and the paths it gives that must exist
+    (:class:`CompressConfig` checks only what needs no import and no disk, so an old ``run.json`` always
+    loads): checked before anything is built or written."""
+    if config.scoring.selects is None and stop_after != 'scores':
+        raise ValueError('Say what to drop: --drop K (blocks), --latency-reduction F (e.g. 0.25) or --blocks B1,B2 '
+                         '(scoring.drop / latency_reduction / blocks in a settings file).')
+    get_preset(config.synthesis.preset, config.synthesis.steps)  # an unknown preset, or fewer steps than its phases
+    if config.scoring.estimator not in ESTIMATORS:
+        raise ValueError(f"Unknown estimator '{config.scoring.estimator}'; choose from {sorted(ESTIMATORS)}.")
+    if config.eval.guard_signal not in SIGNALS:
+        raise ValueError(f"Unknown guard signal '{config.eval.guard_signal}'; choose from {', '.join(SIGNALS)}.")
+    if config.eval.guard_images is not None:
+        photo_paths(config.eval.guard_images)  # every path exists and folders hold photos
+    parse_corruptions(config.robustness.corruptions)  # a bad name fails now, not after hours of work
+    parse_severities(config.robustness.severities)
+
+
+def check_inputs(config: CompressConfig, teacher, data_config) -> CheckedInputs:
     """Check every argument that can be checked without the long stages, and return what was loaded on the
-    way (candidate blocks, the block-latency table, the evaluation images) so it is not loaded twice."""
-    check_rebuildable(teacher, data_config)  # a teacher that would be saved as another network fails now
-    source = config.images.source  # crops:P1,P2 reads photos P1 and P2
-    check_outputs_apart({'--output-dir': config.output_dir}, {
-        '--model': config.model, '--weights': config.weights, '--eval-data': config.eval.data,
-        '--images': source.split(':', 1)[1].split(',') if source and source.startswith('crops:') else source,
-        '--guard-images': config.eval.guard_images, '--block-latency': config.latency.block_latency})
+    way (the teacher's provenance, candidate blocks, the block-latency table, the images) so it is not loaded
+    twice."""
+    provenance = check_rebuildable(teacher, data_config)  # a teacher that would be saved as another network fails now
+    check_outputs_apart({'--output-dir': config.output_dir}, input_paths(config))
     input_size = data_config['input_size']
     candidates = find_blocks(teacher, input_size)
     scoring = config.scoring
     if not candidates:
         raise ValueError(f'{config.model} has no droppable residual block (see practise-df blocks --model ...).')
+    if scoring.candidates is not None:
+        candidates = check_blocks(teacher, scoring.candidates, candidates)
     if scoring.blocks is not None:
         check_blocks(teacher, scoring.blocks, candidates)
     if scoring.drop is not None and scoring.drop > len(candidates):
-        raise ValueError(f'--drop {scoring.drop}: {config.model} has only {len(candidates)} droppable blocks '
+        raise ValueError(f'--drop {scoring.drop}: {config.model} has only {len(candidates)} '
+                         f"{'droppable' if scoring.candidates is None else 'candidate'} blocks "
                          f"({', '.join(candidates)}).")
     latency = None
     if config.latency.block_latency:
@@ -236,26 +345,34 @@ def check_inputs(config: CompressConfig, teacher, data_config) -> Dict[str, Any]
         eval_data = ImageFolderDataset(config.eval.data, eval_transform(data_config),
                                        max_images=config.eval.max_images, seed=config.seed)
         labels = match_folder_labels(eval_data, model_num_classes(teacher, input_size))  # None: the model's
-    return {'candidates': candidates, 'latency': latency, 'pool': pool, 'eval_data': eval_data, 'eval_labels': labels}
+    return CheckedInputs(provenance, candidates, latency, pool, eval_data, labels)
+
+
+def input_paths(config: CompressConfig) -> Dict[str, Any]:
+    """{flag: path(s)} of every file or folder a run reads, which no output may replace or lie in."""
+    source = config.images.source  # crops:P1,P2 reads photos P1 and P2
+    return {'--model': config.model, '--weights': config.weights, '--eval-data': config.eval.data,
+            '--images': source.split(':', 1)[1].split(',') if source and source.startswith('crops:') else source,
+            '--guard-images': config.eval.guard_images, '--block-latency': config.latency.block_latency}
 
 
 def _finished(config: CompressConfig, resume: bool, stage: str) -> bool:
     return resume and os.path.isdir(config.output_dir) and stage in finished_stages(config.output_dir)
 
 
-def check_latency_target(config: CompressConfig, teacher, checked, latency_kwargs) -> None:
+def check_latency_target(run: Run) -> None:
     """Before the images: ``--latency-reduction`` can be reached at all, i.e. dropping every candidate saves
     that much (by the ``--block-latency`` table when given, else timed now by :func:`compare_latency`, the
     routine every other saving comes from: one model pair, up to ``--latency-max-seconds``). The point
     estimate decides, so only a target that not even the best guess reaches is refused here; the final
     check holds the student to the interval's low end."""
-    candidates, target = checked['candidates'], config.scoring.latency_reduction
-    if checked['latency'] is not None:
-        reachable = sum(checked['latency'][b]['saved_pct'] for b in candidates) / 100
+    candidates, target = run.checked.candidates, run.config.scoring.latency_reduction
+    if run.checked.block_latency is not None:
+        reachable = sum(run.checked.block_latency[b]['saved_pct'] for b in candidates) / 100
         how = 'by the --block-latency table'
     else:
-        saving = compare_latency([teacher, drop_blocks(teacher, candidates)], **latency_kwargs).savings[0]
-        reachable, how = saving.pct / 100, f"measured on {latency_kwargs['device']}: {saving.describe()}"
+        saving = compare_latency([run.teacher, drop_blocks(run.teacher, candidates)], **run.timing).savings[0]
+        reachable, how = saving.pct / 100, f'measured on {run.latency.device}: {saving.describe()}'
     if reachable < target:
         raise ValueError(f'--latency-reduction {target:g} cannot be reached: dropping all {len(candidates)} droppable '
                          f'blocks saves {100 * reachable:.1f}% of the latency ({how}). Ask for less, or use --drop K.')
@@ -353,18 +470,19 @@ def _check_resume(config: CompressConfig, run_file: str) -> None:
 
 # --- stages ------------------------------------------------------------------------------------------
 
-def _images(config: CompressConfig, teacher, data_config, loaded, accelerator, progress) -> Tuple[Dataset, Dataset]:
-    """(pool, training pool): the images the run learns from (synthesized now, or ``loaded`` by
+def _images(run: Run) -> Tuple[Dataset, Dataset]:
+    """(pool, training pool): the images the run learns from (synthesized now, or loaded by
     :func:`check_inputs`), without and with training augmentation."""
+    config, data_config, accelerator, loaded = run.config, run.data_config, run.accelerator, run.checked.pool
     images = config.images
     if images.source is None:
         synth_dir = os.path.join(config.output_dir, SYNTH_DIR)
         _stage(accelerator, f'[1/5] synthesising {images.num_images} images at '
                             f"{data_config['input_size'][-1]} px into {synth_dir}")
         syn = config.synthesis
-        synthesize(teacher, synth_dir, images.num_images, data_config=data_config, preset=syn.preset, steps=syn.steps,
-                   micro_batch=syn.micro_batch, batch_size=syn.batch_size, seed=config.seed,
-                   device=accelerator.device, progress=progress and accelerator.is_main_process)
+        synthesize(run.teacher, synth_dir, images.num_images, data_config=data_config, preset=syn.preset,
+                   steps=syn.steps, micro_batch=syn.micro_batch, batch_size=syn.batch_size, seed=config.seed,
+                   device=accelerator.device, progress=run.progress and accelerator.is_main_process)
         read = dict(input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'])
         return SynthesizedImages(synth_dir, **read), SynthesizedImages(synth_dir, augment=True, **read)
     _stage(accelerator, f'[1/5] {images.num_images} images from {images.source}')
@@ -399,14 +517,14 @@ def _estimator(config: CompressConfig):
     return settings if steps is None else dataclasses.replace(settings, iterations=steps)
 
 
-def _block_latency(config: CompressConfig, teacher, blocks: List[str], checked, latency_kwargs) -> Dict[str, dict]:
+def _block_latency(run: Run, blocks: List[str]) -> Dict[str, dict]:
     """Latency saved per block: the user's file, the one measured earlier in this run, or measured now."""
-    if checked['latency'] is not None:
-        return checked['latency']
-    path = os.path.join(config.output_dir, LATENCY_FILE)
+    if run.checked.block_latency is not None:
+        return run.checked.block_latency
+    path = os.path.join(run.out, LATENCY_FILE)
     if os.path.isfile(path):
         return read_block_latency(path)
-    measured = block_latency(teacher, blocks, **latency_kwargs)
+    measured = block_latency(run.teacher, blocks, **run.timing)
     if measured['warning']:
         print(f"      per-block {measured['warning']}", file=sys.stderr)
     write_json_atomic(path, measured)
@@ -436,14 +554,12 @@ def _read_partial_scores(out: str) -> Dict[str, BlockScore]:
     return done
 
 
-def _score(config, teacher, pool, train_idx, held_idx, checked, latency_kwargs, accelerator,
-           progress) -> List[BlockScore]:
+def _score(run: Run, pool, train_idx, held_idx) -> List[BlockScore]:
     """Score every candidate, the blocks split over the processes; each process appends its results to its own
     journal, so an interrupted run continues with the blocks no process finished, on any number of processes."""
-    candidates = checked['candidates']
-    out = config.output_dir
+    config, accelerator, candidates, out = run.config, run.accelerator, run.checked.candidates, run.out
     # Latency on the main process alone (the others wait), and one view of the journals for every rank.
-    latency = on_main_process(lambda: _block_latency(config, teacher, candidates, checked, latency_kwargs))
+    latency = on_main_process(lambda: _block_latency(run, candidates))
     done = on_main_process(lambda: _read_partial_scores(out))
     todo = [b for b in candidates if b not in done]
     if done:
@@ -454,8 +570,8 @@ def _score(config, teacher, pool, train_idx, held_idx, checked, latency_kwargs, 
     if todo:
         tiny = _stack(pool, train_idx[:config.scoring.images])
         held = _stack(pool, held_idx)
-        new = score_blocks(teacher, tiny, held, blocks=todo, settings=_estimator(config), latency=latency,
-                           seed=config.seed, progress=progress,
+        new = score_blocks(run.teacher, tiny, held, blocks=todo, settings=_estimator(config), latency=latency,
+                           seed=config.seed, progress=run.progress,
                            on_score=lambda score: append_jsonl(journal, [score.to_dict()]))
     position = {block: i for i, block in enumerate(candidates)}
     return sorted(list(done.values()) + new, key=lambda s: (s.score, position[s.block]))
@@ -472,11 +588,12 @@ def _finetune_config(config: CompressConfig):
                                mix=(1.0 if real else DATAFREE_MIX) if ft.mix is None else ft.mix)
 
 
-def _guard(config: CompressConfig, teacher, finetuned, dropped, data_config, main: bool) -> Tuple[Any, Dict[str, Any]]:
+def _guard(run: Run, finetuned, dropped, provenance: Provenance, main: bool) -> Tuple[Any, Dict[str, Any]]:
     """(the student to keep, what the guard measured): the finetuned student, unless it is not clearly closer
     to the teacher than the dropped one on the guard photos (``guard.choose``); a rejected one is saved in
     ``finetuned/`` (by the main process; every process measures its share of the crops)."""
-    images = guard_images(data_config, config.eval.guard_images, seed=config.seed)
+    config, teacher = run.config, run.teacher
+    images = guard_images(run.data_config, config.eval.guard_images, seed=config.seed)
     per_crop = {'dropped': closeness(dropped, teacher, images), 'finetuned': closeness(finetuned, teacher, images)}
     kept, why = choose(per_crop['dropped'], per_crop['finetuned'], config.eval.guard_signal)
     means = {name: {signal: v.mean().item() for signal, v in values.items()} for name, values in per_crop.items()}
@@ -486,7 +603,7 @@ def _guard(config: CompressConfig, teacher, finetuned, dropped, data_config, mai
     if kept == 'dropped':
         info['finetuned_model'] = rejected_dir
         if main:
-            save_compressed(finetuned, rejected_dir, data_config=data_config, overwrite=True,
+            save_compressed(finetuned, rejected_dir, provenance=provenance, overwrite=True,
                             extra={'stage': 'finetuned, rejected by the guard'})
         return dropped, info
     if main:  # a student an earlier, resumed try of this run rejected is not what this run kept: it must not linger
@@ -501,79 +618,79 @@ def _heatmap(result: dict, out: str, model: str) -> str:
         return f'not drawn: {e}'
 
 
-def _export(config: CompressConfig, student, data_config, latency_kwargs) -> Dict[str, Any]:
+def _export(run: Run, student) -> Dict[str, Any]:
     """``--export``: the deployable ONNX file written into the run by :func:`export_model` (any batch size,
     checked against PyTorch, on ``--eval-data`` too), and loaded in ONNX Runtime for the report."""
+    config = run.config
     path = os.path.join(config.output_dir, EXPORT_FILES[config.eval.export])
-    result = export_model(student, path, 'onnx', data_config=data_config, batch_size=latency_kwargs['batch_size'],
+    result = export_model(student, path, 'onnx', data_config=run.data_config, batch_size=run.latency.batch_size,
                           dynamic_batch=True, data=config.eval.data, max_images=config.eval.max_images,
                           overwrite=True, seed=config.seed,
                           quantize='int8' if config.eval.export == 'int8' else None)
-    threads = runtime_info('onnxruntime', latency_kwargs['device'], latency_kwargs['threads'])['threads']
+    threads = runtime_info('onnxruntime', run.latency.device, run.latency.threads)['threads']
     return {'file': path, 'format': config.eval.export, 'checks': result['checks'], 'bytes': result['bytes'],
             'threads': threads}
 
 
-def _latency(timed, latency_kwargs, size) -> Dict[str, Any]:
+def _latency(timed, latency: LatencyConfig, size) -> Dict[str, Any]:
     (before, after), saving = timed.latencies, timed.savings[0]
-    return {'device': latency_kwargs['device'], 'batch_size': latency_kwargs['batch_size'], 'input_size': list(size),
+    return {'device': latency.device, 'batch_size': latency.batch_size, 'input_size': list(size),
             'teacher_ms': before.median_ms, 'student_ms': after.median_ms, **saving.to_dict(),
             'runtime': before.runtime, 'threads': before.threads, 'provider': before.provider, **timed.to_dict()}
 
 
-def _report(config, teacher, student, others, selection, history, held, checked, data_config, latency_kwargs,
-            model_dir, guard, device, progress, exported=None) -> Dict[str, Any]:
+def _report(run: Run, student, others, dropped: Dropped, history, model_dir, guard, exported=None) -> Report:
     """The report, on every process: latency measured on the main process alone, the evaluations split over
-    the processes (``device``: this process's)."""
-    size, ft = data_config['input_size'], _finetune_config(config)
+    the processes (each on its own device)."""
+    config, teacher, checked = run.config, run.teacher, run.checked
+    size, ft, device = run.data_config['input_size'], _finetune_config(config), str(run.accelerator.device)
+    progress = run.progress and run.accelerator.is_main_process
 
     def timings():
         deployed = None
         if exported is not None:  # what ships, against the teacher, both in ONNX Runtime
-            deployed = compare_latency([teacher, exported['module']], **{**latency_kwargs, 'runtime': 'onnxruntime'})
+            deployed = compare_latency([teacher, exported['module']], **{**run.timing, 'runtime': 'onnxruntime'})
         # with --latency-runtime onnxruntime the final check is the exported file itself, when there is one
-        shipped = deployed is not None and latency_kwargs['runtime'] == 'onnxruntime'
-        return (deployed if shipped else compare_latency([teacher, student], **latency_kwargs)), deployed, shipped
+        shipped = deployed is not None and run.latency.runtime == 'onnxruntime'
+        return (deployed if shipped else compare_latency([teacher, student], **run.timing)), deployed, shipped
     timed, deployed, shipped = on_main_process(timings)
-    report = {
-        'model': config.model, 'weights': config.weights, 'images': config.images.source or 'synthesized',
-        'skipped_files': getattr(checked['pool'], 'skipped', 0),  # --images files that did not decode
-        'dropped_blocks': selection['selected'], 'adaptors': config.scoring.keep_adaptors,
-        'scores': selection['scores'], 'compressed_model': model_dir,
-        'latency': {**_latency(timed, latency_kwargs, size),
-                    'student': exported['file'] if shipped else 'the PyTorch student'},
-        'params': {'teacher': count_params(teacher), 'student': count_params(student)},
-        'macs': {'teacher': count_macs(teacher, size), 'student': count_macs(student, size)},
-        'finetune': {'loss': ft.loss, 'iterations': ft.iterations, 'freeze_bn': ft.freeze_bn, 'mix': ft.mix,
-                     'final_loss': history['loss'][-1] if history['loss'] else None},
-    }
-    report['heldout_agreement'] = evaluate(student, DataLoader(held, batch_size=config.eval.batch_size), device,
-                                           teacher=teacher, progress=False)['agreement']
-    if checked['eval_data'] is not None:
-        loader = DataLoader(checked['eval_data'], batch_size=config.eval.batch_size)
+    held = Subset(dropped.pool, dropped.held_idx)
+    report = Report(
+        model=config.model, weights=config.weights, images=config.images.source or 'synthesized',
+        skipped_files=getattr(checked.pool, 'skipped', 0),  # --images files that did not decode
+        dropped_blocks=dropped.selection.selected, adaptors=config.scoring.keep_adaptors,
+        scores=dropped.selection.to_dict()['scores'], compressed_model=model_dir,
+        latency={**_latency(timed, run.latency, size),
+                 'student': exported['file'] if shipped else 'the PyTorch student'},
+        params={'teacher': count_params(teacher), 'student': count_params(student)},
+        macs={'teacher': count_macs(teacher, size), 'student': count_macs(student, size)},
+        finetune={'loss': ft.loss, 'iterations': ft.iterations, 'freeze_bn': ft.freeze_bn, 'mix': ft.mix,
+                  'final_loss': history['loss'][-1] if history['loss'] else None},
+        heldout_agreement=evaluate(student, DataLoader(held, batch_size=config.eval.batch_size), device,
+                                   teacher=teacher, progress=False)['agreement'])
+    if checked.eval_data is not None:
+        loader = DataLoader(checked.eval_data, batch_size=config.eval.batch_size)
         teacher_eval = evaluate(teacher, loader, device, progress=progress, return_predictions=True)
         predictions = teacher_eval.pop('predictions')  # agreement without running the teacher twice more
-        report['eval'] = {'data': config.eval.data, 'skipped_files': checked['eval_data'].skipped,
-                          'teacher': teacher_eval,
-                          'student': evaluate(student, loader, device, teacher=predictions, progress=progress)}
-        if checked['eval_labels']:
-            report['eval']['labels'] = checked['eval_labels']
+        report.eval = {'data': config.eval.data, 'skipped_files': checked.eval_data.skipped, 'teacher': teacher_eval,
+                       'student': evaluate(student, loader, device, teacher=predictions, progress=progress)}
+        if checked.eval_labels:
+            report.eval['labels'] = checked.eval_labels
         # Both students of a finetuned run: the dropped one before finetuning, and a finetuned one the guard
         # rejected; the dropped one is the kept student when the guard rejected finetuning (evaluated once).
         for key, model in others.items():
-            report['eval'][key] = report['eval']['student'] if model is student else \
+            report.eval[key] = report.eval['student'] if model is student else \
                 evaluate(model, loader, device, teacher=predictions, progress=progress)
     if exported is not None:
-        report['export'] = {k: v for k, v in exported.items() if k != 'module'}
-        report['export']['latency'] = _latency(deployed, latency_kwargs, size)
-        if checked['eval_data'] is not None:
-            report['eval']['exported'] = evaluate(exported['module'], loader, 'cpu', teacher=predictions,
-                                                  progress=progress)
-    if guard is not None:
-        report['guard'] = guard
+        report.export = {k: v for k, v in exported.items() if k != 'module'}
+        report.export['latency'] = _latency(deployed, run.latency, size)
+        if checked.eval_data is not None:
+            report.eval['exported'] = evaluate(exported['module'], loader, 'cpu', teacher=predictions,
+                                               progress=progress)
+    report.guard = guard
     if config.robustness.enabled:
-        report['robustness'] = evaluate_folder_robustness(
-            student, config.eval.data, data_config, teacher=teacher, corruptions=config.robustness.corruptions,
+        report.robustness = evaluate_folder_robustness(
+            student, config.eval.data, run.data_config, teacher=teacher, corruptions=config.robustness.corruptions,
             severities=config.robustness.severities, max_images=config.eval.max_images,
             batch_size=config.eval.batch_size, seed=config.seed, device=device, progress=progress)
     return report

@@ -30,13 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from synth import load_images
-from synth.data import split_tensor
-
 from ._distributed import gather, my_share, on_main_process, process_state
 from .adaptors import fold_adaptors, insert_adaptors
 from .blocks import check_blocks, drop_blocks, find_blocks
-from .checkpoint import check_model_dir, save_compressed
 from .latency import block_latency_savings, compare_latency
 from .models import PrePoolFeatures, model_device
 
@@ -279,48 +275,3 @@ def select_blocks(scores: Sequence[BlockScore], drop: Optional[int] = None,
     raise ValueError(f'A latency reduction of {100 * latency_reduction:.0f}% cannot be reached with 95% confidence: '
                      f'dropping all {len(ordered)} scored blocks saves {saving.describe()}. Ask for less, score more '
                      'blocks, or measure on an idle machine (a busy one widens the interval).')
-
-
-def score_images(teacher: nn.Module, data_config: dict, source: str, train_images: int = 100,
-                 heldout_images: int = 100, blocks: Optional[Sequence[str]] = None,
-                 settings: RecoverySettings = ESTIMATORS['fast'], drop: Optional[int] = None,
-                 latency_reduction: Optional[float] = None, latency_kwargs: Optional[dict] = None,
-                 output_dir: Optional[str] = None, overwrite: bool = False, seed: int = 0,
-                 progress: bool = True) -> dict:
-    """PRACTISE scores of ``teacher``'s blocks on images from ``source`` (a folder, ``hf:NAME``, a saved
-    dataset or ``crops:PHOTO``): ``train_images`` to fit the adaptors on, ``heldout_images`` to measure
-    recoverability; with ``drop`` or ``latency_reduction`` also the blocks selected, and with
-    ``output_dir`` the model with them dropped and the adaptors folded, saved there.
-
-    Returns ``{'scores': [BlockScore as dict, ...], 'selected': [...], 'output': dir}`` (the last two
-    when asked for). Every argument is checked before the images are loaded.
-    """
-    candidates = find_blocks(teacher, data_config['input_size'])
-    blocks = check_blocks(teacher, blocks, candidates) if blocks is not None else candidates
-    if drop is not None and not 0 < drop <= len(blocks):
-        raise ValueError(f'drop must be between 1 and {len(blocks)} (the number of scored blocks), got {drop}.')
-    if output_dir is not None:
-        if drop is None and latency_reduction is None:
-            raise ValueError('Saving a compressed model needs a selection: drop=K or latency_reduction=F.')
-        check_model_dir(output_dir, overwrite)
-    images = load_images(source, data_config, num_images=train_images + heldout_images, seed=seed)
-    if len(images) < 2:
-        raise ValueError(f"'{source}' holds {len(images)} readable image(s); scoring needs at least 2.")
-    tensor = torch.stack([images[i][0] for i in range(len(images))])
-    train, held = split_tensor(tensor, min(train_images, len(tensor) - 1), seed=seed)
-    if len(tensor) < train_images + heldout_images:  # said, not silently shortened
-        _logger.warning("'%s' holds %d readable image(s), fewer than the %d + %d asked for (--train-images + "
-                        '--heldout-images): scoring fits on %d and measures on %d.', source, len(tensor),
-                        train_images, heldout_images, len(train), len(held))
-    kw = dict(latency_kwargs or {}, input_size=tuple(data_config['input_size']))
-    scores = score_blocks(teacher, train, held, blocks=blocks, settings=settings, latency_kwargs=kw, seed=seed,
-                          progress=progress)
-    result: dict = {'scores': [s.to_dict() for s in scores]}
-    if drop is not None or latency_reduction is not None:  # latency re-measured on the main process alone
-        result['selected'] = on_main_process(lambda: select_blocks(
-            scores, drop=drop, latency_reduction=latency_reduction, model=teacher, latency_kwargs=kw))
-    if output_dir is not None and process_state().is_main_process:
-        student = drop_and_recover(teacher, result['selected'], train, settings=settings, seed=seed)
-        result['output'] = save_compressed(student, output_dir, data_config=data_config, overwrite=overwrite,
-                                           extra={'scores': result['scores']})
-    return result

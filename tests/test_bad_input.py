@@ -56,7 +56,8 @@ def boom(*args, **kwargs):
     raise AssertionError('the long work started before the arguments were checked')
 
 
-LONG_WORK = {'practise_df.pipeline': 'synthesize', 'synth.synthesize': 'synthesize_shard',
+LONG_WORK = {'practise_df.pipeline': 'drop_stage',  # images, scores and the drop: score's and compress's
+             'synth.synthesize': 'synthesize_shard',
              'practise_df.scoring': 'score_blocks', 'practise_df.robustness': 'evaluate_robustness',
              'practise_df.cli.evaluate': 'evaluate_source', 'practise_df.cli.latency': 'model_latency_report',
              'practise_df.cli.export': 'export_model'}
@@ -337,7 +338,7 @@ def test_crops_make_as_many_images_as_asked(images, tmp_path):
                             images={'source': f'crops:{images}/0/0.png', 'num_images': 50}, scoring={'drop': 1})
     teacher = create_model('timm:resnet18')
     checked = PIPELINE.check_inputs(config, teacher, resolve_data_config(teacher, input_size=32))
-    assert len(checked['pool']) == 50 and not (tmp_path / 'run').exists()
+    assert len(checked.pool) == 50 and not (tmp_path / 'run').exists()
 
 
 def _synth_files(out):
@@ -564,8 +565,8 @@ INPUT_AS_OUTPUT = {  # an output that is, or lies inside, an input of the same c
     'eval --output over an image': (['eval', *MODEL, '--data', '{images}', '--output', '{images}/a/0.png'], '--data'),
     'eval --output over the teacher': (['eval', *MODEL, '--data', '{images}', '--teacher', '{model}',
                                         '--output', '{model}/config.json'], '--teacher'),
-    'score --output-dir inside the data': (['score', *MODEL, '--data', '{images}', '--drop', '1',
-                                            '--output-dir', '{images}/run'], '--data'),
+    'score --output-dir inside the images': (['score', *MODEL, '--images', '{images}', '--drop', '1',
+                                              '--output-dir', '{images}/run'], '--images'),
     'export --output over calibration images': (['export', *MODEL, '--quantize', 'int8', '--calibration', '{images}',
                                                  '--output', '{images}/a/0.png'], '--calibration'),
     'compress --output-dir inside --eval-data': (['compress', *MODEL, '--drop', '1', *TINY, '--eval-data', '{images}',

@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from practise_df import create_model, drop_blocks, load_compressed, load_model, save_compressed
+from practise_df import create_model, drop_blocks, load_compressed, load_model, resolve_data_config, save_compressed
 from practise_df.checkpoint import read_config
 
 from conftest import SMALL, randomize_norms
@@ -99,3 +99,53 @@ def test_data_config_travels_with_the_model(tmp_path, tiny_resnet):
     assert cfg['input_size'] == (3, 96, 96) and cfg['mean'] == (0.5, 0.5, 0.5)
     # timm's own resolver (what synth.synthesize uses when given no data config) sees it too
     assert timm.data.resolve_model_data_config(load_compressed(out)) == cfg
+
+
+def test_a_folder_written_before_provenance_was_an_object_loads(tmp_path):
+    """issue 30: the provenance is one object now; a folder whose config.json today's format 1 wrote (these exact
+    keys, as practise-df 0.2.0 wrote them) loads as the same model."""
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    teacher = randomize_norms(create_model('timm:test_convnext', num_classes=5))
+    student = drop_blocks(teacher, ['stages.2.blocks.1'])
+    folder = tmp_path / 'old'
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(folder / 'model.safetensors'),
+              metadata={'format': 'practise-df-compressed'})
+    (folder / 'config.json').write_text(json.dumps({
+        'format': 'practise-df-compressed', 'format_version': 1,
+        'source': {'model': 'timm:test_convnext', 'kwargs': {'num_classes': 5}},
+        'dropped_blocks': ['stages.2.blocks.1'],
+        'data_config': {'input_size': [3, 64, 64], 'interpolation': 'bicubic', 'mean': [0.5, 0.5, 0.5],
+                        'std': [0.5, 0.5, 0.5], 'crop_pct': 0.9, 'crop_mode': 'center'},
+        'stage': 'blocks dropped, before finetuning'}, indent=2))
+    loaded = load_compressed(str(folder))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), student.eval()(x))
+    from practise_df.checkpoint import read_provenance
+    provenance = read_provenance(str(folder))
+    assert provenance.dropped_blocks == ('stages.2.blocks.1',) and provenance.source['kwargs'] == {'num_classes': 5}
+    assert resolve_data_config(loaded)['input_size'] == (3, 64, 64)
+
+
+def test_the_provenance_given_is_what_is_saved_not_what_the_module_carries(tmp_path):
+    """issue 30: save_compressed read the source and the dropped blocks off attributes of the module, which a
+    wrapper or a rebuilt copy does not carry; given explicitly, the provenance is all it needs."""
+    from practise_df.checkpoint import Provenance, read_provenance
+    torch.manual_seed(0)
+    teacher = create_model('timm:test_convnext', num_classes=5)
+    provenance = Provenance.of(teacher, {'input_size': (3, 64, 64)}).dropping(['stages.3.blocks.0'])
+    student = drop_blocks(teacher, ['stages.3.blocks.0'])
+    bare = student
+    for name in ('practise_df_source', 'practise_df_dropped'):  # what a wrapper or a copy of the module loses
+        bare.__dict__.pop(name, None)
+    bare.pretrained_cfg = {}
+    with pytest.raises(ValueError, match='cannot be recorded|does not give this model'):
+        save_compressed(bare, str(tmp_path / 'guessed'))
+    out = save_compressed(bare, str(tmp_path / 'given'), provenance=provenance)
+    assert read_provenance(out) == Provenance(provenance.source, ('stages.3.blocks.0',),
+                                              {'input_size': [3, 64, 64]})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(load_compressed(out)(x), student.eval()(x))

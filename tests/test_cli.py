@@ -211,9 +211,36 @@ def test_compress_config_file_round_trip(tmp_path):
 
 
 def test_score_says_when_the_folder_holds_fewer_images_than_asked(capsys, caplog, image_folder):
-    """issue 28: --heldout-images above what the folder holds was shortened without a word."""
+    """issue 28: --heldout-images above what the folder holds was shortened without a word. Since issue 30 score
+    loads its images as compress does, and refuses, before any work, a folder that holds fewer than asked."""
     code, _, err = run(capsys, 'score', '--model', 'timm:resnet18', '--input-size', 64, '--data', image_folder,
                        '--train-images', 2, '--heldout-images', 500, '--adaptor-steps', 1, '--latency-repeats', 1)
+    assert code == 2
+    assert 'holds 12 readable image(s), fewer than --num-images 502' in err and 'Pass --num-images 12' in err
+
+
+def test_score_is_compress_stopped_after_the_drop(capsys, tmp_path, image_folder):
+    """issue 30: `score --drop K` and `compress --drop K --finetune-iters 0` run the same stages with the same
+    defaults, so they save the same student (score went through its own pipeline: 100/100 images, adaptors
+    always folded)."""
+    import torch
+
+    from practise_df import create_model, find_blocks, load_compressed
+    blocks = find_blocks(create_model('timm:test_convnext'), (3, 64, 64))
+    table = tmp_path / 'latency.json'  # one fixed latency table: the choice rests on recoverability, not the clock
+    table.write_text(json.dumps({'blocks': {b: {'saved_ms': 1.0, 'saved_pct': 5.0 + i} for i, b in enumerate(blocks)}}))
+    common = ['--model', 'timm:test_convnext', '--weights', 'random', '--input-size', 64, '--images', image_folder,
+              '--num-images', 12, '--heldout-images', 4, '--score-images', 8, '--adaptor-steps', 3, '--drop', 2,
+              '--block-latency', table, '--latency-repeats', 2, '--latency-batch-size', 2, '--seed', 3]
+    code, out, err = run(capsys, 'score', *common, '--output-dir', tmp_path / 'scored', '--json')
     assert code == 0, err
-    said = err + caplog.text
-    assert 'fewer than the 2 + 500 asked for' in said and 'measures on' in said
+    code, _, err = run(capsys, 'compress', *common, '--finetune-iters', 0, '--output-dir', tmp_path / 'run')
+    assert code == 0, err
+    scored, compressed = tmp_path / 'scored', tmp_path / 'run' / 'model'
+    selected = json.loads(out)['selected']
+    assert len(selected) == 2
+    assert json.load(open(scored / 'config.json'))['dropped_blocks'] == selected == \
+        json.load(open(compressed / 'config.json'))['dropped_blocks']
+    one, two = load_compressed(str(scored)).state_dict(), load_compressed(str(compressed)).state_dict()
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[k], two[k]) for k in one), [k for k in one if not torch.equal(one[k], two[k])]

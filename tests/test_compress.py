@@ -38,7 +38,8 @@ def test_compress_writes_every_artefact(finished_run):
                                               'run.json', 'scores.json', 'scores.partial.jsonl'] + rejected)
     assert CompressConfig.from_file(str(out / 'run.json')) == _config(out, images), 'run.json is the settings file'
 
-    assert json.load(open(out / 'report.json')) == json.loads(json.dumps(report))
+    assert json.load(open(out / 'report.json')) == report.to_dict(), 'report.json is the Report'
+    assert report.dropped_blocks == report['dropped_blocks'], 'read as the dict it was before issue 30'
     assert len(report['dropped_blocks']) == 1
     assert report['params']['student'] < report['params']['teacher']
     assert report['macs']['student'] < report['macs']['teacher']
@@ -158,3 +159,57 @@ def test_adaptors_switch_decides_what_the_recovered_student_is(tmp_path, image_f
     assert set(recovered) == set(kept)
     changed = [k for k, v in kept.items() if not torch.equal(v, recovered[k])]
     assert (len(changed) > 0) is adaptors, changed
+
+
+# The run.json of a run made before issue 30 (practise-df 0.2.0 as of commit 349aeed), word for word: a settings
+# file written by an earlier release must load, and rerun with `compress --config`.
+OLD_RUN_JSON = {
+    "model": "timm:test_resnet", "output_dir": "/gone/run", "weights": None, "num_classes": None,
+    "model_kwargs": None, "input_size": None, "mean": None, "std": None, "interpolation": None, "crop_pct": None,
+    "seed": 0, "images": {"source": "/gone/images", "num_images": 12, "heldout": 4, "real": False},
+    "synthesis": {"preset": "fast", "steps": None, "batch_size": 32, "micro_batch": None},
+    "scoring": {"drop": 1, "latency_reduction": None, "blocks": None, "estimator": "fast", "images": 8,
+                "adaptor_steps": 2, "keep_adaptors": False},
+    "latency": {"batch_size": 2, "device": None, "repeats": 2, "ci_width": 2.0, "max_seconds": 60.0,
+                "block_latency": None, "runtime": "torch", "threads": None},
+    "finetune": {"loss": "mir", "iterations": 0, "batch_size": 64, "lr": None, "momentum": 0.9, "weight_decay": 0.0001,
+                 "step_at": 0.4, "gradient_accumulation_steps": 1, "kd_temperature": 4.0, "kd_weight": 1.0,
+                 "max_grad_norm": 5.0, "freeze_bn": None, "checkpoint_every": 0, "keep_checkpoints": 2,
+                 "eval_every": 0, "seed": None, "num_workers": 0, "mix": None},
+    "eval": {"data": None, "max_images": None, "batch_size": 32, "guard": True, "guard_images": None,
+             "guard_signal": "kl", "export": None},
+    "robustness": {"enabled": False, "corruptions": None, "severities": None},
+    "card": {"license": None, "base_model": None},
+}
+
+
+def test_an_old_run_json_whose_paths_moved_loads_and_fails_only_when_run(tmp_path):
+    """issue 30: the config checked the disk (and imported the code that runs it), so an old run.json whose guard
+    photos or images moved did not even load. It loads now; running it fails, before any work, with the message
+    the check gave before."""
+    settings = json.loads(json.dumps(OLD_RUN_JSON))
+    settings['eval']['guard_images'] = [str(tmp_path / 'moved' / 'photo.jpg')]
+    path = tmp_path / 'run.json'
+    path.write_text(json.dumps(settings))
+    config = CompressConfig.from_file(str(path), output_dir=str(tmp_path / 'run'))
+    assert config.images.source == '/gone/images' and config.eval.guard_images == settings['eval']['guard_images']
+    with pytest.raises(FileNotFoundError, match=r"moved/photo\.jpg' for crops does not exist"):
+        compress(config, progress=False)
+    config.eval.guard_images = None
+    with pytest.raises(FileNotFoundError, match='/gone/images'):
+        compress(config, progress=False)
+    assert not (tmp_path / 'run').exists(), 'refused before anything was written'
+
+
+def test_compress_config_reruns_an_old_run_json(capsys, tmp_path, image_folder):
+    from conftest import cli
+    settings = json.loads(json.dumps(OLD_RUN_JSON))
+    settings['images']['source'] = image_folder
+    old = tmp_path / 'old' / 'run.json'
+    old.parent.mkdir()
+    old.write_text(json.dumps(settings))
+    code, _, err = cli(capsys, 'compress', '--config', old, '--output-dir', tmp_path / 'again', '--json')
+    assert code == 0, err
+    rerun = CompressConfig.from_file(str(tmp_path / 'again' / 'run.json'))
+    assert rerun == CompressConfig.from_dict({**settings, 'output_dir': str(tmp_path / 'again')})
+    assert len(json.load(open(tmp_path / 'again' / 'report.json'))['dropped_blocks']) == 1

@@ -117,6 +117,13 @@ def test_no_import_of_our_modules_inside_a_function():
     assert not nested, f'imports of practise_df/synth modules inside functions: {nested}'
 
 
+def test_the_settings_are_at_the_bottom():
+    """issue 30: config.py imported five implementation modules to check names (and checked the disk), so an old
+    run.json could stop loading when that code changed; the settings import none of our modules now."""
+    graph, _ = _graph()
+    assert graph['practise_df.config'] == set() and graph['practise_df.report'] == set()
+
+
 def test_the_graph_sees_imports():  # the checks above must not pass because nothing was parsed
     graph, _ = _graph()
     assert 'practise_df.pipeline' in graph['practise_df.cli.compress']

@@ -2,7 +2,7 @@
 
     practise-df blocks     --model SPEC                        -> find_blocks
     practise-df latency    --model SPEC [--drop B1,B2]         -> measure_latencies / block_latency_savings
-    practise-df score      --model SPEC --data D               -> score_images
+    practise-df score      --model SPEC [--images D]           -> compress(stop_after='drop')
     practise-df eval       --model SPEC|DIR --data D           -> evaluate_source
     practise-df synth      --model SPEC --output-dir DIR       -> synth.synthesize
     practise-df compress   --model SPEC --drop K ...           -> compress

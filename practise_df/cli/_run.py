@@ -6,12 +6,12 @@ import errno
 import json
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from .._distributed import process_state
 
 
-def run_command(prog: str, func: Callable, render: Callable[[dict], str], args) -> int:
+def run_command(prog: str, func: Callable, render: Callable[[Any], str], args) -> int:
     # Intel MKL's GEMM is not repeatable run to run with several threads unless its reproducible mode is on
     # (a 3x3 convolution on a 1x1 map, as small inputs reach, runs as GEMM); read at MKL's first call, so set
     # before any work. Measured cost: none outside timing noise (BENCHMARKS.md, CPU determinism).
@@ -38,5 +38,6 @@ def run_command(prog: str, func: Callable, render: Callable[[dict], str], args) 
             raise
         return 2
     if result and process_state().is_main_process:  # under accelerate launch every process has the result
-        print(json.dumps(result, indent=2) if getattr(args, 'json', False) else render(result))
+        as_json = result.to_dict() if hasattr(result, 'to_dict') else result  # a typed result (Report)
+        print(json.dumps(as_json, indent=2) if getattr(args, 'json', False) else render(result))
     return 0

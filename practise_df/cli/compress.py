@@ -17,6 +17,7 @@ from synth import PRESETS
 
 from .._format import format_interval, format_table
 from ..pipeline import compress
+from ..report import Report
 from ..config import EXPORTS, CompressConfig, read_settings_file
 from ..finetune import DATAFREE_MIX, LOSSES, make_accelerator
 from ..guard import SIGNALS
@@ -27,9 +28,10 @@ from ._run import run_command
 SELECTION = ('scoring.drop', 'scoring.latency_reduction', 'scoring.blocks')  # one of them says what to drop
 
 
-def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_compress_arguments(parser: argparse.ArgumentParser, until_drop: bool = False) -> argparse.ArgumentParser:
     """The flags of ``practise-df compress`` (the parser must leave unset flags out:
-    ``argument_default=argparse.SUPPRESS``)."""
+    ``argument_default=argparse.SUPPRESS``); with ``until_drop`` those of the stages up to the drop
+    (``practise-df score``)."""
     defaults = _defaults()
 
     def add(group, *flags, dest, help, **kw):
@@ -52,15 +54,19 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help='the images are real, representative data (few-shot): finetune with train-mode BatchNorm')
     add(g, '--synth-preset', dest='synthesis.preset', choices=sorted(PRESETS), help='synthesis settings')
     add(g, '--synth-steps', dest='synthesis.steps', type=_args.positive_int, help=_args.SYNTH_STEPS_HELP)
-    _args.deprecated(g, '--iterations', '--synth-steps', dest='synthesis.steps', type=_args.positive_int)
+    if not until_drop:  # score's --iterations was its old spelling of --adaptor-steps (practise_df.cli.score)
+        _args.deprecated(g, '--iterations', '--synth-steps', dest='synthesis.steps', type=_args.positive_int)
     add(g, '--synth-batch-size', dest='synthesis.batch_size', type=_args.positive_int,
         help='images synthesised together')
     add(g, '--synth-micro-batch', dest='synthesis.micro_batch', type=_args.positive_int,
         help='images per forward pass: a larger batch is optimised in parts that match BatchNorm statistics as one set')
     g = parser.add_argument_group('block selection')
     sel = _args.add_selection(g, prefix='scoring.')
-    sel.add_argument('--blocks', dest='scoring.blocks', type=_args.block_list, metavar='B1,B2',
-                     help=_args.BLOCKS_HELP)
+    if not until_drop:  # score's --blocks was its old spelling of --candidates (practise_df.cli.score)
+        sel.add_argument('--blocks', dest='scoring.blocks', type=_args.block_list, metavar='B1,B2',
+                         help=_args.BLOCKS_HELP)
+    add(g, '--candidates', dest='scoring.candidates', type=_args.block_list, metavar='B1,B2',
+        help='score only these blocks (default: every droppable block)')
     add(g, '--estimator', dest='scoring.estimator', choices=sorted(ESTIMATORS), help=_args.ESTIMATOR_HELP)
     add(g, '--score-images', dest='scoring.images', type=_args.positive_int, help='tiny set the adaptors are fitted on')
     add(g, '--adaptor-steps', dest='scoring.adaptor_steps', type=_args.positive_int,
@@ -79,6 +85,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add(g, '--block-latency', dest='latency.block_latency', metavar='FILE',
         help='per-block latency measured elsewhere, e.g. on the deployment device (practise-df latency --per-block '
              '--output FILE); default: measured here')
+    if until_drop:
+        _add_run_flags(parser.add_argument_group('run'), until_drop)
+        return parser
     g = parser.add_argument_group('finetuning')
     add(g, '--loss', dest='finetune.loss', choices=LOSSES, help='mir: feature mimicking; kd: logits; ce: labels')
     add(g, '--finetune-iters', dest='finetune.iterations', type=_args.non_negative_int,
@@ -121,19 +130,24 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     add(g, '--license', dest='card.license', help="the model card's license (a Hub license id; default: unknown)")
     add(g, '--base-model', dest='card.base_model',
         help="the model card's base model (the teacher's Hub repo id; default: unknown)")
-    g = parser.add_argument_group('run')
+    _add_run_flags(parser.add_argument_group('run'), until_drop)
+    return parser
+
+
+def _add_run_flags(g, until_drop: bool) -> None:
     g.add_argument('--config', metavar='FILE', help="settings file (an earlier run's run.json, or YAML/JSON); flags "
                                                     'given override it')
     _args.add_output_dir(g)
-    g.add_argument('--resume', '--resume_from_checkpoint', dest='resume', action='store_true',
-                   help='continue the run in --output-dir where it stopped')
+    if not until_drop:
+        g.add_argument('--resume', '--resume_from_checkpoint', dest='resume', action='store_true',
+                       help='continue the run in --output-dir where it stopped')
     _args.add_common(g, device_flag=False)
-    g.add_argument('--cpu', action='store_true', help='train on the CPU even if a GPU is present')
-    g.add_argument('--mixed-precision', '--mixed_precision', choices=['no', 'fp16', 'bf16'],
-                   help='mixed precision for finetuning (Accelerate)')
-    g.add_argument('--log-with', '--with_tracking', dest='log_with',
-                   help='experiment tracker for Accelerate (tensorboard, wandb, ...)')
-    return parser
+    g.add_argument('--cpu', action='store_true', help='run on the CPU even if a GPU is present')
+    if not until_drop:
+        g.add_argument('--mixed-precision', '--mixed_precision', choices=['no', 'fp16', 'bf16'],
+                       help='mixed precision for finetuning (Accelerate)')
+        g.add_argument('--log-with', '--with_tracking', dest='log_with',
+                       help='experiment tracker for Accelerate (tensorboard, wandb, ...)')
 
 
 def compress_command_parser(subparsers):
@@ -165,9 +179,11 @@ def config_from_args(args: argparse.Namespace, defaults: Optional[Dict[str, Any]
     return CompressConfig.from_dict(merged, source=getattr(args, 'config', None) or 'the settings')
 
 
-def compress_command(args, defaults: Optional[Dict[str, Any]] = None) -> dict:
-    """Build the config and the Accelerator from parsed arguments and run the pipeline."""
-    config = config_from_args(args, defaults)
+def compress_command(args, defaults: Optional[Dict[str, Any]] = None, stop_after: Optional[str] = None,
+                     config: Optional[CompressConfig] = None):
+    """Build the config (unless given) and the Accelerator from parsed arguments and run the pipeline (up to
+    ``stop_after``: :func:`practise_df.compress`)."""
+    config = config or config_from_args(args, defaults)
     accelerator = make_accelerator(config.output_dir, config.finetune, cpu=getattr(args, 'cpu', False),
                                    mixed_precision=getattr(args, 'mixed_precision', None),
                                    log_with=getattr(args, 'log_with', None))
@@ -176,54 +192,54 @@ def compress_command(args, defaults: Optional[Dict[str, Any]] = None) -> dict:
     if getattr(args, 'log_with', None):
         accelerator.init_trackers('practise-df', config=_flat(config.to_dict()))
     report = compress(config, overwrite=getattr(args, 'overwrite', False), resume=getattr(args, 'resume', False),
-                      accelerator=accelerator, progress=not getattr(args, 'json', False))
+                      accelerator=accelerator, progress=not getattr(args, 'json', False), stop_after=stop_after)
     accelerator.end_training()
     return report
 
 
-def render_report(r: dict) -> str:
+def render_report(r: Report) -> str:
     if not r:  # non-main processes
         return ''
-    lat = r['latency']
-    rows = [('teacher', lat['teacher_ms'], r['params']['teacher'], r['macs']['teacher'] / 1e6),
-            ('student', lat['student_ms'], r['params']['student'], r['macs']['student'] / 1e6)]
-    text = (f"dropped: {', '.join(r['dropped_blocks'])}"
-            f"{' (adaptors fitted and folded)' if r.get('adaptors') else ''}\n"
+    lat = r.latency
+    rows = [('teacher', lat['teacher_ms'], r.params['teacher'], r.macs['teacher'] / 1e6),
+            ('student', lat['student_ms'], r.params['student'], r.macs['student'] / 1e6)]
+    text = (f"dropped: {', '.join(r.dropped_blocks)}"
+            f"{' (adaptors fitted and folded)' if r.adaptors else ''}\n"
             + format_table(rows, ('model', f"latency ms (batch {lat['batch_size']}, {lat['device']})", 'params',
                                   'MMACs'))
             + f"\nlatency saved: {lat['saved_pct']:.1f}% ({_interval(lat)})   held-out top-1 agreement with the "
-              f"teacher: {r['heldout_agreement']:.1f}%")
+              f"teacher: {r.heldout_agreement:.1f}%")
     if lat.get('warning'):
         text += f"\nwarning: {lat['warning']}"
-    if r.get('skipped_files'):
-        text += f"\n{r['skipped_files']} file(s) of {r['images']} did not decode and were skipped"
-    if 'eval' in r:
-        t, s = r['eval']['teacher'], r['eval']['student']
+    if r.skipped_files:
+        text += f"\n{r.skipped_files} file(s) of {r.images} did not decode and were skipped"
+    if r.eval is not None:
+        t, s = r.eval['teacher'], r.eval['student']
         if 'top1' in s:
-            text += (f"\n{r['eval']['data']}: teacher top-1 {t['top1']:.2f}%, student top-1 {s['top1']:.2f}% "
+            text += (f"\n{r.eval['data']}: teacher top-1 {t['top1']:.2f}%, student top-1 {s['top1']:.2f}% "
                      f"(agreement {s['agreement']:.1f}%)")
         else:
-            text += (f"\n{r['eval']['data']}: agreement with the teacher {s['agreement']:.1f}% (no top-1: "
-                     f"{r['eval'].get('labels', 'the images have no labels')})")
+            text += (f"\n{r.eval['data']}: agreement with the teacher {s['agreement']:.1f}% (no top-1: "
+                     f"{r.eval.get('labels', 'the images have no labels')})")
         others = {'before_finetune': 'before finetuning', 'finetuned': 'finetuned (rejected by the guard)'}
         for key, label in others.items():
-            if key in r['eval']:
-                e = r['eval'][key]
+            if key in r.eval:
+                e = r.eval[key]
                 text += f"\n  {label}: top-1 {e.get('top1', float('nan')):.2f}% (agreement {e['agreement']:.1f}%)"
-        if r['eval'].get('skipped_files'):
-            text += f"\n  {r['eval']['skipped_files']} image file(s) did not decode and were skipped"
-    if 'export' in r:
-        ex, lat_ex = r['export'], r['export']['latency']
-        top1 = r.get('eval', {}).get('exported', {}).get('top1')
+        if r.eval.get('skipped_files'):
+            text += f"\n  {r.eval['skipped_files']} image file(s) did not decode and were skipped"
+    if r.export is not None:
+        ex, lat_ex = r.export, r.export['latency']
+        top1 = (r.eval or {}).get('exported', {}).get('top1')
         text += (f"\ndeployable {ex['format']} file: {ex['file']} ({ex['bytes'] / 1e6:.1f} MB): in ONNX Runtime "
                  f"{lat_ex['student_ms']:.4g} ms vs the teacher's {lat_ex['teacher_ms']:.4g} ms, latency saved "
                  f"{lat_ex['saved_pct']:.1f}% ({_interval(lat_ex)})")
         text += f", top-1 {top1:.2f}%" if top1 is not None else ''
         if lat_ex.get('warning') and lat_ex['warning'] != lat.get('warning'):
             text += f"\nwarning (ONNX Runtime): {lat_ex['warning']}"
-    if 'guard' in r:
-        text += f"\nguard: kept the {r['guard']['kept']} student: {r['guard']['reason']}"
-    return text + f"\ncompressed model: {r['compressed_model']}"
+    if r.guard is not None:
+        text += f"\nguard: kept the {r.guard['kept']} student: {r.guard['reason']}"
+    return text + f"\ncompressed model: {r.compressed_model}"
 
 
 def _interval(lat: dict) -> str:

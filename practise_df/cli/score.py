@@ -1,52 +1,87 @@
-"""``practise-df score``: PRACTISE scores of a model's blocks on an image folder (``score_images``);
-optionally select blocks and save the model with them dropped and the adaptors folded."""
+"""``practise-df score``: ``compress`` stopped after the drop. The same flags, defaults and stage functions
+(:func:`practise_df.compress` with ``stop_after``): PRACTISE scores of the model's blocks on ``--images``
+(default: synthesized from the model), and with ``--drop`` / ``--latency-reduction`` the blocks selected; with
+``--output-dir`` the student with them dropped is saved there as a compressed-model folder, the one
+``compress --finetune-iters 0`` saves as ``model/``. The run's working files (images, scores) go to a
+temporary folder that is removed afterwards.
+
+Score's own flags of earlier releases keep working, as deprecated spellings: ``--data`` (``--images``),
+``--train-images`` (``--score-images``), ``--blocks`` (``--candidates``), ``--iterations``
+(``--adaptor-steps``), ``--batch-size`` (``--latency-batch-size``), ``--output`` (``--output-dir``) and
+``--device`` (``--latency-device``, and ``--cpu`` for ``cpu``).
+"""
 from __future__ import annotations
 
-import dataclasses
+import argparse
+import tempfile
 
+from synth.files import check_outputs_apart
+
+from .._distributed import process_state
 from .._format import format_interval, format_table
-from ..scoring import ESTIMATORS, score_images
+from ..checkpoint import check_model_dir, save_compressed
+from ..pipeline import input_paths
 from . import _args
+from .compress import add_compress_arguments, compress_command, config_from_args
 
 
 def score_command_parser(subparsers):
-    parser = subparsers.add_parser('score', help='PRACTISE recoverability scores; optionally select, drop and save')
-    _args.add_model(parser)
-    _args.add_data(parser)
-    parser.add_argument('--train-images', type=_args.positive_int, default=100, help='tiny set size')
-    parser.add_argument('--heldout-images', type=_args.positive_int, default=100, help=_args.HELDOUT_HELP)
-    parser.add_argument('--estimator', choices=sorted(ESTIMATORS), default='fast', help=_args.ESTIMATOR_HELP)
-    parser.add_argument('--adaptor-steps', type=_args.positive_int, default=None,
-                        help="optimizer steps fitting the adaptors (default: the estimator's)")
-    _args.deprecated(parser, '--iterations', '--adaptor-steps', type=_args.positive_int)
-    parser.add_argument('--candidates', type=_args.block_list, metavar='B1,B2',
-                        help='score only these blocks (default: every droppable block)')
-    _args.deprecated(parser, '--blocks', '--candidates', type=_args.block_list)
-    parser.add_argument('--latency-batch-size', type=_args.positive_int, default=1, help=_args.LATENCY_BATCH_HELP)
-    _args.deprecated(parser, '--batch-size', '--latency-batch-size', type=_args.positive_int)
-    _args.add_timing(parser, prefix='latency_')
-    _args.deprecated(parser, '--output', '--output-dir')
-    _args.add_selection(parser)
-    _args.add_output_dir(parser)
-    _args.add_common(parser)
+    parser = subparsers.add_parser('score', argument_default=argparse.SUPPRESS,
+                                   help='compress stopped after the drop: PRACTISE scores; optionally select, drop '
+                                        'and save')
+    add_compress_arguments(parser, until_drop=True)
+    _args.deprecated(parser, '--data', '--images', dest='images.source')
+    _args.deprecated(parser, '--train-images', '--score-images', dest='train_images', type=_args.positive_int)
+    _args.deprecated(parser, '--blocks', '--candidates', dest='scoring.candidates', type=_args.block_list)
+    _args.deprecated(parser, '--iterations', '--adaptor-steps', dest='scoring.adaptor_steps',
+                     type=_args.positive_int)
+    _args.deprecated(parser, '--batch-size', '--latency-batch-size', dest='latency.batch_size',
+                     type=_args.positive_int)
+    _args.deprecated(parser, '--output', '--output-dir', dest='output_dir')
+    _args.deprecated(parser, '--device', '--latency-device (and --cpu)', dest='device', type=_args.device)
     parser.set_defaults(func=score_command, render=render_score)
     return parser
 
 
+def _from_old_flags(args: argparse.Namespace) -> None:
+    """Score's deprecated flags, in compress's terms: ``--train-images N`` is the tiny set (``--score-images``)
+    and, without ``--num-images``, N plus the held-out images are loaded, as before; ``--device D`` is where
+    the latency is measured and, for ``cpu``, where everything runs."""
+    values = vars(args)
+    train = values.pop('train_images', None)
+    if train is not None:
+        values['scoring.images'] = train
+        if 'images.num_images' not in values:
+            values.setdefault('images.heldout', 64)
+            values['images.num_images'] = train + values['images.heldout']
+    device = values.pop('device', None)
+    if device is not None:
+        values.setdefault('latency.device', device)
+        values['cpu'] = values.get('cpu', False) or device == 'cpu'
+
+
 def score_command(args) -> dict:
-    model, config = _args.load(args)
-    settings = ESTIMATORS[args.estimator]
-    if args.adaptor_steps is not None:
-        settings = dataclasses.replace(settings, iterations=args.adaptor_steps)
-    result = score_images(model, config, args.data, train_images=args.train_images,
-                          heldout_images=args.heldout_images, blocks=args.candidates, settings=settings, drop=args.drop,
-                          latency_reduction=args.latency_reduction,
-                          latency_kwargs=dict(batch_size=args.latency_batch_size, device=args.device,
-                                              repeats=args.latency_repeats, ci_width=args.latency_ci_width,
-                                              max_seconds=args.latency_max_seconds),
-                          output_dir=args.output_dir, overwrite=args.overwrite, seed=args.seed,
-                          progress=not args.json)
-    return {'model': args.model, 'estimator': args.estimator, **result}
+    _from_old_flags(args)
+    model_dir = vars(args).pop('output_dir', None)  # the student's folder; the run itself is temporary
+    with tempfile.TemporaryDirectory(prefix='practise-df-score-') as run_dir:
+        args.output_dir = run_dir
+        config = config_from_args(args, defaults={'finetune': {'iterations': 0}})
+        if model_dir is not None:  # before any work
+            if config.scoring.selects not in ('drop', 'latency_reduction'):
+                raise ValueError('Saving a compressed model needs a selection: --drop K or --latency-reduction F.')
+            check_outputs_apart({'--output-dir': model_dir}, input_paths(config))
+            check_model_dir(model_dir, getattr(args, 'overwrite', False))
+        dropped = compress_command(args, config=config, stop_after='drop' if model_dir is not None else 'scores')
+        if not process_state().is_main_process:  # under accelerate launch: the main process reports and saves
+            return {}
+        result = {'model': config.model, 'estimator': config.scoring.estimator, **dropped.selection.to_dict()}
+        if config.scoring.selects is None:
+            del result['selected']
+        if model_dir is not None:
+            result['output'] = save_compressed(dropped.student, model_dir, provenance=dropped.provenance,
+                                               overwrite=getattr(args, 'overwrite', False),
+                                               extra={'scores': result['scores']})
+    return result
 
 
 def render_score(r: dict) -> str:
