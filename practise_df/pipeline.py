@@ -36,11 +36,11 @@ from .config import STAGE_SETTINGS, CompressConfig, is_run_settings
 from .evaluate import evaluate, match_folder_labels, model_num_classes
 from .export import export_model, load_exported
 from .finetune import DATAFREE_MIX, finetune, make_accelerator
-from .guard import choose, closeness, guard_images
 from .latency import (block_latency, compare_latency, count_macs, count_params, read_block_latency,
                       runtime_info)
 from .model_card import command_line, write_model_card
 from .models import resolve_data_config
+from .recovery import MIXES, choose_student, evaluate_candidates, signal_images, split_pool, student_at
 from .robustness import evaluate_folder_robustness, save_heatmap
 from .runtime import require_deploy
 from .scoring import ESTIMATORS, BlockScore, drop_and_recover, score_blocks, select_blocks
@@ -102,7 +102,7 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress, l
     out = config.output_dir
     torch.manual_seed(config.seed)
     pool, train_pool = _images(config, teacher, data_config, checked['pool'], accelerator, progress)
-    train_idx, held_idx = _split(pool, min(config.images.num_heldout, len(pool) - 1), config.seed)
+    train_idx, held_idx = split_pool(pool, min(config.images.num_heldout, len(pool) - 1), config.seed)
 
     # --- score (blocks split over the processes) and select (main process) ---------------------------
     scores_file = os.path.join(out, SCORES_FILE)
@@ -151,9 +151,10 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress, l
     finetune_config = _finetune_config(config)
     if finetune_config.iterations > 0:
         _stage(accelerator, f'[4/5] finetuning ({finetune_config.loss}, {finetune_config.iterations} iterations, '
-                            f"BatchNorm {'frozen' if finetune_config.freeze_bn else 'in train mode'}, "
-                            f'keeping {finetune_config.mix:g} of the update)')
-        history = finetune(student, teacher, Subset(train_pool, train_idx), finetune_config, accelerator=accelerator,
+                            f"BatchNorm {'frozen' if finetune_config.freeze_bn else 'in train mode'})")
+        # the whole update: the share of it kept is chosen afterwards (recovery.py), or finetune.mix with --no-guard
+        whole = dataclasses.replace(finetune_config, mix=None)
+        history = finetune(student, teacher, Subset(train_pool, train_idx), whole, accelerator=accelerator,
                            output_dir=out, resume=resume, progress=progress)
     else:
         _stage(accelerator, '[4/5] finetuning: skipped (--finetune-iters 0: the student is kept as dropped)')
@@ -165,11 +166,14 @@ def _run(config, teacher, data_config, checked, accelerator, resume, progress, l
     guard, others = None, {}  # others: the students of a finetuned run that are not kept, by report name
     if finetune_config.iterations > 0:
         others['before_finetune'] = load_compressed(recovered_dir)  # what finetuning added over dropping
+        finetuned = student
         if config.eval.guard:
-            finetuned = student
-            student, guard = _guard(config, teacher, finetuned, others['before_finetune'], data_config, main)
+            student, guard = _guard(config, teacher, finetuned, others['before_finetune'], data_config, main, pool,
+                                    held_idx)
             if student is not finetuned:
-                others['finetuned'] = finetuned  # rejected by the guard
+                others['finetuned'] = finetuned  # the whole update, not kept
+        else:  # no choice: the finetuned student at finetune.mix
+            student = student_at(others['before_finetune'], finetuned, finetune_config.mix)
     model_dir = os.path.join(out, MODEL_DIR)
     if main:
         save_compressed(student, model_dir, data_config=data_config, overwrite=True,
@@ -384,11 +388,6 @@ def _with_transform(dataset: Dataset, transform) -> Dataset:
     return copy_
 
 
-def _split(pool: Dataset, heldout: int, seed: int):
-    perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(perm[heldout:]), sorted(perm[:heldout])
-
-
 def _stack(dataset: Dataset, indices: List[int]) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in indices])
 
@@ -472,26 +471,26 @@ def _finetune_config(config: CompressConfig):
                                mix=(1.0 if real else DATAFREE_MIX) if ft.mix is None else ft.mix)
 
 
-def _guard(config: CompressConfig, teacher, finetuned, dropped, data_config, main: bool) -> Tuple[Any, Dict[str, Any]]:
-    """(the student to keep, what the guard measured): the finetuned student, unless it is not clearly closer
-    to the teacher than the dropped one on the guard photos (``guard.choose``); a rejected one is saved in
-    ``finetuned/`` (by the main process; every process measures its share of the crops)."""
-    images = guard_images(data_config, config.eval.guard_images, seed=config.seed)
-    per_crop = {'dropped': closeness(dropped, teacher, images), 'finetuned': closeness(finetuned, teacher, images)}
-    kept, why = choose(per_crop['dropped'], per_crop['finetuned'], config.eval.guard_signal)
-    means = {name: {signal: v.mean().item() for signal, v in values.items()} for name, values in per_crop.items()}
-    info = {'images': config.eval.guard_images or 'scikit-image sample photos', 'crops': len(images),
-            'signal': config.eval.guard_signal, **means, 'kept': kept, 'reason': why}
+def _guard(config: CompressConfig, teacher, finetuned, dropped, data_config, main: bool, pool,
+           held_idx) -> Tuple[Any, Any]:
+    """(the student to keep, the ``recovery.Choice``): the dropped student or ``finetuned`` at one of the mixes
+    (``--finetune-mix``, else ``--finetune-mixes``), whichever is closest to the teacher on the signal images,
+    a finetuned one only when clearly closer than the dropped one (``recovery.choose_student``). When another
+    is kept, the whole finetuned student is saved in ``finetuned/`` (by the main process; every process measures
+    its share of the images)."""
+    ev = config.eval
+    images, source = signal_images(ev.signal_images, data_config, pool, held_idx, ev.guard_images, config.seed)
+    mixes = [config.finetune.mix] if config.finetune.mix is not None else ev.finetune_mixes or MIXES
+    kept, choice = choose_student(teacher, dropped, finetuned, images, mixes, ev.guard_signal,
+                                  lr=_finetune_config(config).learning_rate, source=source, batch_size=ev.batch_size)
     rejected_dir = os.path.join(config.output_dir, REJECTED_DIR)
-    if kept == 'dropped':
-        info['finetuned_model'] = rejected_dir
+    if kept is not finetuned:
         if main:
             save_compressed(finetuned, rejected_dir, data_config=data_config, overwrite=True,
-                            extra={'stage': 'finetuned, rejected by the guard'})
-        return dropped, info
-    if main:  # a student an earlier, resumed try of this run rejected is not what this run kept: it must not linger
+                            extra={'stage': 'finetuned (the whole update), not kept by the recovery choice'})
+    elif main:  # a student an earlier, resumed try of this run rejected is not what this run kept: it must not linger
         shutil.rmtree(rejected_dir, ignore_errors=True)
-    return finetuned, info
+    return kept, choice
 
 
 def _heatmap(result: dict, out: str, model: str) -> str:
@@ -544,7 +543,8 @@ def _report(config, teacher, student, others, selection, history, held, checked,
                     'student': exported['file'] if shipped else 'the PyTorch student'},
         'params': {'teacher': count_params(teacher), 'student': count_params(student)},
         'macs': {'teacher': count_macs(teacher, size), 'student': count_macs(student, size)},
-        'finetune': {'loss': ft.loss, 'iterations': ft.iterations, 'freeze_bn': ft.freeze_bn, 'mix': ft.mix,
+        'finetune': {'loss': ft.loss, 'iterations': ft.iterations, 'freeze_bn': ft.freeze_bn,
+                     'mix': ft.mix if guard is None else guard.mix,  # of the student kept
                      'final_loss': history['loss'][-1] if history['loss'] else None},
     }
     report['heldout_agreement'] = evaluate(student, DataLoader(held, batch_size=config.eval.batch_size), device,
@@ -563,6 +563,9 @@ def _report(config, teacher, student, others, selection, history, held, checked,
         for key, model in others.items():
             report['eval'][key] = report['eval']['student'] if model is student else \
                 evaluate(model, loader, device, teacher=predictions, progress=progress)
+        if guard is not None:  # every candidate's top-1
+            evaluate_candidates(guard, others['before_finetune'], others.get('finetuned', student), report['eval'],
+                                lambda model: evaluate(model, loader, device, teacher=predictions, progress=progress))
     if exported is not None:
         report['export'] = {k: v for k, v in exported.items() if k != 'module'}
         report['export']['latency'] = _latency(deployed, latency_kwargs, size)
@@ -570,7 +573,7 @@ def _report(config, teacher, student, others, selection, history, held, checked,
             report['eval']['exported'] = evaluate(exported['module'], loader, 'cpu', teacher=predictions,
                                                   progress=progress)
     if guard is not None:
-        report['guard'] = guard
+        report['recovery'], report['guard'] = guard.to_dict(), guard.guard_summary()
     if config.robustness.enabled:
         report['robustness'] = evaluate_folder_robustness(
             student, config.eval.data, data_config, teacher=teacher, corruptions=config.robustness.corruptions,
