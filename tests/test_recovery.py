@@ -104,7 +104,7 @@ def test_other_pools_are_split_image_by_image(tmp_path):
 def _config(out, images, **eval_):
     return CompressConfig(model='timm:test_resnet', output_dir=str(out), input_size=32,
                           images={'source': images, 'num_images': 16, 'heldout': 4},
-                          scoring={'drop': 1, 'images': 8, 'adaptor_steps': 5}, latency={'batch_size': 2, 'repeats': 2},
+                          scoring={'blocks': ['layer1.0']}, latency={'batch_size': 2, 'repeats': 2},
                           eval={'data': eval_.pop('data', None), **eval_},
                           finetune={'iterations': 3, 'batch_size': 4, 'lr': 0.05})
 
@@ -178,6 +178,11 @@ def test_compress_lists_every_candidate_and_keeps_the_one_the_signal_prefers(tmp
                                                                  for c in choice['candidates'] if c['name'] != kept)
     card = open(out / 'model' / 'README.md').read()
     assert '## Which student ships' in card and choice['reason'] in card
+    if kept == 'dropped':  # resumed, the signal now prefers the finetuned student: nothing stale is left aside
+        os.remove(out / 'report.json')
+        _distance_signal(monkeypatch, out, +1)
+        assert compress(_config(out, images, data=images), resume=True, progress=False)['recovery']['kept'] == 'mix1'
+        assert not os.path.exists(out / 'finetuned') and 'finetuned' not in json.load(open(out / 'report.json'))['eval']
 
 
 def test_crops_signal_is_whole_photos_finetuning_never_saw(tmp_path, monkeypatch):
