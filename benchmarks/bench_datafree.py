@@ -347,7 +347,8 @@ def guard_analysis(rows: dict, out: str) -> None:
             ours = {k: torch.tensor(v) for k, v in signals[key][name].items()}
             for signal, sign in SIGNALS.items():
                 verdicts[f'{name}/{signal}'] = sign * (ours[signal].mean() - dropped[signal].mean()).item() > 0
-                verdicts[f'{name}/{signal}, paired z>{MIN_Z:g}'] = choose({'dropped': dropped, 'finetuned': ours}, signal)[0] == 'finetuned'
+                kept = choose({'dropped': dropped, 'finetuned': ours}, signal)[0]
+                verdicts[f'{name}/{signal}, paired z>{MIN_Z:g}'] = kept == 'finetuned'
         verdicts['every set and signal'] = all(v for k, v in verdicts.items() if 'paired' not in k)
         for rule, says in verdicts.items():
             decisions.setdefault(rule, []).append({'row': key, 'finetuned_top1': finetuned_top1,
