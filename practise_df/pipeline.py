@@ -5,7 +5,7 @@ a synthesis. Every stage writes its result into the output directory before the 
 re-running with ``resume=True`` skips what is done (images, block scores, finetuning checkpoints) and
 picks up settings of the stages not yet run (:data:`practise_df.config.STAGE_SETTINGS`). Under
 ``accelerate launch`` every long stage uses every process: synthesis (images), scoring (blocks),
-finetuning (data-parallel), the guard and the final evaluation (batches); latency is measured on the main
+finetuning (data-parallel), the recovery choice and the final evaluation (batches); latency is measured on the main
 process while the others wait, and the main process writes every file but the per-rank shards.
 """
 from __future__ import annotations
