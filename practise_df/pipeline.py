@@ -485,6 +485,7 @@ def _guard(config: CompressConfig, teacher, finetuned, dropped, data_config, mai
                                   lr=_finetune_config(config).learning_rate, source=source, batch_size=ev.batch_size)
     rejected_dir = os.path.join(config.output_dir, REJECTED_DIR)
     if kept is not finetuned:
+        choice.finetuned_model = rejected_dir
         if main:
             save_compressed(finetuned, rejected_dir, data_config=data_config, overwrite=True,
                             extra={'stage': 'finetuned (the whole update), not kept by the recovery choice'})

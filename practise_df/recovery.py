@@ -88,6 +88,7 @@ class Choice:
     num_images: int
     candidates: List[Candidate]
     min_z: float = MIN_Z
+    finetuned_model: Optional[str] = None  # where the whole finetuned student was saved when another was kept
 
     @property
     def mix(self) -> float:
@@ -99,7 +100,10 @@ class Choice:
     def to_dict(self) -> Dict[str, object]:
         return {'signal': self.signal, 'images': self.images, 'num_images': self.num_images, 'min_z': self.min_z,
                 'candidates': [c.to_dict() for c in self.candidates], 'kept': self.kept, 'mix': self.mix,
-                'reason': self.reason}
+                'reason': self.reason, **self._saved()}
+
+    def _saved(self) -> Dict[str, str]:
+        return {'finetuned_model': self.finetuned_model} if self.finetuned_model else {}
 
     def guard_summary(self) -> Dict[str, object]:
         """The ``guard`` entry reports had before the choice listed candidates: the dropped student against
@@ -107,7 +111,7 @@ class Choice:
         best = max((c for c in self.candidates if c.name != DROPPED), key=lambda c: c.gain)
         return {'images': self.images, 'crops': self.num_images, 'signal': self.signal,
                 DROPPED: self.candidate(DROPPED).closeness, 'finetuned': best.closeness,
-                'kept': DROPPED if self.kept == DROPPED else 'finetuned', 'reason': self.reason}
+                'kept': DROPPED if self.kept == DROPPED else 'finetuned', 'reason': self.reason, **self._saved()}
 
 
 def paired_gain(base: torch.Tensor, other: torch.Tensor, signal: str) -> Tuple[float, float, float]:

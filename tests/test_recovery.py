@@ -173,6 +173,7 @@ def test_compress_lists_every_candidate_and_keeps_the_one_the_signal_prefers(tmp
     recovered = load_compressed(str(out / 'recovered')).state_dict()
     assert all(torch.equal(v, recovered[k]) for k, v in model.items()) is (kept == 'dropped')
     assert os.path.isdir(out / 'finetuned') is (kept != 'mix1'), 'the whole finetuned student, when not kept'
+    assert (choice.get('finetuned_model') == str(out / 'finetuned')) is (kept != 'mix1')
     text = render_report(report)
     assert f'kept {kept}' in text and f'* {kept}' in text and all(f"\n  {c['name']} " in text
                                                                  for c in choice['candidates'] if c['name'] != kept)
