@@ -219,9 +219,9 @@ def _photos_per_crop(pool: SingleImageCrops) -> int:
 def split_pool(pool: Dataset, heldout: int, seed: int) -> Tuple[List[int], List[int]]:
     """(training, held-out) indices of ``pool``: a seeded ``heldout`` of its images held out from scoring's
     adaptor fitting and from finetuning, to measure on. Crops of photos are held out by whole photos (a run of
-    consecutive photos, about ``heldout`` crops' worth, never all of them), so no held-out crop shows a photo
-    trained on (a CutMix crop of a held-out and a training photo is in neither part); crops of a single photo
-    can only be held out crop by crop."""
+    consecutive photos, about ``heldout`` crops' worth, never all of them; at most ``heldout`` of their crops
+    are measured on), so no held-out crop shows a photo trained on (a CutMix crop of a held-out and a training
+    photo is in neither part); crops of a single photo can only be held out crop by crop."""
     generator = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(pool), generator=generator).tolist()
     groups = photos_of(pool)
@@ -232,8 +232,8 @@ def split_pool(pool: Dataset, heldout: int, seed: int) -> Tuple[List[int], List[
     start = int(torch.randint(num_photos, (), generator=generator))
     held_photos = {(start + j) % num_photos for j in range(count)}
     train = [i for i, photos in enumerate(groups) if not photos & held_photos]
-    held = [i for i, photos in enumerate(groups) if photos <= held_photos]
-    return train, held
+    held = [i for i in perm if groups[i] <= held_photos][:heldout]  # at most heldout of their crops: measuring costs
+    return train, sorted(held)
 
 
 def signal_images(source: str, data_config: dict, pool: Optional[Dataset] = None, held: Sequence[int] = (),
