@@ -94,9 +94,11 @@ def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model
     if not report['finetune']['iterations']:
         recovery = ' The student was not finetuned after the blocks were dropped (0 finetuning iterations).'
     elif choice is not None:
-        mixes = ', '.join(f"{c['mix']:g}" for c in choice['candidates'] if c['mix'])
+        shares = [f"{c['mix']:g}" if c['mix'] < 1 else 'all' for c in choice['candidates'] if c['mix']]
+        mixes = ' or '.join([', '.join(shares[:-1]), shares[-1]] if len(shares) > 1 else shares)
         shipped = ('the student as dropped (not finetuned)' if choice['mix'] == 0 else
-                   f"the finetuned student keeping {choice['mix']:g} of the finetuning update")
+                   'the finetuned student with its whole update' if choice['mix'] == 1 else
+                   f"the finetuned student keeping {choice['mix']:g} of the update")
         recovery = (f' It was then finetuned on {recovered_on}. Of the dropped student and the finetuned one keeping '
                     f'{mixes} of the update (WiSE-FT weight interpolation), {shipped} ships, chosen by closeness to '
                     f"the teacher on {choice['images']}: {choice['reason']}.")
