@@ -54,9 +54,10 @@ LOSSES = ('mir', 'kd', 'mir+kd', 'ce')
 # tf_efficientnet_lite0 every rate tried lowered real top-1 with synthesized or out-of-domain images, and
 # 0.02 moved furthest (BENCHMARKS.md), and KD diverged at 0.02. CE: the official 'BP' baseline's.
 DEFAULT_LR = {'mir': 0.002, 'kd': 0.002, 'mir+kd': 0.002, 'ce': 1e-4}
-# Fraction of the finetuning update compress keeps on synthesized or out-of-domain images (``mix``), chosen on
-# the dev images of bench_datafree: of 0.1, 0.25, 0.5 and 0.75 it gave the best mean and worst case over nine
-# students finetuned on photos or synthesized images (0.25 suits photos, 0.1 synthesized images; BENCHMARKS.md).
+# Fraction of the finetuning update compress keeps on synthesized or out-of-domain images (``mix``) when it makes
+# no choice (--no-guard; otherwise practise_df.recovery tries several), chosen on the dev images of
+# bench_datafree: of 0.1, 0.25, 0.5 and 0.75 it gave the best mean and worst case over nine lite0 students
+# finetuned on photos or synthesized images (0.25 suits photos, 0.1 synthesized images; BENCHMARKS.md).
 DATAFREE_MIX = 0.1
 
 
@@ -81,8 +82,9 @@ class FinetuneConfig:
     eval_every: int = 0
     seed: Optional[int] = None  # None: 0, or the run's seed under compress
     num_workers: int = 0
-    # Fraction of the finetuning update kept (WiSE-FT). None: all of it (1), except that compress keeps
-    # DATAFREE_MIX of it on synthesized or out-of-domain images (images.real unset).
+    # Fraction of the finetuning update kept (WiSE-FT). None: all of it (1). compress finetunes with all of it and
+    # then chooses the share (practise_df.recovery): only this one when set; with --no-guard this one, by default
+    # DATAFREE_MIX on synthesized or out-of-domain images (images.real unset).
     mix: Optional[float] = None
 
     def __post_init__(self):

@@ -463,8 +463,9 @@ def _score(config, teacher, pool, train_idx, held_idx, checked, latency_kwargs, 
 def _finetune_config(config: CompressConfig):
     """The run's finetuning settings, with its seed, BatchNorm mode and mix filled in. On real images
     (``images.real``) BatchNorm trains and the finetuned weights are kept whole, as the official few-shot
-    setting; elsewhere BatchNorm keeps the teacher's statistics and only ``DATAFREE_MIX`` of the update is
-    kept (WiSE-FT), since out-of-domain images move the student away from real ones."""
+    setting; elsewhere BatchNorm keeps the teacher's statistics and, without the recovery choice (--no-guard),
+    only ``DATAFREE_MIX`` of the update is kept (WiSE-FT), since out-of-domain images move the student away
+    from real ones."""
     ft, real = config.finetune, config.images.real
     return dataclasses.replace(ft, seed=config.seed if ft.seed is None else ft.seed,
                                freeze_bn=(not real) if ft.freeze_bn is None else ft.freeze_bn,

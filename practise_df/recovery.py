@@ -35,6 +35,10 @@ from .finetune import interpolate_weights
 from .guard import SIGNALS, closeness, guard_images
 
 # --- compress's recovery defaults (issue 31) ------------------------------------------------------------
+# The learning rate is finetune.DEFAULT_LR (per loss; 0.002 for MiR, chosen on lite0: BENCHMARKS "Data-free
+# recovery against plain dropping"). Track B (benchmarks/results/recovery_choice_B.md, means of 2 seeds): MiR
+# with the whole update gains +1.83 and +26.91 points over dropping at 0.002, +1.97 and +28.00 at the official
+# 0.02. Without a choice (--no-guard) the share kept is finetune.DATAFREE_MIX.
 # The fractions of the finetuning update tried (WiSE-FT). BENCHMARKS "Which recovered student to keep" (Track
 # B, Fashion-MNIST ResNet): the best candidate was the whole update (mix 1) at both points; "Keeping a
 # fraction of the finetuning update" (Track A, lite0): 0.1 and 0.25 were best on the dev images, 1 lost 4-18
