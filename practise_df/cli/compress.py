@@ -218,7 +218,7 @@ def render_report(r: dict) -> str:
                      f"{r['eval'].get('labels', 'the images have no labels')})")
         others = {'before_finetune': 'before finetuning', 'finetuned': 'finetuned, whole update (not kept)'}
         for key, label in others.items():
-            if key in r['eval']:
+            if key in r['eval'] and 'recovery' not in r:  # else the recovery table lists every candidate's top-1
                 e = r['eval'][key]
                 text += f"\n  {label}: top-1 {e.get('top1', float('nan')):.2f}% (agreement {e['agreement']:.1f}%)"
         if r['eval'].get('skipped_files'):
