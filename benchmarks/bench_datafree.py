@@ -47,7 +47,8 @@ from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
 from practise_df.models import efficientnet_lite0_weights
 from practise_df import CompressConfig, compress, drop_blocks, evaluate, load_compressed, save_compressed
 from practise_df.finetune import DEFAULT_LR, FinetuneConfig, finetune
-from practise_df.guard import MIN_Z, SIGNALS, choose, closeness, compare, guard_images
+from practise_df.guard import SIGNALS, closeness, compare, guard_images
+from practise_df.recovery import MIN_Z, choose
 from synth import SingleImageCrops, SynthesizedImages
 from synth.data import ImageFolderDataset, eval_transform, train_transform
 from synth.files import write_json_atomic
@@ -294,7 +295,7 @@ def guard_analysis(rows: dict, out: str) -> None:
     """Every saved student and its point's dropped-only student compared with the teacher, crop by crop, on
     each guard set; a decision is right when the rule ranks the pair as the test top-1 does. Rules: each
     set and signal by its mean (the first guard), the same with compress's paired test
-    (``practise_df.guard.choose``), and all signals on all sets at once (the most conservative)."""
+    (``practise_df.recovery.choose``), and all signals on all sets at once (the most conservative)."""
     teacher, cfg = lite0_teacher()
     images = {name: guard_images(cfg, source, seed=12345) for name, source in GUARD_SETS.items()}
     cached = json.load(open(out)) if os.path.isfile(out) else {}
@@ -346,7 +347,8 @@ def guard_analysis(rows: dict, out: str) -> None:
             ours = {k: torch.tensor(v) for k, v in signals[key][name].items()}
             for signal, sign in SIGNALS.items():
                 verdicts[f'{name}/{signal}'] = sign * (ours[signal].mean() - dropped[signal].mean()).item() > 0
-                verdicts[f'{name}/{signal}, paired z>{MIN_Z:g}'] = choose(dropped, ours, signal)[0] == 'finetuned'
+                kept = choose({'dropped': dropped, 'finetuned': ours}, signal)[0]
+                verdicts[f'{name}/{signal}, paired z>{MIN_Z:g}'] = kept == 'finetuned'
         verdicts['every set and signal'] = all(v for k, v in verdicts.items() if 'paired' not in k)
         for rule, says in verdicts.items():
             decisions.setdefault(rule, []).append({'row': key, 'finetuned_top1': finetuned_top1,

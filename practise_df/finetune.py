@@ -48,9 +48,10 @@ from .models import PrePoolFeatures, classifier_parameters
 
 _logger = logging.getLogger(__name__)
 
-# Fraction of the finetuning update compress keeps on synthesized or out-of-domain images (``mix``), chosen on
-# the dev images of bench_datafree: of 0.1, 0.25, 0.5 and 0.75 it gave the best mean and worst case over nine
-# students finetuned on photos or synthesized images (0.25 suits photos, 0.1 synthesized images; BENCHMARKS.md).
+# Fraction of the finetuning update compress keeps on synthesized or out-of-domain images (``mix``) when it makes
+# no choice (--no-guard; otherwise practise_df.recovery tries several), chosen on the dev images of
+# bench_datafree: of 0.1, 0.25, 0.5 and 0.75 it gave the best mean and worst case over nine lite0 students
+# finetuned on photos or synthesized images (0.25 suits photos, 0.1 synthesized images; BENCHMARKS.md).
 DATAFREE_MIX = 0.1
 
 

@@ -94,9 +94,19 @@ def model_card(report: Union[Report, Dict[str, Any]], license: Optional[str] = N
     weights = os.path.basename(str(report.weights))  # a local file's name, not this machine's path
     recovered_on = ('images synthesized from the model itself: no training data was used' if images == 'synthesized'
                     else f'`{images}`')
+    choice = report.recovery  # the per-run choice among candidates (practise_df.recovery)
     if not report.finetune['iterations']:
         recovery = ' The student was not finetuned after the blocks were dropped (0 finetuning iterations).'
-    elif (report.guard or {}).get('kept') == 'dropped':
+    elif choice is not None:
+        shares = [f"{c['mix']:g}" if c['mix'] < 1 else 'all' for c in choice['candidates'] if c['mix']]
+        mixes = ' or '.join([', '.join(shares[:-1]), shares[-1]] if len(shares) > 1 else shares)
+        shipped = ('the student as dropped (not finetuned)' if choice['mix'] == 0 else
+                   'the finetuned student with its whole update' if choice['mix'] == 1 else
+                   f"the finetuned student keeping {choice['mix']:g} of the update")
+        recovery = (f' It was then finetuned on {recovered_on}. Of the dropped student and the finetuned one keeping '
+                    f'{mixes} of the update (WiSE-FT weight interpolation), {shipped} ships, chosen by closeness to '
+                    f"the teacher on {choice['images']}: {choice['reason']}.")
+    elif (report.guard or {}).get('kept') == 'dropped':  # a report written before the choice had candidates
         recovery = (f' It was finetuned on {recovered_on}, but the guard kept the student as dropped (not finetuned): '
                     f"{report.guard['reason']}.")
     else:
@@ -133,6 +143,18 @@ def model_card(report: Union[Report, Dict[str, Any]], license: Optional[str] = N
         lines += ['', _table(('block', 'recoverability (feature MSE)', 'latency saved alone'),
                              [(b, by_block[b]['recoverability'], _pct(by_block[b]['saved_pct']))
                               for b in dropped if b in by_block])]
+    if choice is not None:
+        signal = choice['signal']
+        lines += ['', '## Which student ships', '',
+                  f"Each candidate's closeness to the teacher on {choice['images']} (images finetuning never saw; "
+                  f"no labels needed). A finetuned candidate ships only when its gain over the dropped student "
+                  f"exceeds {choice['min_z']:g} standard errors of the per-image differences.", '',
+                  _table(('candidate', 'share of the update kept', f'{signal} to the teacher', 'gain vs dropped',
+                          'top-1', 'ships'),
+                         [(c['name'], c['mix'], c['closeness'][signal],
+                           '' if c['mix'] == 0 else f"{c['gain']:+.3g} ± {c['gain_se']:.2g}",
+                           _pct(c['top1']), 'yes' if c['name'] == choice['kept'] else '')
+                          for c in choice['candidates']])]
     lines += ['', '## Cost', '',
               _table(('', 'teacher', 'student'),
                      [(f"latency ms (batch {lat['batch_size']}, input {tuple(lat['input_size'])}; {where})",

@@ -5,7 +5,7 @@ a synthesis. Every stage writes its result into the output directory before the 
 re-running with ``resume=True`` skips what is done (images, block scores, finetuning checkpoints) and
 picks up settings of the stages not yet run (:data:`practise_df.config.STAGE_SETTINGS`). Under
 ``accelerate launch`` every long stage uses every process: synthesis (images), scoring (blocks),
-finetuning (data-parallel), the guard and the final evaluation (batches); latency is measured on the main
+finetuning (data-parallel), the recovery choice and the final evaluation (batches); latency is measured on the main
 process while the others wait, and the main process writes every file but the per-rank shards.
 """
 from __future__ import annotations
@@ -39,11 +39,12 @@ from .corruptions import parse_corruptions, parse_severities
 from .evaluate import evaluate, match_folder_labels, model_num_classes
 from .export import export_model, load_exported
 from .finetune import DATAFREE_MIX, finetune, make_accelerator
-from .guard import SIGNALS, choose, closeness, guard_images
+from .guard import SIGNALS
 from .latency import (block_latency, compare_latency, count_macs, count_params, read_block_latency,
                       runtime_info)
 from .model_card import command_line, write_model_card
 from .models import resolve_data_config
+from .recovery import MIXES, choose_student, evaluate_candidates, signal_images, split_pool, student_at
 from .report import Report
 from .robustness import evaluate_folder_robustness, save_heatmap
 from .runtime import require_deploy
@@ -177,7 +178,7 @@ def drop_stage(run: Run, stop_after: Optional[str] = None) -> Dropped:
     ``practise-df score`` and ``compress`` share. Each step's result is on disk before the next starts."""
     config, accelerator = run.config, run.accelerator
     pool, train_pool = _images(run)
-    train_idx, held_idx = _split(pool, min(config.images.num_heldout, len(pool) - 1), config.seed)
+    train_idx, held_idx = split_pool(pool, min(config.images.num_heldout, len(pool) - 1), config.seed)
     selection = _select(run, pool, train_idx, held_idx)
     if stop_after == 'scores' or not selection.selected:
         return Dropped(pool, train_pool, train_idx, held_idx, selection, None, None)
@@ -241,9 +242,10 @@ def _finish(run: Run, dropped: Dropped, resume: bool) -> 'Report':
     finetune_config = _finetune_config(config)
     if finetune_config.iterations > 0:
         _stage(accelerator, f'[4/5] finetuning ({finetune_config.loss}, {finetune_config.iterations} iterations, '
-                            f"BatchNorm {'frozen' if finetune_config.freeze_bn else 'in train mode'}, "
-                            f'keeping {finetune_config.mix:g} of the update)')
-        history = finetune(student, teacher, Subset(dropped.train_pool, dropped.train_idx), finetune_config,
+                            f"BatchNorm {'frozen' if finetune_config.freeze_bn else 'in train mode'})")
+        # the whole update: the share of it kept is chosen afterwards (recovery.py), or finetune.mix with --no-guard
+        whole = dataclasses.replace(finetune_config, mix=None)
+        history = finetune(student, teacher, Subset(dropped.train_pool, dropped.train_idx), whole,
                            accelerator=accelerator, output_dir=out, resume=resume, progress=run.progress)
     else:
         _stage(accelerator, '[4/5] finetuning: skipped (--finetune-iters 0: the student is kept as dropped)')
@@ -255,11 +257,13 @@ def _finish(run: Run, dropped: Dropped, resume: bool) -> 'Report':
     guard, others = None, {}  # others: the students of a finetuned run that are not kept, by report name
     if finetune_config.iterations > 0:
         others['before_finetune'] = load_compressed(recovered_dir)  # what finetuning added over dropping
+        finetuned = student
         if config.eval.guard:
-            finetuned = student
-            student, guard = _guard(run, finetuned, others['before_finetune'], dropped.provenance, main)
+            student, guard = _guard(run, finetuned, others['before_finetune'], dropped, main)
             if student is not finetuned:
-                others['finetuned'] = finetuned  # rejected by the guard
+                others['finetuned'] = finetuned  # the whole update, not kept
+        else:  # no choice: the finetuned student at finetune.mix
+            student = student_at(others['before_finetune'], finetuned, finetune_config.mix)
     model_dir = os.path.join(out, MODEL_DIR)
     if main:
         save_compressed(student, model_dir, provenance=dropped.provenance, overwrite=True,
@@ -502,11 +506,6 @@ def _with_transform(dataset: Dataset, transform) -> Dataset:
     return copy_
 
 
-def _split(pool: Dataset, heldout: int, seed: int):
-    perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
-    return sorted(perm[heldout:]), sorted(perm[:heldout])
-
-
 def _stack(dataset: Dataset, indices: List[int]) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in indices])
 
@@ -580,35 +579,36 @@ def _score(run: Run, pool, train_idx, held_idx) -> List[BlockScore]:
 def _finetune_config(config: CompressConfig):
     """The run's finetuning settings, with its seed, BatchNorm mode and mix filled in. On real images
     (``images.real``) BatchNorm trains and the finetuned weights are kept whole, as the official few-shot
-    setting; elsewhere BatchNorm keeps the teacher's statistics and only ``DATAFREE_MIX`` of the update is
-    kept (WiSE-FT), since out-of-domain images move the student away from real ones."""
+    setting; elsewhere BatchNorm keeps the teacher's statistics and, without the recovery choice (--no-guard),
+    only ``DATAFREE_MIX`` of the update is kept (WiSE-FT), since out-of-domain images move the student away
+    from real ones."""
     ft, real = config.finetune, config.images.real
     return dataclasses.replace(ft, seed=config.seed if ft.seed is None else ft.seed,
                                freeze_bn=(not real) if ft.freeze_bn is None else ft.freeze_bn,
                                mix=(1.0 if real else DATAFREE_MIX) if ft.mix is None else ft.mix)
 
 
-def _guard(run: Run, finetuned, dropped, provenance: Provenance, main: bool) -> Tuple[Any, Dict[str, Any]]:
-    """(the student to keep, what the guard measured): the finetuned student, unless it is not clearly closer
-    to the teacher than the dropped one on the guard photos (``guard.choose``); a rejected one is saved in
-    ``finetuned/`` (by the main process; every process measures its share of the crops)."""
-    config, teacher = run.config, run.teacher
-    images = guard_images(run.data_config, config.eval.guard_images, seed=config.seed)
-    per_crop = {'dropped': closeness(dropped, teacher, images), 'finetuned': closeness(finetuned, teacher, images)}
-    kept, why = choose(per_crop['dropped'], per_crop['finetuned'], config.eval.guard_signal)
-    means = {name: {signal: v.mean().item() for signal, v in values.items()} for name, values in per_crop.items()}
-    info = {'images': config.eval.guard_images or 'scikit-image sample photos', 'crops': len(images),
-            'signal': config.eval.guard_signal, **means, 'kept': kept, 'reason': why}
+def _guard(run: Run, finetuned, dropped_student, dropped: Dropped, main: bool) -> Tuple[Any, Any]:
+    """(the student to keep, the ``recovery.Choice``): the dropped student or ``finetuned`` at one of the mixes
+    (``--finetune-mix``, else ``--finetune-mixes``), whichever is closest to the teacher on the signal images,
+    a finetuned one only when clearly closer than the dropped one (``recovery.choose_student``). When another
+    is kept, the whole finetuned student is saved in ``finetuned/`` (by the main process; every process measures
+    its share of the images)."""
+    config, ev = run.config, run.config.eval
+    images, source = signal_images(ev.signal_images, run.data_config, dropped.pool, dropped.held_idx,
+                                   ev.guard_images, config.seed)
+    mixes = [config.finetune.mix] if config.finetune.mix is not None else ev.finetune_mixes or MIXES
+    kept, choice = choose_student(run.teacher, dropped_student, finetuned, images, mixes, ev.guard_signal,
+                                  lr=_finetune_config(config).learning_rate, source=source, batch_size=ev.batch_size)
     rejected_dir = os.path.join(config.output_dir, REJECTED_DIR)
-    if kept == 'dropped':
-        info['finetuned_model'] = rejected_dir
+    if kept is not finetuned:
+        choice.finetuned_model = rejected_dir
         if main:
-            save_compressed(finetuned, rejected_dir, provenance=provenance, overwrite=True,
-                            extra={'stage': 'finetuned, rejected by the guard'})
-        return dropped, info
-    if main:  # a student an earlier, resumed try of this run rejected is not what this run kept: it must not linger
+            save_compressed(finetuned, rejected_dir, provenance=dropped.provenance, overwrite=True,
+                            extra={'stage': 'finetuned (the whole update), not kept by the recovery choice'})
+    elif main:  # a student an earlier, resumed try of this run rejected is not what this run kept: it must not linger
         shutil.rmtree(rejected_dir, ignore_errors=True)
-    return finetuned, info
+    return kept, choice
 
 
 def _heatmap(result: dict, out: str, model: str) -> str:
@@ -664,7 +664,8 @@ def _report(run: Run, student, others, dropped: Dropped, history, model_dir, gua
                  'student': exported['file'] if shipped else 'the PyTorch student'},
         params={'teacher': count_params(teacher), 'student': count_params(student)},
         macs={'teacher': count_macs(teacher, size), 'student': count_macs(student, size)},
-        finetune={'loss': ft.loss, 'iterations': ft.iterations, 'freeze_bn': ft.freeze_bn, 'mix': ft.mix,
+        finetune={'loss': ft.loss, 'iterations': ft.iterations, 'freeze_bn': ft.freeze_bn,
+                  'mix': ft.mix if guard is None else guard.mix,  # of the student kept
                   'final_loss': history['loss'][-1] if history['loss'] else None},
         heldout_agreement=evaluate(student, DataLoader(held, batch_size=config.eval.batch_size), device,
                                    teacher=teacher, progress=False)['agreement'])
@@ -681,13 +682,17 @@ def _report(run: Run, student, others, dropped: Dropped, history, model_dir, gua
         for key, model in others.items():
             report.eval[key] = report.eval['student'] if model is student else \
                 evaluate(model, loader, device, teacher=predictions, progress=progress)
+        if guard is not None:  # every candidate's top-1
+            evaluate_candidates(guard, others['before_finetune'], others.get('finetuned', student), report.eval,
+                                lambda model: evaluate(model, loader, device, teacher=predictions, progress=progress))
     if exported is not None:
         report.export = {k: v for k, v in exported.items() if k != 'module'}
         report.export['latency'] = _latency(deployed, run.latency, size)
         if checked.eval_data is not None:
             report.eval['exported'] = evaluate(exported['module'], loader, 'cpu', teacher=predictions,
                                                progress=progress)
-    report.guard = guard
+    if guard is not None:
+        report.recovery, report.guard = guard.to_dict(), guard.guard_summary()
     if config.robustness.enabled:
         report.robustness = evaluate_folder_robustness(
             student, config.eval.data, run.data_config, teacher=teacher, corruptions=config.robustness.corruptions,

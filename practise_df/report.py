@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-OPTIONAL = ('eval', 'export', 'guard', 'robustness')  # in report.json only when measured
+OPTIONAL = ('eval', 'export', 'guard', 'recovery', 'robustness')  # in report.json only when measured
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Report:
     eval: Optional[Dict[str, Any]] = None  # --eval-data: teacher, student and the other students
     export: Optional[Dict[str, Any]] = None  # --export: the deployable file and its latency
     guard: Optional[Dict[str, Any]] = None  # which student the guard kept, and why
+    recovery: Optional[Dict[str, Any]] = None  # every recovery candidate, its signal, and which was kept
     robustness: Optional[Dict[str, Any]] = None  # --robustness
 
     def to_dict(self) -> Dict[str, Any]:

@@ -11,8 +11,8 @@ when that folder exists (one real ImageNet image per class), else agreement with
 held-out synthetic images. Sizes are chosen to finish within about ten minutes on a 2-core CPU (4.3
 and 10.2 minutes measured on one machine on a fast and a slow day); every one is a flag (see `--help`).
 It does not finetune: on this model no recovery measured so far beats the plainly dropped student
-(BENCHMARKS.md, issue 14); `--finetune-iters 200` turns MiR on, and the guard then decides which student
-to keep (README, the pipeline).
+(BENCHMARKS.md, issue 14); `--finetune-iters 200` turns MiR on, and compress then keeps the dropped or
+a finetuned student, whichever is clearly closest to the teacher on held-out images (README, Which student is kept).
 """
 import os
 import sys

@@ -33,7 +33,8 @@ def finished_run(tmp_path_factory):
 
 def test_compress_writes_every_artefact(finished_run):
     out, images, report = finished_run
-    rejected = ['finetuned'] if report['guard']['kept'] == 'dropped' else []  # the guard's choice, tests/test_guard.py
+    # the whole finetuned student, when the recovery choice kept another (tests/test_recovery.py)
+    rejected = ['finetuned'] if report['recovery']['kept'] != 'mix1' else []
     assert sorted(os.listdir(out)) == sorted(['block_latency.json', 'checkpoints', 'model', 'recovered', 'report.json',
                                               'run.json', 'scores.json', 'scores.partial.jsonl'] + rejected)
     assert CompressConfig.from_file(str(out / 'run.json')) == _config(out, images), 'run.json is the settings file'
@@ -51,7 +52,7 @@ def test_compress_writes_every_artefact(finished_run):
     assert report['eval']['student']['images'] == 12 and 'top5' in report['eval']['teacher']
     assert report['eval']['before_finetune']['images'] == 12
     assert 'predictions' not in report['eval']['teacher']
-    assert report['finetune']['mix'] == DATAFREE_MIX and report['finetune']['freeze_bn'] is True
+    assert report['finetune']['mix'] == report['recovery']['mix'] and report['finetune']['freeze_bn'] is True
     scores = json.load(open(out / 'scores.json'))
     assert scores['selected'] == report['dropped_blocks'] == [min(scores['scores'], key=lambda s: s['score'])['block']]
     student = load_compressed(str(out / 'model'))

@@ -13,6 +13,7 @@ from practise_df.cli import main
 from practise_df.guard import closeness, guard_images
 from practise_df.models import resolve_data_config
 from practise_df.pipeline import PARTIAL_SCORES_FILE
+from practise_df.recovery import student_at
 
 from conftest import accelerate_launch, launch_log, make_image_folder, randomize_norms
 
@@ -106,7 +107,8 @@ def test_two_processes_score_evaluate_and_guard_as_one(tmp_path, files):
     two.mkdir()
     one.mkdir()
     compress_two = _compress(files, two / 'run', '--finetune-iters', '2', '--finetune-batch-size', '4',
-                             '--eval-data', files['images'], '--eval-batch-size', '4', '--robustness',
+                             '--eval-data', files['images'], '--eval-batch-size', '4', '--recovery-images', 'photos',
+                             '--robustness',
                              '--robustness-corruptions', CORRUPTIONS, '--robustness-severities', SEVERITIES)
     proc = _launch([compress_two, *_evaluations(files, two / 'run' / 'model', two)])
     assert proc.returncode == 0, launch_log(proc)
@@ -125,7 +127,7 @@ def test_two_processes_score_evaluate_and_guard_as_one(tmp_path, files):
             assert a == b, name
         assert json.load(open(one / 'eval.json'))['images'] == 13
 
-        # compress's own final evaluation and guard, against one process on the models it wrote
+        # compress's own final evaluation and recovery choice, against one process on the models it wrote
         report = json.load(open(two / 'run' / 'report.json'))
         student = load_compressed(str(two / 'run' / 'model'))
         dropped = load_compressed(str(two / 'run' / 'recovered'))
@@ -138,10 +140,12 @@ def test_two_processes_score_evaluate_and_guard_as_one(tmp_path, files):
         assert report['robustness']['corruptions'] == robust['corruptions']
         assert report['robustness']['summary'] == robust['summary']
         images = guard_images(resolve_data_config(teacher, input_size=SIZE), seed=0)
-        kept = student if report['guard']['kept'] == 'finetuned' else load_compressed(str(two / 'run' / 'finetuned'))
-        for name, model in (('dropped', dropped), ('finetuned', kept)):
+        choice = report['recovery']
+        whole = student if choice['kept'] == 'mix1' else load_compressed(str(two / 'run' / 'finetuned'))
+        for candidate in choice['candidates']:
+            model = student_at(dropped, whole, candidate['mix'])
             means = {k: v.mean().item() for k, v in closeness(model, teacher, images).items()}
-            assert means == pytest.approx(report['guard'][name], rel=1e-5), name
+            assert means == pytest.approx(candidate['closeness'], rel=1e-5), candidate['name']
 
 
 def test_a_killed_two_process_scoring_resumes_without_scoring_a_block_twice(tmp_path, files):

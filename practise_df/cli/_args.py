@@ -93,6 +93,15 @@ def positive_float(text: str) -> float:
     return value
 
 
+def mix_list(text: str) -> list:
+    """argparse type of ``--finetune-mixes``: comma-separated fractions of the finetuning update, in (0, 1]."""
+    mixes = [_number(m) for m in text.split(',') if m.strip()]
+    if not mixes or not all(0 < m <= 1 for m in mixes):
+        raise argparse.ArgumentTypeError(f"are fractions of the finetuning update in (0, 1], e.g. 0.1,0.25,0.5,1; "
+                                         f"got '{text}'.")
+    return mixes
+
+
 def block_list(text: str) -> list:
     blocks = [b.strip() for b in text.split(',') if b.strip()]
     if not blocks:

@@ -21,6 +21,7 @@ from ..report import Report
 from ..config import EXPORTS, CompressConfig, read_settings_file
 from ..finetune import DATAFREE_MIX, LOSSES, make_accelerator
 from ..guard import SIGNALS
+from ..recovery import MIXES, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES
 from ..scoring import ESTIMATORS
 from . import _args
 from ._run import run_command
@@ -100,7 +101,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser, until_drop: bool = F
         help='keep BatchNorm statistics fixed while finetuning (default: yes, unless --real-images)')
     add(g, '--finetune-mix', dest='finetune.mix', type=float, metavar='FRACTION',
         help='keep this fraction of the finetuning update, interpolating the weights between the dropped and '
-             f'the finetuned student (WiSE-FT; default: {DATAFREE_MIX}, or 1 with --real-images)')
+             'the finetuned student (WiSE-FT): the only finetuned candidate of the recovery choice; with --no-guard '
+             f'the student kept (default there: {DATAFREE_MIX}, or 1 with --real-images)')
     add(g, '--gradient-accumulation-steps', '--gradient_accumulation_steps',
         dest='finetune.gradient_accumulation_steps', type=_args.positive_int, help='batches per optimizer step')
     add(g, '--checkpointing-steps', '--checkpointing_steps', dest='finetune.checkpoint_every',
@@ -112,13 +114,22 @@ def add_compress_arguments(parser: argparse.ArgumentParser, until_drop: bool = F
     add(g, '--eval-max-images', dest='eval.max_images', type=_args.positive_int, help='a seeded subset of it')
     add(g, '--eval-batch-size', dest='eval.batch_size', type=_args.positive_int, help='images per evaluation batch')
     add(g, '--guard', dest='eval.guard', action=argparse.BooleanOptionalAction,
-        help='after finetuning, keep the finetuned student only if it is clearly closer to the teacher than the '
-             'dropped one (by twice the per-crop noise) on natural photos neither was trained on (both are in the '
-             'report)')
+        help='after finetuning, keep the student closest to the teacher on images finetuning never saw, among the '
+             'dropped one and the finetuned one at each --finetune-mixes; a finetuned one only when closer than '
+             'the dropped one by twice the per-image noise (every candidate is in the report). --no-guard keeps '
+             'the finetuned student at --finetune-mix')
+    add(g, '--finetune-mixes', dest='eval.finetune_mixes', type=_args.mix_list, metavar='M1,M2',
+        help='fractions of the finetuning update the recovery choice tries (WiSE-FT, no retraining; default: '
+             f"{','.join(f'{m:g}' for m in MIXES)})")
+    add(g, '--recovery-images', dest='eval.recovery_images', choices=SIGNAL_IMAGES,
+        help='where the recovery choice measures closeness: pool (the run\'s images held out from finetuning, whole '
+             'photos for crops), guard-images (--guard-images) or photos (scikit-image\'s sample photos; default: '
+             f'guard-images when given, else {SIGNAL_IMAGE_SOURCE})')
     add(g, '--guard-images', dest='eval.guard_images', type=_args.block_list, metavar='PHOTOS',
-        help="photos (files or folders, comma-separated) the guard crops (default: scikit-image's sample photos)")
+        help='your photos (files or folders, comma-separated) the recovery choice measures on, cropped')
     add(g, '--guard-signal', dest='eval.guard_signal', choices=sorted(SIGNALS),
-        help='what the guard compares: KL divergence of the predictions, top-1 agreement or feature MSE')
+        help='what measures closeness to the teacher: KL divergence of the predictions, top-1 agreement or feature '
+             'MSE')
     add(g, '--export', dest='eval.export', choices=EXPORTS,
         help='also write the deployable ONNX file (float, or int8 quantized) into the run, checked against PyTorch, '
              'with its top-1 on --eval-data and its latency against the teacher in ONNX Runtime (needs '
@@ -221,9 +232,9 @@ def render_report(r: Report) -> str:
         else:
             text += (f"\n{r.eval['data']}: agreement with the teacher {s['agreement']:.1f}% (no top-1: "
                      f"{r.eval.get('labels', 'the images have no labels')})")
-        others = {'before_finetune': 'before finetuning', 'finetuned': 'finetuned (rejected by the guard)'}
+        others = {'before_finetune': 'before finetuning', 'finetuned': 'finetuned, whole update (not kept)'}
         for key, label in others.items():
-            if key in r.eval:
+            if key in r.eval and r.recovery is None:  # else the recovery table lists every candidate's top-1
                 e = r.eval[key]
                 text += f"\n  {label}: top-1 {e.get('top1', float('nan')):.2f}% (agreement {e['agreement']:.1f}%)"
         if r.eval.get('skipped_files'):
@@ -237,9 +248,21 @@ def render_report(r: Report) -> str:
         text += f", top-1 {top1:.2f}%" if top1 is not None else ''
         if lat_ex.get('warning') and lat_ex['warning'] != lat.get('warning'):
             text += f"\nwarning (ONNX Runtime): {lat_ex['warning']}"
-    if r.guard is not None:
+    if r.recovery is not None:
+        text += '\n' + _recovery_table(r.recovery)
+    elif r.guard is not None:  # a report written before the choice had candidates
         text += f"\nguard: kept the {r.guard['kept']} student: {r.guard['reason']}"
     return text + f"\ncompressed model: {r.compressed_model}"
+
+
+def _recovery_table(choice: dict) -> str:
+    """The recovery choice: every candidate's closeness and gain over the dropped student, and which was kept."""
+    signal = choice['signal']
+    rows = [(('* ' if c['name'] == choice['kept'] else '  ') + c['name'], c['closeness'][signal],
+             '-' if c['mix'] == 0 else f"{c['gain']:+.3g} ± {c['gain_se']:.2g}",
+             '-' if c['top1'] is None else f"{c['top1']:.2f}") for c in choice['candidates']]
+    return (f"recovery, measured on {choice['images']}: kept {choice['kept']}: {choice['reason']}\n"
+            + format_table(rows, ('candidate', signal, 'gain vs dropped', 'top-1')))
 
 
 def _interval(lat: dict) -> str:
