@@ -80,7 +80,7 @@ class ScoringConfig:
     latency_reduction: Optional[float] = None  # or: add blocks by score until this fraction of latency is saved
     blocks: Optional[List[str]] = None  # or: drop exactly these blocks (no scoring)
     estimator: str = 'fast'
-    images: int = 64  # the tiny set the adaptors are fitted on
+    num_images: int = 64  # the tiny set the adaptors are fitted on
     adaptor_steps: Optional[int] = None  # default: the estimator's
     # Fold the adaptors fitted around the dropped blocks into the student. Off by default, as the official
     # code, which uses them only to score (on tf_efficientnet_lite0 they lowered top-1, BENCHMARKS.md).
@@ -101,7 +101,7 @@ class ScoringConfig:
             raise ValueError('blocks is empty; name at least one block (practise-df blocks --model ... lists them).')
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"Unknown estimator '{self.estimator}'; choose from {sorted(ESTIMATORS)}.")
-        _positive(images=self.images, adaptor_steps=self.adaptor_steps)
+        _positive(num_images=self.num_images, adaptor_steps=self.adaptor_steps)
 
 
 @dataclass
@@ -201,7 +201,8 @@ class CompressConfig:
     def __post_init__(self):
         for name, kind in _GROUPS.items():
             if isinstance(getattr(self, name), dict):
-                setattr(self, name, _build(kind, getattr(self, name), name))
+                setattr(self, name, _build(kind, _renamed(getattr(self, name), RENAMED_SETTINGS.get(name, {}), name),
+                                           name))
         if self.scoring is None:
             raise ValueError('Say what to drop: --drop K (blocks), --latency-reduction F (e.g. 0.25) or --blocks B1,B2 '
                              '(scoring.drop / latency_reduction / blocks in a settings file).')
@@ -234,13 +235,36 @@ class CompressConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: str = 'the settings') -> 'CompressConfig':
-        return _build(cls, data, source)
+        return _build(cls, renamed_settings(data, source), source)
 
     @classmethod
     def from_file(cls, path: str, **overrides: Any) -> 'CompressConfig':
         """Read a JSON or YAML file (``run.json`` of an earlier run, or one written by hand);
         ``overrides`` (e.g. ``output_dir``) replace top-level values."""
         return cls.from_dict({**read_settings_file(path), **overrides}, source=path)
+
+
+# Settings renamed since earlier releases, {group: {old name: new name}}: a run.json written before still loads
+# (and resumes: its settings are compared under the new names).
+RENAMED_SETTINGS = {'finetune': {'iterations': 'steps'}, 'scoring': {'images': 'num_images'}}
+
+
+def renamed_settings(data: Dict[str, Any], source: str = 'the settings') -> Dict[str, Any]:
+    """``data`` (a run's settings, nested by group) with the names of earlier releases replaced by today's."""
+    if not isinstance(data, dict):
+        return data
+    return {key: _renamed(value, RENAMED_SETTINGS[key], f'{source}: {key}') if key in RENAMED_SETTINGS and
+            isinstance(value, dict) else value for key, value in data.items()}
+
+
+def _renamed(values: Dict[str, Any], names: Dict[str, str], where: str) -> Dict[str, Any]:
+    values = dict(values)
+    for old, new in names.items():
+        if old in values:
+            if new in values:
+                raise ValueError(f'{where}: {old!r} is the old name of {new!r}; give only {new!r}.')
+            values[new] = values.pop(old)
+    return values
 
 
 # The stage that owns each group of settings (in pipeline order): on resume, a finished stage's settings are

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from huggingface_hub import ModelCardData
 
-from synth.files import write_text_atomic
+from practise_io import write_text_atomic
 
 from .robustness import robustness_table
 
@@ -90,8 +90,8 @@ def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model
     weights = os.path.basename(str(report.get('weights')))  # a local file's name, not this machine's path
     recovered_on = ('images synthesized from the model itself: no training data was used' if images == 'synthesized'
                     else f'`{images}`')
-    if not report['finetune']['iterations']:
-        recovery = ' The student was not finetuned after the blocks were dropped (0 finetuning iterations).'
+    if not report['finetune']['steps']:
+        recovery = ' The student was not finetuned after the blocks were dropped (0 finetuning steps).'
     elif report.get('guard', {}).get('kept') == 'dropped':
         recovery = (f' It was finetuned on {recovered_on}, but the guard kept the student as dropped (not finetuned): '
                     f"{report['guard']['reason']}.")
@@ -124,7 +124,7 @@ def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model
                 else 'no adaptors')
     lines += ['', '## What was dropped', '',
               f"Blocks dropped: {', '.join(f'`{b}`' for b in dropped) or 'none'}; {adaptors}; "
-              f"finetuning: {report['finetune']['loss']}, {report['finetune']['iterations']} iterations."]
+              f"finetuning: {report['finetune']['loss']}, {report['finetune']['steps']} steps."]
     if by_block:
         lines += ['', _table(('block', 'recoverability (feature MSE)', 'latency saved alone'),
                              [(b, by_block[b]['recoverability'], _pct(by_block[b]['saved_pct']))

@@ -10,7 +10,8 @@ from practise_df import drop_blocks, load_compressed
 from practise_df.cli.compress import render_report
 from practise_df.pipeline import compress
 from practise_df.config import CompressConfig
-from practise_df.guard import SAMPLE_PHOTOS, choose, closeness, compare, guard_images
+from practise_df.guard import choose, closeness, compare
+from synth.ood import SAMPLE_PHOTOS, photo_crops
 
 from conftest import make_image_folder
 
@@ -19,14 +20,14 @@ CONFIG = {'input_size': (3, 32, 32), 'mean': (0.485, 0.456, 0.406), 'std': (0.22
 
 
 def test_default_guard_images_are_the_sample_photos_offline():
-    images = guard_images(CONFIG, num_images=12, seed=0)
+    images = photo_crops(CONFIG, num_images=12, seed=0)
     assert images.shape == (12, 3, 32, 32) and len(SAMPLE_PHOTOS) == 4
-    assert torch.equal(images, guard_images(CONFIG, num_images=12, seed=0))
-    assert not torch.equal(images, guard_images(CONFIG, num_images=12, seed=1))
+    assert torch.equal(images, photo_crops(CONFIG, num_images=12, seed=0))
+    assert not torch.equal(images, photo_crops(CONFIG, num_images=12, seed=1))
 
 
 def test_compare_is_zero_distance_for_the_teacher_itself(tiny_resnet):
-    images = guard_images(CONFIG, num_images=8)
+    images = photo_crops(CONFIG, num_images=8)
     same = compare(tiny_resnet, tiny_resnet, images)
     assert same['agreement'] == 100.0 and same['kl'] == pytest.approx(0, abs=1e-6) and same['feature_mse'] == 0
     dropped = compare(drop_blocks(tiny_resnet, ['layer1.1', 'layer2.1']), tiny_resnet, images)
@@ -34,7 +35,7 @@ def test_compare_is_zero_distance_for_the_teacher_itself(tiny_resnet):
 
 
 def test_closeness_is_per_image_and_compare_its_mean(tiny_resnet):
-    images = guard_images(CONFIG, num_images=8)
+    images = photo_crops(CONFIG, num_images=8)
     dropped = drop_blocks(tiny_resnet, ['layer1.1'])
     per_image, means = closeness(dropped, tiny_resnet, images, batch_size=3), compare(dropped, tiny_resnet, images)
     assert all(v.shape == (8,) for v in per_image.values())
@@ -76,17 +77,17 @@ def test_compress_keeps_what_the_guard_chose_and_lists_both(tmp_path, monkeypatc
     out = tmp_path / 'run'
     config = CompressConfig(model='timm:resnet18', output_dir=str(out), input_size=32,
                             images={'source': images, 'num_images': 12, 'heldout': 4},
-                            scoring={'drop': 1, 'images': 8, 'adaptor_steps': 10},
+                            scoring={'drop': 1, 'num_images': 8, 'adaptor_steps': 10},
                             latency={'batch_size': 2, 'repeats': 2},
-                            eval={'data': images}, finetune={'iterations': 2, 'batch_size': 4})
+                            eval={'data': images}, finetune={'steps': 2, 'batch_size': 4})
     report = compress(config, progress=False)
     guard = report['guard']
     assert guard['kept'] == verdict and {'dropped', 'finetuned'} <= set(guard) and guard['crops'] == 256
     kept = load_compressed(str(out / 'model')).state_dict()
-    recovered = load_compressed(str(out / 'recovered')).state_dict()
+    recovered = load_compressed(str(out / 'dropped')).state_dict()
     same_as_dropped = all(torch.equal(v, recovered[k]) for k, v in kept.items())
     assert same_as_dropped is (verdict == 'dropped')
-    assert os.path.isdir(out / 'finetuned') is (verdict == 'dropped'), 'a rejected student is kept aside'
+    assert os.path.isdir(out / 'rejected') is (verdict == 'dropped'), 'a rejected student is kept aside'
     assert ('finetuned' in report['eval']) is (verdict == 'dropped') and 'before_finetune' in report['eval']
     assert json.load(open(out / 'report.json'))['guard']['kept'] == verdict
     text = render_report(report)  # what the command prints: both students, and the guard's choice
@@ -95,4 +96,4 @@ def test_compress_keeps_what_the_guard_chose_and_lists_both(tmp_path, monkeypatc
     if verdict == 'dropped':  # resumed with another verdict (e.g. another --finetune-mix): no stale rejected student
         monkeypatch.setattr('practise_df.pipeline.choose', lambda d, f, s: ('finetuned', 'forced'))
         assert compress(config, resume=True, progress=False)['guard']['kept'] == 'finetuned'
-        assert not os.path.exists(out / 'finetuned') and 'finetuned' not in json.load(open(out / 'report.json'))['eval']
+        assert not os.path.exists(out / 'rejected') and 'finetuned' not in json.load(open(out / 'report.json'))['eval']

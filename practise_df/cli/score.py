@@ -18,16 +18,16 @@ def score_command_parser(subparsers):
     parser.add_argument('--estimator', choices=sorted(ESTIMATORS), default='fast', help=_args.ESTIMATOR_HELP)
     parser.add_argument('--adaptor-steps', type=_args.positive_int, default=None,
                         help="optimizer steps fitting the adaptors (default: the estimator's)")
-    _args.deprecated(parser, '--iterations', '--adaptor-steps', type=_args.positive_int)
+    _args.deprecated(parser, '--iterations', '--adaptor-steps')
     parser.add_argument('--candidates', type=_args.block_list, metavar='B1,B2',
                         help='score only these blocks (default: every droppable block)')
-    _args.deprecated(parser, '--blocks', '--candidates', type=_args.block_list)
+    _args.deprecated(parser, '--blocks', '--candidates')
     parser.add_argument('--latency-batch-size', type=_args.positive_int, default=1, help=_args.LATENCY_BATCH_HELP)
-    _args.deprecated(parser, '--batch-size', '--latency-batch-size', type=_args.positive_int)
+    _args.deprecated(parser, '--batch-size', '--latency-batch-size')
     _args.add_timing(parser, prefix='latency_')
-    _args.deprecated(parser, '--output', '--output-dir')
     _args.add_selection(parser)
     _args.add_output_dir(parser)
+    _args.deprecated(parser, '--output', '--output-dir')
     _args.add_common(parser)
     parser.set_defaults(func=score_command, render=render_score)
     return parser
@@ -37,7 +37,7 @@ def score_command(args) -> dict:
     model, config = _args.load(args)
     settings = ESTIMATORS[args.estimator]
     if args.adaptor_steps is not None:
-        settings = dataclasses.replace(settings, iterations=args.adaptor_steps)
+        settings = dataclasses.replace(settings, steps=args.adaptor_steps)
     result = score_images(model, config, args.data, train_images=args.train_images,
                           heldout_images=args.heldout_images, blocks=args.candidates, settings=settings, drop=args.drop,
                           latency_reduction=args.latency_reduction,
