@@ -54,7 +54,7 @@ def _accuracy(report: Dict[str, Any]) -> List[str]:
     if 'eval' not in report:
         return ['## Accuracy', '',
                 f"No labelled images were given. Top-1 agreement with the teacher on held-out "
-                f"{'synthesized ' if report.get('images') == 'synthesized' else ''}images: "
+                f"{'synthesized ' if report.get('image_source') == 'synthesized' else ''}images: "
                 f"{_pct(report.get('heldout_agreement'))}. Check accuracy on labelled images of your own."]
     ev = report['eval']
     rows = [('teacher', _pct(ev['teacher'].get('top1')), _pct(ev['teacher'].get('top5')), ''),
@@ -77,7 +77,7 @@ def model_card(report: Dict[str, Any], license: Optional[str] = None, base_model
         command: the command that made the model (shown so it can be run again).
         data_config: the preprocessing saved in the folder's ``config.json``.
     """
-    images = report.get('images', 'synthesized')
+    images = report.get('image_source', 'synthesized')
     tags = TAGS + (['data-free'] if images == 'synthesized' else [])
     meta = ModelCardData(license=license or 'unknown', base_model=base_model or 'unknown',
                          library_name='practise-df', pipeline_tag='image-classification', tags=tags)

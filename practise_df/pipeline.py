@@ -494,7 +494,7 @@ def _guard(config: CompressConfig, teacher, finetuned, dropped, data_config, mai
     per_crop = {'dropped': closeness(dropped, teacher, images), 'finetuned': closeness(finetuned, teacher, images)}
     kept, why = choose(per_crop['dropped'], per_crop['finetuned'], config.eval.guard_signal)
     means = {name: {signal: v.mean().item() for signal, v in values.items()} for name, values in per_crop.items()}
-    info = {'images': config.eval.guard_images or 'scikit-image sample photos', 'crops': len(images),
+    info = {'photos': config.eval.guard_images or 'scikit-image sample photos', 'crops': len(images),
             'signal': config.eval.guard_signal, **means, 'kept': kept, 'reason': why}
     rejected_dir = os.path.join(config.output_dir, REJECTED_DIR)
     if kept == 'dropped':
@@ -550,7 +550,7 @@ def _report(config, teacher, student, others, selection, history, held, checked,
         return (deployed if shipped else compare_latency([teacher, student], **latency_kwargs)), deployed, shipped
     timed, deployed, shipped = on_main_process(timings)
     report = {
-        'model': config.model, 'weights': config.weights, 'images': config.images.source or 'synthesized',
+        'model': config.model, 'weights': config.weights, 'image_source': config.images.source or 'synthesized',
         'skipped_files': getattr(checked['pool'], 'skipped', 0),  # --images files that did not decode
         'dropped_blocks': selection['selected'], 'adaptors': config.scoring.keep_adaptors,
         'scores': selection['scores'], 'compressed_model': model_dir,

@@ -262,6 +262,32 @@ def test_compress_config_file_round_trip(tmp_path):
         config_from_args(parser.parse_args(['--config', str(tmp_path / 'bad.json')]))
 
 
+def test_settings_and_keywords_of_earlier_releases_still_work(tmp_path):
+    """Steps are steps everywhere now: a run.json with finetune.iterations / scoring.images loads (under --config,
+    with flags over it), and the old Python keywords and attributes work and warn."""
+    import dataclasses
+
+    from practise_df.cli.compress import add_compress_arguments, config_from_args
+    from practise_df.config import CompressConfig, FinetuneConfig
+    from practise_df.scoring import ESTIMATORS
+    old = {'model': 'timm:resnet18', 'output_dir': 'o', 'scoring': {'drop': 1, 'images': 6},
+           'finetune': {'iterations': 3}}
+    path = tmp_path / 'run.json'
+    path.write_text(json.dumps(old))
+    config = CompressConfig.from_file(str(path))
+    assert (config.finetune.steps, config.scoring.num_images) == (3, 6)
+    parser = add_compress_arguments(argparse.ArgumentParser(argument_default=argparse.SUPPRESS))
+    assert config_from_args(parser.parse_args(['--config', str(path), '--finetune-steps', '4'])).finetune.steps == 4
+    with pytest.raises(ValueError, match="'iterations' is the old name of 'steps'"):
+        CompressConfig.from_dict({**old, 'finetune': {'iterations': 3, 'steps': 4}})
+    with pytest.warns(DeprecationWarning, match='use steps='):
+        assert FinetuneConfig(iterations=5).steps == 5
+    with pytest.warns(DeprecationWarning, match=r'use FinetuneConfig\.steps'):
+        assert FinetuneConfig(steps=7).iterations == 7
+    with pytest.warns(DeprecationWarning, match='use steps='):
+        assert dataclasses.replace(ESTIMATORS['fast'], iterations=2).steps == 2
+
+
 def test_score_says_when_the_folder_holds_fewer_images_than_asked(capsys, caplog, image_folder):
     """issue 28: --heldout-images above what the folder holds was shortened without a word."""
     code, _, err = run(capsys, 'score', '--model', 'timm:resnet18', '--input-size', 64, '--data', image_folder,

@@ -177,7 +177,7 @@ def test_onnxruntime_latency_has_the_torch_shape(capsys, tmp_path, exported):
 
 
 REPORT = {
-    'model': 'timm:resnet18', 'weights': 'r18.pth', 'images': 'synthesized', 'dropped_blocks': ['layer1.1'],
+    'model': 'timm:resnet18', 'weights': 'r18.pth', 'image_source': 'synthesized', 'dropped_blocks': ['layer1.1'],
     'adaptors': False, 'compressed_model': 'runs/r18/model',
     'scores': [{'block': 'layer1.1', 'recoverability': 0.12, 'mse_dropped': 0.3, 'saved_ms': 1.0, 'saved_pct': 8.0,
                 'score': 0.015}],

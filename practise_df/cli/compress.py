@@ -199,7 +199,7 @@ def render_report(r: dict) -> str:
     if lat.get('warning'):
         text += f"\nwarning: {lat['warning']}"
     if r.get('skipped_files'):
-        text += f"\n{r['skipped_files']} file(s) of {r['images']} did not decode and were skipped"
+        text += f"\n{r['skipped_files']} file(s) of {r['image_source']} did not decode and were skipped"
     if 'eval' in r:
         t, s = r['eval']['teacher'], r['eval']['student']
         if 'top1' in s:
