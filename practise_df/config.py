@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Union
 from synth import get_preset
 from synth.ood import photo_paths
 
+from ._renamed import renamed_fields
 from .corruptions import parse_corruptions, parse_severities
 from .finetune import FinetuneConfig
 from .guard import SIGNALS
@@ -73,6 +74,7 @@ class SynthesisConfig:
         get_preset(self.preset, self.steps)  # an unknown preset, or fewer steps than its phases, fails now
 
 
+@renamed_fields(images='num_images')
 @dataclass
 class ScoringConfig:
     """Which blocks to drop (stage ``scores``)."""

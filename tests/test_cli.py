@@ -268,7 +268,7 @@ def test_settings_and_keywords_of_earlier_releases_still_work(tmp_path):
     import dataclasses
 
     from practise_df.cli.compress import add_compress_arguments, config_from_args
-    from practise_df.config import CompressConfig, FinetuneConfig
+    from practise_df.config import CompressConfig, FinetuneConfig, ScoringConfig
     from practise_df.scoring import ESTIMATORS
     old = {'model': 'timm:resnet18', 'output_dir': 'o', 'scoring': {'drop': 1, 'images': 6},
            'finetune': {'iterations': 3}}
@@ -286,6 +286,8 @@ def test_settings_and_keywords_of_earlier_releases_still_work(tmp_path):
         assert FinetuneConfig(steps=7).iterations == 7
     with pytest.warns(DeprecationWarning, match='use steps='):
         assert dataclasses.replace(ESTIMATORS['fast'], iterations=2).steps == 2
+    with pytest.warns(DeprecationWarning, match='use num_images='):
+        assert ScoringConfig(drop=1, images=6).num_images == 6
 
 
 def test_score_says_when_the_folder_holds_fewer_images_than_asked(capsys, caplog, image_folder):
