@@ -23,11 +23,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from practise_io import (RunLock, append_jsonl, check_outputs_apart, check_writable, differing_settings,
+                         drop_partial_line, remove_leftovers, write_json_atomic)
 from synth import SingleImageCrops, SynthesizedImages, load_images, synthesize
 from synth.data import ImageFolderDataset, eval_transform, train_transform
 from synth.ood import photo_crops
-from practise_io import (RunLock, append_jsonl, check_outputs_apart, check_writable, differing_settings,
-                         drop_partial_line, remove_leftovers, write_json_atomic)
 from synth.synthesized import is_synthesized
 
 from ._distributed import on_main_process
