@@ -47,11 +47,13 @@ from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
 from practise_df.models import efficientnet_lite0_weights
 from practise_df import CompressConfig, compress, drop_blocks, evaluate, load_compressed, save_compressed
 from practise_df.finetune import DEFAULT_LR, FinetuneConfig, finetune
-from practise_df.guard import SIGNALS, closeness, compare, guard_images
+from practise_df.guard import SIGNALS, closeness, compare
+from practise_df.pipeline import REJECTED_DIR
 from practise_df.recovery import MIN_Z, choose
 from synth import SingleImageCrops, SynthesizedImages
 from synth.data import ImageFolderDataset, eval_transform, train_transform
-from synth.files import write_json_atomic
+from synth.ood import photo_crops
+from practise_io import write_json_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PHOTOS = os.path.join(ROOT, '..', 'shared', 'data', 'ood-photos')
@@ -136,7 +138,7 @@ def compress_row(row: Row, blocks, seed: int, args, run_dir: str):
         images={'source': source, 'num_images': args.iterations * args.batch_size if 'crops:' in source else 64,
                 'heldout': 1},
         scoring={'blocks': blocks}, latency={'batch_size': 8, 'repeats': 3},
-        finetune={'iterations': args.iterations, 'batch_size': args.batch_size, 'checkpoint_every': 50, **row.extra})
+        finetune={'steps': args.iterations, 'batch_size': args.batch_size, 'checkpoint_every': 50, **row.extra})
     report = compress(config, resume=os.path.isdir(run_dir), progress=False)
     return load_compressed(os.path.join(run_dir, 'model')), report
 
@@ -229,7 +231,7 @@ def main():
     test_idx, dev_idx = split_sample(len(sample))
     test, test_labels = stack(sample, test_idx)
     dev, dev_labels = stack(sample, dev_idx)
-    guard = guard_images(cfg, GUARD_SETS['heldout_photos'], seed=12345)
+    guard = photo_crops(cfg, GUARD_SETS['heldout_photos'], seed=12345)
     blocks = POINTS[args.point]
 
     def save(key, row):
@@ -256,7 +258,7 @@ def main():
             source = row.same_training_as and run_folder(f'{args.point}|{row.same_training_as}|seed{seed}',
                                                          args.iterations, args.batch_size)
             if source and os.path.isdir(source) and not os.path.isdir(run_dir):  # its training, not its outputs
-                shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns('student', 'model', 'finetuned',
+                shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns('student', 'model', REJECTED_DIR,
                                                                                'report.json'))
                 info['training_copied_from'] = row.same_training_as
             if row.data is not None and row.data.startswith('compress:'):
@@ -266,7 +268,7 @@ def main():
                             compress_guard=run_report["guard"], final_loss=run_report["finetune"]["final_loss"],
                             mix=run_report['finetune']['mix'])
             elif row.data is not None:
-                config = FinetuneConfig(loss=row.loss, iterations=args.iterations, batch_size=args.batch_size,
+                config = FinetuneConfig(loss=row.loss, steps=args.iterations, batch_size=args.batch_size,
                                         lr=row.lr, freeze_bn=row.freeze_bn, seed=seed, checkpoint_every=50,
                                         **row.extra)
                 data = training_data(row, cfg, seed, args.iterations * args.batch_size, dev_idx)
@@ -297,7 +299,7 @@ def guard_analysis(rows: dict, out: str) -> None:
     set and signal by its mean (the first guard), the same with compress's paired test
     (``practise_df.recovery.choose``), and all signals on all sets at once (the most conservative)."""
     teacher, cfg = lite0_teacher()
-    images = {name: guard_images(cfg, source, seed=12345) for name, source in GUARD_SETS.items()}
+    images = {name: photo_crops(cfg, source, seed=12345) for name, source in GUARD_SETS.items()}
     cached = json.load(open(out)) if os.path.isfile(out) else {}
     signals, top1s = cached.get('per_crop', {}), cached.get('finetuned_top1', {})
 
@@ -325,7 +327,7 @@ def guard_analysis(rows: dict, out: str) -> None:
             continue
         # a compress row: its finetuned student (the one kept, or the one its guard rejected) and that
         # student's test top-1, which the row itself does not record when the guard rejected it
-        folder = os.path.join(run_dir, 'finetuned' if row.get('kept') == 'dropped' else 'model')
+        folder = os.path.join(run_dir, REJECTED_DIR if row.get('kept') == 'dropped' else 'model')
         if key not in signals and os.path.isdir(folder):
             if test is None:
                 test, test_labels = test_images(cfg)

@@ -38,7 +38,7 @@ from practise_df import drop_blocks, export_model, find_blocks, load_exported
 from practise_df.export import onnxruntime_models
 from synth.data import load_image_tensor
 from practise_df.latency import measure_latencies
-from synth.files import write_json_atomic, write_text_atomic
+from practise_io import write_json_atomic, write_text_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

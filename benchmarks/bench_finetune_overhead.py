@@ -29,13 +29,13 @@ def bare_loop(student, teacher, data, config, warmup):
     feats, tfeats = PrePoolFeatures(student), PrePoolFeatures(teacher)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, max(1, int(config.step_at * config.iterations)), 0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, max(1, int(config.step_at * config.steps)), 0.1)
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True)
     student.train()
     teacher.eval()
     stamps = []
     step = 0
-    while step < config.iterations:
+    while step < config.steps:
         for x, _ in loader:
             with torch.no_grad():
                 target = tfeats(x)
@@ -47,7 +47,7 @@ def bare_loop(student, teacher, data, config, warmup):
             loss.item()  # the Accelerate loop reads the loss every step too
             step += 1
             stamps.append(time.perf_counter())
-            if step >= config.iterations:
+            if step >= config.steps:
                 break
     return config.batch_size * (len(stamps) - 1 - warmup) / (stamps[-1] - stamps[warmup])
 
@@ -77,7 +77,7 @@ def main():
     teacher = create_model('timm:tf_efficientnet_lite0')
     data = TensorDataset(torch.randn(args.batch_size * args.iterations, 3, args.resolution, args.resolution),
                          torch.zeros(args.batch_size * args.iterations, dtype=torch.long))
-    config = FinetuneConfig(iterations=args.iterations, batch_size=args.batch_size)
+    config = FinetuneConfig(steps=args.iterations, batch_size=args.batch_size)
     rates = {'bare': [], 'practise_df': []}
     for _ in range(args.rounds):
         for name, loop in (('bare', bare_loop), ('practise_df', accelerate_loop)):

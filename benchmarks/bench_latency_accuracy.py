@@ -175,7 +175,7 @@ class Track:
 
     def score_settings(self):
         from practise_df.scoring import ESTIMATORS, RecoverySettings
-        return RecoverySettings(iterations=3, batch_size=8) if self.quick else ESTIMATORS['fast']
+        return RecoverySettings(steps=3, batch_size=8) if self.quick else ESTIMATORS['fast']
 
     def data_seed(self, seed):
         return seed
@@ -199,7 +199,7 @@ class Track:
         else:
             student = self.build(choice)
         if steps and steps[0] != 'none':
-            cfg = FinetuneConfig(loss=steps[0], iterations=self.ft_iters, batch_size=self.ft_batch,
+            cfg = FinetuneConfig(loss=steps[0], steps=self.ft_iters, batch_size=self.ft_batch,
                                  lr=self.ft_lr, freeze_bn=True, seed=row['seed'])
             start = time.perf_counter()
             finetune(student, self.teacher, self.train_data(row['data'], row['seed']), cfg,

@@ -40,7 +40,7 @@ from scipy.stats import spearmanr
 from practise_df import drop_blocks, find_blocks
 from practise_df.latency import block_latency, compare_latency
 from practise_df.models import efficientnet_lite0_weights
-from synth.files import write_json_atomic, write_text_atomic
+from practise_io import write_json_atomic, write_text_atomic
 
 STUDENT_BLOCKS = ['blocks.1.1', 'blocks.4.2']  # the quickstart's choice
 OOD_PHOTOS = os.path.join(ROOT, '..', 'shared', 'data', 'ood-photos')

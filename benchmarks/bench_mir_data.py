@@ -2,7 +2,7 @@
 
     python benchmarks/bench_mir_data.py --run runs/quickstart_final [--variants NAME,...] [--threads 2]
 
-Starts every variant from the same adaptor-folded student (``RUN/recovered``, written by a quickstart or
+Starts every variant from the same adaptor-folded student (``RUN/dropped``, written by a quickstart or
 compress run), finetunes it by MiR (BatchNorm frozen, batch 32) on one image folder, and reports top-1 on
 all of ../shared/data/imagenet-sample. Rows are cached in ``--out`` and skipped on a re-run, so a killed
 run resumes. The control ``real64_noaug`` runs MiR on 64 real imagenet-sample images and is scored on
@@ -22,9 +22,10 @@ from _sample import IMAGENET_SAMPLE, ROOT, chosen_variants, lite0_teacher, sampl
 from torch.utils.data import Subset
 
 from practise_df import load_compressed
-from synth.files import write_json_atomic
+from practise_io import write_json_atomic
 from synth.data import ImageFolderDataset, eval_transform, subsample, train_transform
 from practise_df.finetune import FinetuneConfig, finetune
+from practise_df.pipeline import DROPPED_DIR
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -57,7 +58,7 @@ def main():
 
     results = json.load(open(args.out)) if os.path.isfile(args.out) else {'rows': {}}
     rows = results['rows']
-    recovered = os.path.join(args.run, 'recovered')
+    recovered = os.path.join(args.run, DROPPED_DIR)
     if 'adaptors_only' not in rows:
         rows['adaptors_only'] = {'top1': top1(load_compressed(recovered), images, labels), 'images': 0}
     for name in variants:
@@ -75,7 +76,7 @@ def main():
         data = Subset(pool, [pool.samples.index(s) for s in subsample(pool.samples, n, seed=0)])
         student = load_compressed(recovered)
         start = time.time()
-        history = finetune(student, teacher, data, FinetuneConfig(loss='mir', iterations=iterations, batch_size=32,
+        history = finetune(student, teacher, data, FinetuneConfig(loss='mir', steps=iterations, batch_size=32,
                                                                  lr=lr, freeze_bn=True, seed=0), progress=False)
         rows[name] = {'top1': top1(student, images, labels), 'images': n, 'augmentation': aug, 'iterations': iterations,
                       'lr': lr,

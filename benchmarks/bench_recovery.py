@@ -23,7 +23,7 @@ import torch
 from _sample import IMAGENET_SAMPLE, ROOT, chosen_variants, lite0_teacher, sample_images, top1
 
 from practise_df import drop_and_recover, drop_blocks, find_blocks
-from synth.files import write_json_atomic
+from practise_io import write_json_atomic
 from synth.data import load_image_tensor
 from practise_df.scoring import ESTIMATORS, RecoverySettings
 

@@ -49,8 +49,9 @@ from _sample import lite0_teacher, sample_images
 
 import practise_df as pdf
 from practise_df.finetune import FinetuneConfig, finetune, interpolate_weights, make_accelerator
-from practise_df.guard import closeness, guard_images
+from practise_df.guard import closeness
 from synth import SynthesizedImages, synthesize
+from synth.ood import photo_crops
 
 TRACKS = {
     'B': {  # pinned block sets; saved_pct: idle re-measurement of 2026-11-26 (latency_accuracy_B.json)
@@ -135,7 +136,7 @@ class Bench:
         signal = SynthesizedImages(signal_dir, **read)
         stack = lambda ds, idx: torch.stack([ds[i][0] for i in idx])  # noqa: E731
         sets = {'synth_heldout': stack(signal, range(len(signal))), 'pool_heldout': stack(pool, held),
-                'photos': guard_images(self.dc, seed=seed)}
+                'photos': photo_crops(self.dc, seed=seed)}
         return Subset(train_pool, train), sets
 
     @torch.no_grad()
@@ -151,7 +152,7 @@ class Bench:
         if os.path.isfile(path):
             student.load_state_dict(load_file(path))
             return student, 0.0
-        cfg = FinetuneConfig(iterations=self.args.iterations, batch_size=self.args.batch_size, freeze_bn=True,
+        cfg = FinetuneConfig(steps=self.args.iterations, batch_size=self.args.batch_size, freeze_bn=True,
                              seed=seed, **RUNS[run])
         start = time.perf_counter()
         finetune(student, self.teacher, train, cfg, accelerator=self.accelerator, progress=False)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from practise_df import create_model, drop_and_recover, drop_blocks, load_compressed, save_compressed  # noqa: E402
-from synth.files import write_json_atomic  # noqa: E402
+from practise_io import write_json_atomic  # noqa: E402
 from synth.data import ImageFolderDataset, eval_transform  # noqa: E402
 from practise_df.finetune import FinetuneConfig, finetune  # noqa: E402
 from practise_df.latency import measure_latencies  # noqa: E402
@@ -70,7 +70,7 @@ def student_for(source, teacher, data_config, sample, train_idx, args):
     start = time.perf_counter()
     images = recovery_images(source, teacher, data_config, sample, train_idx, args)
     student = drop_and_recover(teacher, args.blocks, images[:args.score_images], seed=args.seed)
-    config = FinetuneConfig(iterations=args.finetune_iters, batch_size=args.batch_size, lr=args.lr, freeze_bn=True,
+    config = FinetuneConfig(steps=args.finetune_iters, batch_size=args.batch_size, lr=args.lr, freeze_bn=True,
                             seed=args.seed)
     history = finetune(student, teacher, TensorDataset(images, torch.full((len(images),), -1)), config)
     timing = {'recover_s': time.perf_counter() - start, 'final_loss': history['loss'][-1]}

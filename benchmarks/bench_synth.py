@@ -113,7 +113,7 @@ def main():
 
     model = create_model('timm:tf_efficientnet_lite0', weights=efficientnet_lite0_weights())
     data_config = resolve_data_config(model, input_size=args.resolution, crop_pct=1.0)
-    configs = {m: synth.get_preset(m).scaled(round(synth.get_preset(m).iterations * args.scale))
+    configs = {m: synth.get_preset(m).scaled(round(synth.get_preset(m).steps * args.scale))
                for m in args.methods.split(',')}
     results = json.load(open(args.out)) if os.path.exists(args.out) else {}
     results['setup'] = {
@@ -122,7 +122,7 @@ def main():
         'date': subprocess.run(['date'], capture_output=True, text=True).stdout.strip(),
         'command': 'python ' + ' '.join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
         'images': args.images, 'batch_size': args.batch_size, 'resolution': args.resolution, 'scale': args.scale,
-        'iterations': {m: c.iterations for m, c in configs.items()},
+        'iterations': {m: c.steps for m, c in configs.items()},
         'phases': {m: [list(ph) for ph in c.phases] for m, c in configs.items()},
     }
     results.setdefault('methods', {})
@@ -134,7 +134,7 @@ def main():
             print(f'{method}: already measured, skipped (delete it from {args.out} to rerun)')
             continue
         folder = os.path.join(args.work_dir, method)
-        print(f'{method}: {config.iterations} steps {config.phases}, {args.images} images -> {folder}', flush=True)
+        print(f'{method}: {config.steps} steps {config.phases}, {args.images} images -> {folder}', flush=True)
         summary = synth.synthesize(model, folder, args.images, data_config=data_config,
                                    batch_size=args.batch_size, seed=args.seed, config=config)
         summary['preset'] = method

@@ -23,7 +23,7 @@ print('no finetune', evaluate(s0, ev, progress=False), flush=True)
 train = ImageFolderDataset(sys.argv[1] if len(sys.argv) > 1 else 'runs/quickstart/synth', train_transform(cfg))
 for freeze, lr in [(True, 0.005), (False, 0.005)]:
     s = drop_blocks(t, ['blocks.2.1', 'blocks.4.1'])
-    c = FinetuneConfig(iterations=40, batch_size=32, lr=lr, freeze_bn=freeze)
+    c = FinetuneConfig(steps=40, batch_size=32, lr=lr, freeze_bn=freeze)
     st = time.time()
     finetune(s, t, train, c, accelerator=make_accelerator(None, c, cpu=True), progress=False)
     print('freeze', freeze, 'lr', lr, evaluate(s, ev, progress=False), f'{time.time()-st:.0f}s', flush=True)

@@ -63,7 +63,7 @@ from practise_df import drop_blocks, evaluate, load_compressed
 from practise_df.finetune import interpolate_weights
 from synth import SingleImageCrops, SynthesizedImages
 from synth.data import ImageFolderDataset, eval_transform, train_transform
-from synth.files import write_json_atomic
+from practise_io import write_json_atomic
 
 
 class Shift(nn.Module):

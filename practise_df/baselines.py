@@ -51,7 +51,7 @@ def output_difference_scores(teacher: nn.Module, images: torch.Tensor, blocks: S
                              resolution_scale: float = 1.0, progress: bool = False) -> list[BlockScore]:
     """:func:`~practise_df.score_blocks` with no adaptor fitting: ``mse_dropped`` (= ``recoverability``)
     measured on ``images``. Order them with :func:`output_difference`."""
-    settings = RecoverySettings(iterations=0, resolution_scale=resolution_scale)
+    settings = RecoverySettings(steps=0, resolution_scale=resolution_scale)
     return score_blocks(teacher, images[:1], images, blocks=blocks, settings=settings, latency=latency,
                         latency_kwargs=latency_kwargs, progress=progress)
 

@@ -28,7 +28,7 @@ from huggingface_hub import hf_hub_download, snapshot_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from synth.files import apply_umask, check_writable, temporary_name
+from practise_io import apply_umask, check_writable, temporary_name
 
 from .blocks import drop_blocks, dropped_blocks
 from .models import HUB_PREFIX, PY_PREFIX, create_model, hub_errors, model_device, resolve_data_config

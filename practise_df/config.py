@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
+from ._renamed import renamed_fields
+
 __all__ = ['CompressConfig', 'ImagesConfig', 'SynthesisConfig', 'ScoringConfig', 'LatencyConfig',
            'FinetuneConfig', 'EvalConfig', 'RobustnessConfig', 'CardConfig', 'STAGE_SETTINGS']
 
@@ -107,6 +109,7 @@ class SynthesisConfig:
         _positive(steps=self.steps, batch_size=self.batch_size, micro_batch=self.micro_batch)
 
 
+@renamed_fields(images='num_images')
 @dataclass
 class ScoringConfig:
     """Which blocks to drop (stage ``scores``)."""
@@ -115,7 +118,7 @@ class ScoringConfig:
     blocks: Optional[List[str]] = None  # or: drop exactly these blocks (no scoring)
     candidates: Optional[List[str]] = None  # score only these blocks (default: every droppable block)
     estimator: str = 'fast'
-    images: int = 64  # the tiny set the adaptors are fitted on
+    num_images: int = 64  # the tiny set the adaptors are fitted on
     adaptor_steps: Optional[int] = None  # default: the estimator's
     # Fold the adaptors fitted around the dropped blocks into the student. Off by default, as the official
     # code, which uses them only to score (on tf_efficientnet_lite0 they lowered top-1, BENCHMARKS.md).
@@ -135,7 +138,7 @@ class ScoringConfig:
             if getattr(self, name) is not None and not getattr(self, name):
                 raise ValueError(f'{name} is empty; name at least one block (practise-df blocks --model ... lists '
                                  'them).')
-        _positive(images=self.images, adaptor_steps=self.adaptor_steps)
+        _positive(num_images=self.num_images, adaptor_steps=self.adaptor_steps)
 
     def _chosen(self) -> List[str]:
         return [n for n, v in (('drop', self.drop), ('latency_reduction', self.latency_reduction),
@@ -178,16 +181,17 @@ class LatencyConfig:
                     max_seconds=self.max_seconds)
 
 
+@renamed_fields(iterations='steps')
 @dataclass
 class FinetuneConfig:
     """How the student is finetuned against the teacher (stage ``finetune``; :func:`practise_df.finetune`)."""
     loss: str = 'mir'
-    iterations: int = 2000
+    steps: int = 2000  # optimizer steps
     batch_size: int = 64  # per process
     lr: Optional[float] = None  # default: DEFAULT_LR[loss]
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    step_at: float = 0.4  # StepLR x0.1 at this fraction of the iterations
+    step_at: float = 0.4  # StepLR x0.1 at this fraction of the steps
     gradient_accumulation_steps: int = 1
     kd_temperature: float = 4.0
     kd_weight: float = 1.0  # weight of the KD term in 'mir+kd'
@@ -197,7 +201,7 @@ class FinetuneConfig:
     freeze_bn: Optional[bool] = None
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2
-    eval_every: int = 0
+    eval_every: int = 0  # optimizer steps between evaluations of finetune()'s eval_data (0: only at the end)
     seed: Optional[int] = None  # None: 0, or the run's seed under compress
     num_workers: int = 0
     # Fraction of the finetuning update kept (WiSE-FT). None: all of it (1). compress finetunes with all of it and
@@ -208,8 +212,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown finetuning loss '{self.loss}'; choose from {', '.join(LOSSES)}.")
-        if self.iterations < 0 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise ValueError('batch_size and gradient_accumulation_steps must be at least 1, and iterations '
+        if self.steps < 0 or self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError('batch_size and gradient_accumulation_steps must be at least 1, and steps '
                              'at least 0 (0 = no finetuning).')
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f'lr must be positive, got {self.lr}.')
@@ -320,7 +324,8 @@ class CompressConfig:
     def __post_init__(self):
         for name, kind in _GROUPS.items():
             if isinstance(getattr(self, name), dict):
-                setattr(self, name, _build(kind, getattr(self, name), name))
+                setattr(self, name, _build(kind, _renamed(getattr(self, name), RENAMED_SETTINGS.get(name, {}), name),
+                                           name))
         if self.scoring is None:
             raise ValueError('Say what to drop: --drop K (blocks), --latency-reduction F (e.g. 0.25) or --blocks B1,B2 '
                              '(scoring.drop / latency_reduction / blocks in a settings file).')
@@ -356,13 +361,36 @@ class CompressConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: str = 'the settings') -> 'CompressConfig':
-        return _build(cls, data, source)
+        return _build(cls, renamed_settings(data, source), source)
 
     @classmethod
     def from_file(cls, path: str, **overrides: Any) -> 'CompressConfig':
         """Read a JSON or YAML file (``run.json`` of an earlier run, or one written by hand);
         ``overrides`` (e.g. ``output_dir``) replace top-level values."""
         return cls.from_dict({**read_settings_file(path), **overrides}, source=path)
+
+
+# Settings renamed since earlier releases, {group: {old name: new name}}: a run.json written before still loads
+# (and resumes: its settings are compared under the new names).
+RENAMED_SETTINGS = {'finetune': {'iterations': 'steps'}, 'scoring': {'images': 'num_images'}}
+
+
+def renamed_settings(data: Dict[str, Any], source: str = 'the settings') -> Dict[str, Any]:
+    """``data`` (a run's settings, nested by group) with the names of earlier releases replaced by today's."""
+    if not isinstance(data, dict):
+        return data
+    return {key: _renamed(value, RENAMED_SETTINGS[key], f'{source}: {key}') if key in RENAMED_SETTINGS and
+            isinstance(value, dict) else value for key, value in data.items()}
+
+
+def _renamed(values: Dict[str, Any], names: Dict[str, str], where: str) -> Dict[str, Any]:
+    values = dict(values)
+    for old, new in names.items():
+        if old in values:
+            if new in values:
+                raise ValueError(f'{where}: {old!r} is the old name of {new!r}; give only {new!r}.')
+            values[new] = values.pop(old)
+    return values
 
 
 # The stage that owns each group of settings (in pipeline order): on resume, a finished stage's settings are

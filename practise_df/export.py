@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 
 from synth.data import image_loader
+from synth.ood import photo_crops
 
 from .blocks import dropped_blocks
-from .guard import guard_images
 from .models import PREPROCESSING, model_device, resolve_data_config
 from .runtime import OnnxRuntimeModel, require_deploy
 
@@ -198,7 +198,7 @@ def calibration_images(data_config: Dict[str, Any], source: Optional[str] = None
     """Images that set the int8 activation ranges: ``num_images`` from an image folder, or by default crops
     of natural photos (the guard's scikit-image sample photos: no data of the user's is needed)."""
     if source is None:
-        return guard_images(data_config, num_images=num_images, seed=seed)
+        return photo_crops(data_config, num_images=num_images, seed=seed)
     images = [x for x, _ in image_loader(source, data_config, batch_size=num_images, max_images=num_images, seed=seed)]
     return torch.cat(images)[:num_images]
 

@@ -9,12 +9,12 @@ Losses:
 
 The classifier stays as the teacher left it for every loss but ``ce``: it only maps features, and a
 classifier trained on a few images forgets the classes they do not show. The optimizer follows the
-official code: SGD, momentum 0.9, weight decay 1e-4, StepLR x0.1 at 40% of the iterations; each loss
+official code: SGD, momentum 0.9, weight decay 1e-4, StepLR x0.1 at 40% of the steps; each loss
 has its own default learning rate (:data:`DEFAULT_LR`), and gradients are clipped (``max_grad_norm``).
 BatchNorm statistics stay frozen by default (``freeze_bn``): on synthesized or out-of-domain images
 train-mode BatchNorm adopts their statistics and the student collapses on real ones. The official code
 trains them, on real images; pass ``freeze_bn=False`` for real, representative images.
-``iterations`` counts optimizer steps; each step sees ``batch_size`` images per process (x gradient
+``steps`` counts optimizer steps; each step sees ``batch_size`` images per process (x gradient
 accumulation). ``mix`` below 1 keeps only that fraction of what finetuning changed: the weights end at
 ``start + mix * (finetuned - start)``, WiSE-FT's weight-space ensemble of the student before and after
 finetuning (Wortsman et al., CVPR 2022), which keeps part of the gain without all of the drift that
@@ -217,7 +217,7 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
     optimizer = torch.optim.SGD(params, lr=config.learning_rate, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     # Stepped by hand once per optimizer step, so the schedule does not depend on the number of processes.
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, max(1, int(config.step_at * config.iterations)), 0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, max(1, int(config.step_at * config.steps)), 0.1)
     train_data = SeededSamples(train_data, seed)
     loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True, drop_last=len(train_data) >=
                         config.batch_size * accelerator.num_processes, num_workers=config.num_workers)
@@ -236,10 +236,11 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
 
     history: Dict[str, List] = {'step': [], 'loss': [], 'eval': []}
     steps_per_epoch = max(1, len(loader) // config.gradient_accumulation_steps)
-    bar = tqdm(total=config.iterations, initial=state.step, desc=f'finetune ({config.loss})',
+    bar = tqdm(total=config.steps, initial=state.step, desc=f'finetune ({config.loss})',
                disable=not (progress and accelerator.is_main_process))
     last_checkpoint = latest_checkpoint(output_dir) if output_dir else None
-    while state.step < config.iterations:
+    held_out: Dict[str, str] = {}  # the last evaluation, on the progress line
+    while state.step < config.steps:
         epoch, done_in_epoch = divmod(state.step, steps_per_epoch)
         loader.set_epoch(epoch)
         train_data.set_epoch(epoch)  # Accelerate does not pass it on when the sampler takes it
@@ -270,16 +271,17 @@ def finetune(student: nn.Module, teacher: nn.Module, train_data: Dataset, config
             history['loss'].append(loss_value)
             accelerator.log({'train/loss': loss_value, 'train/lr': scheduler.get_last_lr()[0]}, step=state.step)
             bar.update(1)
-            bar.set_postfix(loss=f'{loss_value:.4g}')
+            bar.set_postfix(loss=f'{loss_value:.4g}', **held_out)
             if on_step is not None and accelerator.is_main_process:
                 on_step(state.step, loss_value)
-            final = state.step >= config.iterations
+            final = state.step >= config.steps
             if output_dir and (final or (config.checkpoint_every and state.step % config.checkpoint_every == 0)):
                 last_checkpoint = _save_checkpoint(accelerator)
             if final:
                 break
             if eval_data is not None and config.eval_every and state.step % config.eval_every == 0:
                 _evaluate(accelerator, objective, teacher, eval_data, config, history, state.step)
+                held_out['agreement'] = f"{history['eval'][-1]['agreement']:.1f}%"  # with the teacher, on eval_data
                 _train_mode(objective, config.freeze_bn is not False)
     bar.close()
     if start is not None:

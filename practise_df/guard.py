@@ -3,8 +3,9 @@ it was not trained on.
 
 Finetuning on synthesized or out-of-domain images can move a student away from the teacher on real
 images while it matches the teacher better on the images it was trained on. So the measure runs on
-other images: the run's held-out images, or crops of natural photos (by default the public-domain and
-CC0 sample photos shipped with scikit-image, so it works offline; ``guard_images`` takes the user's own).
+other images: the run's held-out images, or crops of natural photos (:func:`synth.ood.photo_crops`: by
+default the public-domain and CC0 sample photos shipped with scikit-image, so it works offline, or the
+user's own).
 :func:`closeness` measures a student against the teacher there, image by image; which student compress
 keeps is decided from it by :mod:`practise_df.recovery`. ``benchmarks/bench_datafree.py --guard`` and
 ``benchmarks/bench_recovery_choice.py`` measure how often each rule picks the student with the higher real
@@ -12,39 +13,16 @@ top-1 (BENCHMARKS.md).
 """
 from __future__ import annotations
 
-import os
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from synth import SingleImageCrops
-from synth.ood import photo_paths
-
 from ._distributed import gather, sharded_batches
 from .models import PrePoolFeatures, model_device
 
-# scikit-image's natural photos with no copyright restriction: astronaut (NASA, public domain), chelsea
-# (CC0, Stefan van der Walt), coffee (CC0, Rachel Michetti), rocket (SpaceX, public domain).
-SAMPLE_PHOTOS = ('astronaut.png', 'chelsea.png', 'coffee.png', 'rocket.jpg')
 SIGNALS = {'agreement': +1, 'kl': -1, 'feature_mse': -1}  # +1: higher is closer to the teacher
-
-
-def sample_photos() -> Tuple[str, ...]:
-    """Paths of the sample photos (needs scikit-image, a dependency of practise-df)."""
-    import skimage.data  # only to find its folder
-    folder = os.path.dirname(skimage.data.__file__)
-    return tuple(os.path.join(folder, name) for name in SAMPLE_PHOTOS)
-
-
-def guard_images(data_config: dict, source: Optional[Sequence[str]] = None, num_images: int = 256,
-                 seed: int = 0) -> torch.Tensor:
-    """``num_images`` crops (8-100% of the area, no colour change) of the photos in ``source`` (files or
-    folders; default: :func:`sample_photos`), preprocessed for the model, as one tensor."""
-    paths = photo_paths(source) if source else sample_photos()
-    crops = SingleImageCrops(paths, num_images, data_config, seed=seed, scale=(0.08, 1.0), color_jitter=0.0)
-    return torch.stack([crops[i][0] for i in range(num_images)])
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from huggingface_hub import ModelCardData
 
-from synth.files import write_text_atomic
+from practise_io import write_text_atomic
 
 from .report import Report
 from .robustness import robustness_table
@@ -55,7 +55,7 @@ def _accuracy(report: Report) -> List[str]:
     if report.eval is None:
         return ['## Accuracy', '',
                 f"No labelled images were given. Top-1 agreement with the teacher on held-out "
-                f"{'synthesized ' if report.images == 'synthesized' else ''}images: "
+                f"{'synthesized ' if report.image_source == 'synthesized' else ''}images: "
                 f"{_pct(report.heldout_agreement)}. Check accuracy on labelled images of your own."]
     ev = report.eval
     rows = [('teacher', _pct(ev['teacher'].get('top1')), _pct(ev['teacher'].get('top5')), ''),
@@ -81,7 +81,7 @@ def model_card(report: Union[Report, Dict[str, Any]], license: Optional[str] = N
     """
     if isinstance(report, dict):
         report = Report.from_dict(report)
-    images = report.images
+    images = report.image_source
     tags = TAGS + (['data-free'] if images == 'synthesized' else [])
     meta = ModelCardData(license=license or 'unknown', base_model=base_model or 'unknown',
                          library_name='practise-df', pipeline_tag='image-classification', tags=tags)
@@ -95,8 +95,8 @@ def model_card(report: Union[Report, Dict[str, Any]], license: Optional[str] = N
     recovered_on = ('images synthesized from the model itself: no training data was used' if images == 'synthesized'
                     else f'`{images}`')
     choice = report.recovery  # the per-run choice among candidates (practise_df.recovery)
-    if not report.finetune['iterations']:
-        recovery = ' The student was not finetuned after the blocks were dropped (0 finetuning iterations).'
+    if not report.finetune['steps']:
+        recovery = ' The student was not finetuned after the blocks were dropped (0 finetuning steps).'
     elif choice is not None:
         shares = [f"{c['mix']:g}" if c['mix'] < 1 else 'all' for c in choice['candidates'] if c['mix']]
         mixes = ' or '.join([', '.join(shares[:-1]), shares[-1]] if len(shares) > 1 else shares)
@@ -138,7 +138,7 @@ def model_card(report: Union[Report, Dict[str, Any]], license: Optional[str] = N
                 else 'no adaptors')
     lines += ['', '## What was dropped', '',
               f"Blocks dropped: {', '.join(f'`{b}`' for b in dropped) or 'none'}; {adaptors}; "
-              f"finetuning: {report.finetune['loss']}, {report.finetune['iterations']} iterations."]
+              f"finetuning: {report.finetune['loss']}, {report.finetune['steps']} steps."]
     if by_block:
         lines += ['', _table(('block', 'recoverability (feature MSE)', 'latency saved alone'),
                              [(b, by_block[b]['recoverability'], _pct(by_block[b]['saved_pct']))

@@ -24,17 +24,17 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from practise_io import (RunLock, append_jsonl, check_outputs_apart, check_writable, differing_settings,
+                         drop_partial_line, remove_leftovers, write_json_atomic)
 from synth import SingleImageCrops, SynthesizedImages, get_preset, load_images, synthesize
 from synth.data import ImageFolderDataset, eval_transform, train_transform
 from synth.ood import photo_paths
-from synth.files import (RunLock, append_jsonl, check_outputs_apart, check_writable, differing_settings,
-                         drop_partial_line, remove_leftovers, write_json_atomic)
 from synth.synthesized import is_synthesized
 
 from ._distributed import on_main_process
 from .blocks import check_blocks, drop_blocks, find_blocks
 from .checkpoint import Provenance, check_rebuildable, is_saved_model, load_compressed, load_model, save_compressed
-from .config import STAGE_SETTINGS, CompressConfig, LatencyConfig, is_run_settings
+from .config import STAGE_SETTINGS, CompressConfig, LatencyConfig, is_run_settings, renamed_settings
 from .corruptions import parse_corruptions, parse_severities
 from .evaluate import evaluate, match_folder_labels, model_num_classes
 from .export import export_model, load_exported
@@ -56,14 +56,16 @@ PARTIAL_SCORES_FILE = 'scores.partial.jsonl'  # one line per scored block, so an
 PARTIAL_SCORES_PATTERN = 'scores.partial-rank{rank}.jsonl'  # the same, of the processes other than the main one
 LATENCY_FILE = 'block_latency.json'
 SYNTH_DIR = 'synth'
-RECOVERED_DIR = 'recovered'  # blocks dropped (adaptors folded with keep_adaptors), before finetuning
+DROPPED_DIR = 'dropped'  # the student as dropped (adaptors folded with keep_adaptors), before finetuning
 MODEL_DIR = 'model'  # model.safetensors + config.json + README.md (the model card)
-REJECTED_DIR = 'finetuned'  # the finetuned student when the guard kept the dropped one
+REJECTED_DIR = 'rejected'  # the whole finetuned student when the recovery choice kept another
+# The names earlier releases gave these folders: a run written then is renamed on --resume, removed by --overwrite.
+OLD_DIRS = {'recovered': DROPPED_DIR, 'finetuned': REJECTED_DIR}
 REPORT_FILE = 'report.json'
 EXPORT_FILES = {'onnx': 'model.onnx', 'int8': 'model-int8.onnx'}  # --export: the deployable file
 # What a run writes: --overwrite removes these and nothing else.
-ARTEFACTS = (RUN_FILE, SCORES_FILE, PARTIAL_SCORES_FILE, LATENCY_FILE, SYNTH_DIR, RECOVERED_DIR, 'checkpoints',
-             MODEL_DIR, REJECTED_DIR, REPORT_FILE, 'robustness.png', *EXPORT_FILES.values())
+ARTEFACTS = (RUN_FILE, SCORES_FILE, PARTIAL_SCORES_FILE, LATENCY_FILE, SYNTH_DIR, DROPPED_DIR, 'checkpoints',
+             MODEL_DIR, REJECTED_DIR, REPORT_FILE, 'robustness.png', *EXPORT_FILES.values(), *OLD_DIRS)
 
 
 def _stage(accelerator, message: str) -> None:
@@ -186,23 +188,23 @@ def drop_stage(run: Run, stop_after: Optional[str] = None) -> Dropped:
     provenance = run.checked.provenance.dropping(chosen)
 
     # --- drop (and fit adaptors around the gaps when kept; main process, the others load it) ----------
-    recovered_dir = os.path.join(run.out, RECOVERED_DIR)
-    if accelerator.is_main_process and not os.path.isfile(os.path.join(recovered_dir, 'model.safetensors')):
+    dropped_dir = os.path.join(run.out, DROPPED_DIR)
+    if accelerator.is_main_process and not os.path.isfile(os.path.join(dropped_dir, 'model.safetensors')):
         if config.scoring.keep_adaptors:
             _stage(accelerator, f"[3/5] dropping {len(chosen)} block(s) and fitting adaptors: {', '.join(chosen)}")
-            tiny = _stack(pool, train_idx[:config.scoring.images]).to(accelerator.device)
+            tiny = _stack(pool, train_idx[:config.scoring.num_images]).to(accelerator.device)
             recovered = drop_and_recover(run.teacher.to(accelerator.device), chosen, tiny,
                                          settings=_estimator(config), seed=config.seed)
             stage = 'blocks dropped, adaptors folded, before finetuning'
         else:
             _stage(accelerator, f"[3/5] dropping {len(chosen)} block(s): {', '.join(chosen)}")
             recovered, stage = drop_blocks(run.teacher, chosen), 'blocks dropped, before finetuning'
-        save_compressed(recovered.to('cpu'), recovered_dir, provenance=provenance, overwrite=True,
+        save_compressed(recovered.to('cpu'), dropped_dir, provenance=provenance, overwrite=True,
                         extra={'stage': stage})
     elif accelerator.is_main_process:
-        _stage(accelerator, f'[3/5] dropping: done earlier ({recovered_dir})')
+        _stage(accelerator, f'[3/5] dropping: done earlier ({dropped_dir})')
     accelerator.wait_for_everyone()
-    return Dropped(pool, train_pool, train_idx, held_idx, selection, load_compressed(recovered_dir), provenance)
+    return Dropped(pool, train_pool, train_idx, held_idx, selection, load_compressed(dropped_dir), provenance)
 
 
 def _select(run: Run, pool, train_idx, held_idx) -> Selection:
@@ -235,28 +237,30 @@ def _finish(run: Run, dropped: Dropped, resume: bool) -> 'Report':
     """Finetune, guard, save, export and report: the stages after the drop."""
     config, accelerator, teacher = run.config, run.accelerator, run.teacher
     out, student = run.out, dropped.student
-    recovered_dir = os.path.join(out, RECOVERED_DIR)
+    dropped_dir = os.path.join(out, DROPPED_DIR)
 
     # --- finetune (every process) ------------------------------------------------------------------
     history: Dict[str, list] = {'loss': []}
     finetune_config = _finetune_config(config)
-    if finetune_config.iterations > 0:
-        _stage(accelerator, f'[4/5] finetuning ({finetune_config.loss}, {finetune_config.iterations} iterations, '
+    if finetune_config.steps > 0:
+        _stage(accelerator, f'[4/5] finetuning ({finetune_config.loss}, {finetune_config.steps} steps, '
                             f"BatchNorm {'frozen' if finetune_config.freeze_bn else 'in train mode'})")
         # the whole update: the share of it kept is chosen afterwards (recovery.py), or finetune.mix with --no-guard
         whole = dataclasses.replace(finetune_config, mix=None)
+        heldout = Subset(dropped.pool, dropped.held_idx) if whole.eval_every else None  # --eval-every: watched
         history = finetune(student, teacher, Subset(dropped.train_pool, dropped.train_idx), whole,
-                           accelerator=accelerator, output_dir=out, resume=resume, progress=run.progress)
+                           accelerator=accelerator, output_dir=out, resume=resume, eval_data=heldout,
+                           progress=run.progress)
     else:
-        _stage(accelerator, '[4/5] finetuning: skipped (--finetune-iters 0: the student is kept as dropped)')
+        _stage(accelerator, '[4/5] finetuning: skipped (--finetune-steps 0: the student is kept as dropped)')
 
     # --- save (main process) and evaluate (images split over the processes) -------------------------
     _stage(accelerator, '[5/5] saving and evaluating')
     main = accelerator.is_main_process
     student, teacher = student.to('cpu').eval(), teacher.to('cpu').eval()
     guard, others = None, {}  # others: the students of a finetuned run that are not kept, by report name
-    if finetune_config.iterations > 0:
-        others['before_finetune'] = load_compressed(recovered_dir)  # what finetuning added over dropping
+    if finetune_config.steps > 0:
+        others['before_finetune'] = load_compressed(dropped_dir)  # what finetuning added over dropping
         finetuned = student
         if config.eval.guard:
             student, guard = _guard(run, finetuned, others['before_finetune'], dropped, main)
@@ -432,12 +436,22 @@ def prepare_output_dir(config: CompressConfig, overwrite: bool = False, resume: 
         for name in ARTEFACTS + tuple(os.path.basename(p) for p in _journals(out)):
             path = os.path.join(out, name)
             shutil.rmtree(path) if os.path.isdir(path) else (os.remove(path) if os.path.exists(path) else None)
+    if earlier and resume:
+        _rename_old_dirs(out)
     write_json_atomic(run_file, config.to_dict())
+
+
+def _rename_old_dirs(out: str) -> None:
+    """Give the folders of a run written by an earlier release today's names (``OLD_DIRS``), so it resumes."""
+    for old, new in OLD_DIRS.items():
+        path = os.path.join(out, old)
+        if _written_by_a_run(path, old) and not os.path.lexists(os.path.join(out, new)):
+            os.replace(path, os.path.join(out, new))
 
 
 def _written_by_a_run(path: str, name: str) -> bool:
     """``path`` (the entry ``name`` of a run folder) is what a run writes there, not a file of the user's."""
-    if name in (MODEL_DIR, RECOVERED_DIR, REJECTED_DIR):
+    if name in (MODEL_DIR, DROPPED_DIR, REJECTED_DIR, *OLD_DIRS):
         return is_saved_model(path)
     if name == SYNTH_DIR:
         return is_synthesized(path) or (os.path.isdir(path) and not os.listdir(path))
@@ -459,7 +473,7 @@ def _check_only_run_files(out: str) -> None:
 
 def _check_resume(config: CompressConfig, run_file: str) -> None:
     try:
-        previous = json.load(open(run_file))
+        previous = renamed_settings(json.load(open(run_file)), run_file)  # an earlier release's names, as today's
     except json.JSONDecodeError as e:
         raise ValueError(f"'{run_file}' is damaged ({e}); start over with --overwrite.") from None
     current = config.to_dict()
@@ -513,7 +527,7 @@ def _stack(dataset: Dataset, indices: List[int]) -> torch.Tensor:
 def _estimator(config: CompressConfig):
     settings = ESTIMATORS[config.scoring.estimator]
     steps = config.scoring.adaptor_steps
-    return settings if steps is None else dataclasses.replace(settings, iterations=steps)
+    return settings if steps is None else dataclasses.replace(settings, steps=steps)
 
 
 def _block_latency(run: Run, blocks: List[str]) -> Dict[str, dict]:
@@ -567,7 +581,7 @@ def _score(run: Run, pool, train_idx, held_idx) -> List[BlockScore]:
     journal = os.path.join(out, PARTIAL_SCORES_FILE if rank == 0 else PARTIAL_SCORES_PATTERN.format(rank=rank))
     new = []
     if todo:
-        tiny = _stack(pool, train_idx[:config.scoring.images])
+        tiny = _stack(pool, train_idx[:config.scoring.num_images])
         held = _stack(pool, held_idx)
         new = score_blocks(run.teacher, tiny, held, blocks=todo, settings=_estimator(config), latency=latency,
                            seed=config.seed, progress=run.progress,
@@ -592,7 +606,7 @@ def _guard(run: Run, finetuned, dropped_student, dropped: Dropped, main: bool) -
     """(the student to keep, the ``recovery.Choice``): the dropped student or ``finetuned`` at one of the mixes
     (``--finetune-mix``, else ``--finetune-mixes``), whichever is closest to the teacher on the signal images,
     a finetuned one only when clearly closer than the dropped one (``recovery.choose_student``). When another
-    is kept, the whole finetuned student is saved in ``finetuned/`` (by the main process; every process measures
+    is kept, the whole finetuned student is saved in ``rejected/`` (by the main process; every process measures
     its share of the images)."""
     config, ev = run.config, run.config.eval
     images, source = signal_images(ev.signal_images, run.data_config, dropped.pool, dropped.held_idx,
@@ -656,7 +670,7 @@ def _report(run: Run, student, others, dropped: Dropped, history, model_dir, gua
     timed, deployed, shipped = on_main_process(timings)
     held = Subset(dropped.pool, dropped.held_idx)
     report = Report(
-        model=config.model, weights=config.weights, images=config.images.source or 'synthesized',
+        model=config.model, weights=config.weights, image_source=config.images.source or 'synthesized',
         skipped_files=getattr(checked.pool, 'skipped', 0),  # --images files that did not decode
         dropped_blocks=dropped.selection.selected, adaptors=config.scoring.keep_adaptors,
         scores=dropped.selection.to_dict()['scores'], compressed_model=model_dir,
@@ -664,9 +678,10 @@ def _report(run: Run, student, others, dropped: Dropped, history, model_dir, gua
                  'student': exported['file'] if shipped else 'the PyTorch student'},
         params={'teacher': count_params(teacher), 'student': count_params(student)},
         macs={'teacher': count_macs(teacher, size), 'student': count_macs(student, size)},
-        finetune={'loss': ft.loss, 'iterations': ft.iterations, 'freeze_bn': ft.freeze_bn,
+        finetune={'loss': ft.loss, 'steps': ft.steps, 'freeze_bn': ft.freeze_bn,
                   'mix': ft.mix if guard is None else guard.mix,  # of the student kept
-                  'final_loss': history['loss'][-1] if history['loss'] else None},
+                  'final_loss': history['loss'][-1] if history['loss'] else None,
+                  'evaluations': history.get('eval', [])},  # held-out agreement every eval_every steps
         heldout_agreement=evaluate(student, DataLoader(held, batch_size=config.eval.batch_size), device,
                                    teacher=teacher, progress=False)['agreement'])
     if checked.eval_data is not None:

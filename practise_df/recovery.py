@@ -30,10 +30,11 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from synth import SingleImageCrops
+from synth.ood import photo_crops
 
 from .config import SIGNAL, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES  # noqa: F401  (compress's defaults, re-exported)
 from .finetune import interpolate_weights
-from .guard import SIGNALS, closeness, guard_images
+from .guard import SIGNALS, closeness
 
 # --- compress's recovery defaults (issue 31) ------------------------------------------------------------
 # The learning rate is finetune.DEFAULT_LR (per loss; 0.002 for MiR, chosen on lite0: BENCHMARKS "Data-free
@@ -246,7 +247,7 @@ def signal_images(source: str, data_config: dict, pool: Optional[Dataset] = None
         raise ValueError("Signal images 'guard-images' need photos: pass --guard-images PHOTOS.")
     if source == 'pool':
         if isinstance(pool, SingleImageCrops) and photos_of(pool) is None:
-            return (guard_images(data_config, num_images=PHOTO_CROPS, seed=seed),
+            return (photo_crops(data_config, num_images=PHOTO_CROPS, seed=seed),
                     f'{PHOTO_CROPS} crops of the sample photos (the pool is crops of one photo, which cannot be '
                     'held out whole)')
         if not held:
@@ -255,4 +256,4 @@ def signal_images(source: str, data_config: dict, pool: Optional[Dataset] = None
         return torch.stack([pool[i][0] for i in held]), f'{len(held)} {what} of the pool, held out from finetuning'
     chosen = photos if source == 'guard-images' else None
     where = f"--guard-images {','.join(photos)}" if chosen else 'the sample photos'
-    return guard_images(data_config, chosen, PHOTO_CROPS, seed), f'{PHOTO_CROPS} crops of {where}'
+    return photo_crops(data_config, chosen, PHOTO_CROPS, seed), f'{PHOTO_CROPS} crops of {where}'

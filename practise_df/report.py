@@ -21,9 +21,9 @@ class Report:
     latency: Dict[str, Any]  # teacher_ms, student_ms, saved_pct and its interval, device, batch_size, ...
     params: Dict[str, int]  # {'teacher': n, 'student': n}
     macs: Dict[str, int]
-    finetune: Dict[str, Any]  # loss, iterations, freeze_bn, mix, final_loss
+    finetune: Dict[str, Any]  # loss, steps, freeze_bn, mix, final_loss
     weights: Optional[str] = None
-    images: str = 'synthesized'  # the image source, or 'synthesized'
+    image_source: str = 'synthesized'  # the --images source, or 'synthesized'
     skipped_files: int = 0  # --images files that did not decode
     adaptors: bool = True  # adaptors fitted and folded (older reports: always)
     scores: List[Dict[str, Any]] = field(default_factory=list)  # every candidate's BlockScore, lowest first
@@ -43,6 +43,13 @@ class Report:
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> 'Report':
         """From ``report.json`` (of this or an older version); unknown keys are refused by name."""
+        data = dict(data)
+        if 'images' in data:  # reports before issue 30 named the image source 'images'
+            data.setdefault('image_source', data.pop('images'))
+        if 'iterations' in data.get('finetune', {}):  # ... and finetuning's steps 'iterations'
+            finetune = dict(data['finetune'])
+            finetune.setdefault('steps', finetune.pop('iterations'))
+            data['finetune'] = finetune
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -10,8 +10,8 @@ recoverability alone decides the order, not the noise of the clock.
 Two estimators share this code:
 
 - ``official``: the settings of the official code (SGD lr 0.02, momentum 0.9, weight decay 1e-4,
-  StepLR x0.1 at 40% of 1000 iterations, batch 64) at the data config's resolution.
-- ``fast`` (default): the same adaptors fitted with Adam (lr 1e-3) for 60 iterations of batch 32 on
+  StepLR x0.1 at 40% of 1000 steps, batch 64) at the data config's resolution.
+- ``fast`` (default): the same adaptors fitted with Adam (lr 1e-3) for 60 steps of batch 32 on
   images resized to half resolution (the adaptors are 1x1 convs: they see the same channel statistics at any size).
   ``benchmarks/bench_estimator.py`` measures its time and rank agreement against ``official``.
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._distributed import gather, my_share, on_main_process, process_state
+from ._renamed import renamed_fields
 from .adaptors import fold_adaptors, insert_adaptors
 from .blocks import check_blocks, drop_blocks, find_blocks
 from .latency import block_latency_savings, compare_latency
@@ -39,21 +40,22 @@ from .models import PrePoolFeatures, model_device
 _logger = logging.getLogger(__name__)
 
 
+@renamed_fields(iterations='steps')
 @dataclass(frozen=True)
 class RecoverySettings:
     """How the adaptors are fitted when measuring recoverability."""
-    iterations: int = 60
+    steps: int = 60  # optimizer steps
     batch_size: int = 32
     optimizer: str = 'adam'  # 'adam' or 'sgd'
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    step_at: float = 0.4  # StepLR(x0.1) at this fraction of the iterations; 0 disables it
+    step_at: float = 0.4  # StepLR(x0.1) at this fraction of the steps; 0 disables it
     resolution_scale: float = 0.5  # images are resized by this factor (1.0 = as given)
 
 
 ESTIMATORS: Dict[str, RecoverySettings] = {
-    'official': RecoverySettings(iterations=1000, batch_size=64, optimizer='sgd', lr=0.02, momentum=0.9,
+    'official': RecoverySettings(steps=1000, batch_size=64, optimizer='sgd', lr=0.02, momentum=0.9,
                                  weight_decay=1e-4, step_at=0.4, resolution_scale=1.0),
     'fast': RecoverySettings(),
 }
@@ -115,7 +117,7 @@ def fit_adaptors(student: nn.Module, params: List[nn.Parameter], images: torch.T
         opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     else:
         raise ValueError(f"Unknown optimizer '{settings.optimizer}'; use 'sgd' or 'adam'.")
-    step = max(1, int(settings.step_at * settings.iterations)) if settings.step_at > 0 else settings.iterations + 1
+    step = max(1, int(settings.step_at * settings.steps)) if settings.step_at > 0 else settings.steps + 1
     sched = torch.optim.lr_scheduler.StepLR(opt, step, gamma=0.1)
     extractor = PrePoolFeatures(student.eval())  # eval: BatchNorm keeps the teacher's statistics
     device = params[0].device if params else torch.device('cpu')
@@ -124,7 +126,7 @@ def fit_adaptors(student: nn.Module, params: List[nn.Parameter], images: torch.T
     n = len(images)
     order = torch.randperm(n, generator=gen)
     pos = 0
-    for _ in range(settings.iterations if params else 0):
+    for _ in range(settings.steps if params else 0):
         if pos + min(settings.batch_size, n) > n:
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + settings.batch_size]

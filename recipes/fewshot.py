@@ -5,7 +5,7 @@
 
 The folder has one subfolder per class (sorted names = class indices, or numeric names). Defaults:
 timm resnet50 with hub weights, 500 images (the official tiny-set size), 5 blocks dropped, 2000 MiR
-iterations with train-mode BatchNorm, as the official code (the images are real: `--real-images`);
+steps with train-mode BatchNorm, as the official code (the images are real: `--real-images`);
 `--loss ce` trains on the labels instead (plain backpropagation), `--loss kd` on logits.
 """
 import os
@@ -17,7 +17,7 @@ DEFAULTS = {
     'model': 'timm:resnet50', 'weights': 'pretrained', 'output_dir': 'runs/fewshot',
     'images': {'num_images': 500, 'real': True},
     'scoring': {'drop': 5},
-    'finetune': {'iterations': 2000},
+    'finetune': {'steps': 2000},
 }
 
 

@@ -5,7 +5,7 @@
     python recipes/ood.py --images crops:photo.jpg --num-images 2000          # crops of one large photo
 
 Labels are never used (MiR feature mimicking learns from the teacher). Defaults: timm resnet50 with hub
-weights, 2000 images, 5 blocks dropped, 2000 MiR iterations (official finetuning settings).
+weights, 2000 images, 5 blocks dropped, 2000 MiR steps (official finetuning settings).
 """
 import sys
 
@@ -15,7 +15,7 @@ DEFAULTS = {
     'model': 'timm:resnet50', 'weights': 'pretrained', 'output_dir': 'runs/ood',
     'images': {'num_images': 2000},
     'scoring': {'drop': 5},
-    'finetune': {'iterations': 2000},
+    'finetune': {'steps': 2000},
 }
 
 

@@ -11,7 +11,7 @@ when that folder exists (one real ImageNet image per class), else agreement with
 held-out synthetic images. Sizes are chosen to finish within about ten minutes on a 2-core CPU (4.3
 and 10.2 minutes measured on one machine on a fast and a slow day); every one is a flag (see `--help`).
 It does not finetune: on this model no recovery measured so far beats the plainly dropped student
-(BENCHMARKS.md, issue 14); `--finetune-iters 200` turns MiR on, and compress then keeps the dropped or
+(BENCHMARKS.md, issue 14); `--finetune-steps 200` turns MiR on, and compress then keeps the dropped or
 a finetuned student, whichever is clearly closest to the teacher on held-out images (README, Which student is kept).
 """
 import os
@@ -26,9 +26,9 @@ DEFAULTS = {
     'model': 'timm:tf_efficientnet_lite0', 'output_dir': 'runs/quickstart',
     'images': {'num_images': 48, 'heldout': 16},
     'synthesis': {'steps': 60, 'batch_size': 16},
-    'scoring': {'drop': 2, 'images': 32},
+    'scoring': {'drop': 2, 'num_images': 32},
     'latency': {'batch_size': 8},  # repeats 'auto': until the saving's 95% interval is narrow, or 60 s
-    'finetune': {'iterations': 0, 'batch_size': 32, 'checkpoint_every': 20},
+    'finetune': {'steps': 0, 'batch_size': 32, 'checkpoint_every': 20},
     'eval': {'data': IMAGENET_SAMPLE if os.path.isdir(IMAGENET_SAMPLE) else None},
 }
 

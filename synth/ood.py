@@ -10,6 +10,10 @@
   large photos (single-image distillation, Asano & Saeed, arXiv 2112.00725), for a model without
   BatchNorm and a user without data.
 
+:func:`photo_crops` gives crops of natural photos as one tensor, by default of scikit-image's sample photos
+(:data:`SAMPLE_PHOTOS`, offline): the images practise-df's guard compares students on and int8 export
+calibrates with when the user has none.
+
 Images are preprocessed with the teacher's eval transform (:func:`synth.data.eval_transform`).
 Unreadable images are skipped and counted, never a crash.
 """
@@ -29,11 +33,15 @@ from .data import (IMAGE_SUFFIXES, UNLABELED, ImageFolderDataset, decode_image, 
 from .seeds import mix_seed
 from .synthesized import SynthesizedImages, is_synthesized
 
-__all__ = ['load_images', 'SingleImageCrops', 'HFImageDataset', 'HubUnreachableError']
+__all__ = ['load_images', 'SingleImageCrops', 'HFImageDataset', 'HubUnreachableError', 'SAMPLE_PHOTOS', 'sample_photos',
+           'photo_crops']
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_CROPS = 1024  # crops:... sources have no natural size
+# scikit-image's natural photos with no copyright restriction: astronaut (NASA, public domain), chelsea
+# (CC0, Stefan van der Walt), coffee (CC0, Rachel Michetti), rocket (SpaceX, public domain).
+SAMPLE_PHOTOS = ('astronaut.png', 'chelsea.png', 'coffee.png', 'rocket.jpg')
 
 
 class HubUnreachableError(ConnectionError, ValueError):
@@ -293,3 +301,19 @@ def photo_paths(sources: Sequence[str]) -> List[str]:
         else:
             raise FileNotFoundError(f"Image '{source}' for crops does not exist.")
     return paths
+
+
+def sample_photos() -> Tuple[str, ...]:
+    """Paths of the sample photos (needs scikit-image, a dependency of practise-df)."""
+    import skimage.data  # only to find its folder
+    folder = os.path.dirname(skimage.data.__file__)
+    return tuple(os.path.join(folder, name) for name in SAMPLE_PHOTOS)
+
+
+def photo_crops(data_config: dict, source: Optional[Sequence[str]] = None, num_images: int = 256,
+                seed: int = 0) -> torch.Tensor:
+    """``num_images`` crops (8-100% of the area, no colour change) of the photos in ``source`` (files or
+    folders; default: :func:`sample_photos`), preprocessed for the model, as one tensor."""
+    paths = photo_paths(source) if source else sample_photos()
+    crops = SingleImageCrops(paths, num_images, data_config, seed=seed, scale=(0.08, 1.0), color_jitter=0.0)
+    return torch.stack([crops[i][0] for i in range(num_images)])

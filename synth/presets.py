@@ -2,11 +2,12 @@
 
 A schedule is a list of phases ``(resolution fraction, steps)``: the pixels are always optimised at the
 final resolution, and a phase with fraction 0.5 shows the teacher an area-downsampled copy (DeepInversion's
-multi-resolution setting: 2k steps at 112 px, then 1k at 224 px). Asking for another number of iterations
+multi-resolution setting: 2k steps at 112 px, then 1k at 224 px). Asking for another number of steps
 or another resolution scales every phase proportionally, so the schedule keeps its shape.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
@@ -46,23 +47,30 @@ class InversionConfig:
     micro_batch: Optional[int] = None
 
     @property
-    def iterations(self) -> int:
+    def steps(self) -> int:
+        """Optimisation steps per batch, over all phases."""
         return sum(steps for _, steps in self.phases)
 
-    def scaled(self, iterations: Optional[int] = None) -> 'InversionConfig':
-        """The same schedule with ``iterations`` steps in total (each phase at least one step)."""
-        if iterations is None or iterations == self.iterations:
+    @property
+    def iterations(self) -> int:  # the name of earlier releases
+        warnings.warn('InversionConfig.iterations is deprecated; use InversionConfig.steps.', DeprecationWarning,
+                      stacklevel=2)
+        return self.steps
+
+    def scaled(self, steps: Optional[int] = None) -> 'InversionConfig':
+        """The same schedule with ``steps`` steps in total (each phase at least one step)."""
+        if steps is None or steps == self.steps:
             return self
-        if iterations < len(self.phases):
-            raise ValueError(f'{iterations} synthesis step(s) are fewer than the {len(self.phases)} resolution phases '
+        if steps < len(self.phases):
+            raise ValueError(f'{steps} synthesis step(s) are fewer than the {len(self.phases)} resolution phases '
                              f'of this preset; use at least {len(self.phases)}.')
-        total = self.iterations
-        steps = [max(1, round(s * iterations / total)) for _, s in self.phases]
-        steps[-1] = iterations - sum(steps[:-1])  # exact total whatever the rounding
-        if steps[-1] < 1:
-            raise ValueError(f'iterations={iterations} is too few for the phases {self.phases}.')
-        return replace(self, phases=tuple((f, s) for (f, _), s in zip(self.phases, steps)),
-                       warmup=max(1, round(self.warmup * iterations / total)))
+        total = self.steps
+        per_phase = [max(1, round(s * steps / total)) for _, s in self.phases]
+        per_phase[-1] = steps - sum(per_phase[:-1])  # exact total whatever the rounding
+        if per_phase[-1] < 1:
+            raise ValueError(f'steps={steps} is too few for the phases {self.phases}.')
+        return replace(self, phases=tuple((f, s) for (f, _), s in zip(self.phases, per_phase)),
+                       warmup=max(1, round(self.warmup * steps / total)))
 
 
 PRESETS = {
@@ -86,7 +94,11 @@ PRESETS = {
 }
 
 
-def get_preset(name: str, iterations: Optional[int] = None) -> InversionConfig:
+def get_preset(name: str, steps: Optional[int] = None, iterations: Optional[int] = None) -> InversionConfig:
+    """The preset ``name``, scaled to ``steps`` per batch (``iterations``: the deprecated name of ``steps``)."""
+    if iterations is not None:
+        warnings.warn('get_preset(iterations=...) is deprecated; use steps=.', DeprecationWarning, stacklevel=2)
+        steps = iterations if steps is None else steps
     if name not in PRESETS:
         raise ValueError(f"Unknown synthesis preset '{name}'; choose one of {sorted(PRESETS)}.")
-    return PRESETS[name].scaled(iterations)
+    return PRESETS[name].scaled(steps)

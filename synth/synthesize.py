@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .files import check_writable, guard_settings
+from practise_io import check_writable, guard_settings
 
 from .inversion import evaluate_images, invert_batch, quantize
 from .losses import batchnorm_layers
@@ -133,7 +133,7 @@ def synthesize_shard(model: nn.Module, job: SynthesisJob, process_index: int = 0
     writer = ShardWriter(job.out_dir, process_index, class_width)
     passes, generated = 0, 0
     start = time.perf_counter()
-    bar = tqdm(total=len(todo) * job.config.iterations, unit='step', disable=not progress,
+    bar = tqdm(total=len(todo) * job.config.steps, unit='step', disable=not progress,
                desc=f'synth rank {process_index}' if num_processes > 1 else 'synth', dynamic_ncols=True)
     with bar:
         for b in todo:
@@ -247,7 +247,7 @@ def synthesize(
         records = merge_metadata(out_dir, num_images) if state.is_main_process else \
             [r for r in read_records(out_dir) if r['index'] < num_images]
     return summarize(records, shard, out_dir=out_dir, preset=preset_name, resolution=job.resolution,
-                     iterations=config.iterations, batch_size=batch_size, num_processes=state.num_processes)
+                     steps=config.steps, batch_size=batch_size, num_processes=state.num_processes)
 
 
 def check_output_folder(out_dir: str) -> None:

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional
 import torch
 from PIL import Image
 
-from .files import append_jsonl, drop_partial_line, replacing, write_text_atomic
+from practise_io import append_jsonl, drop_partial_line, replacing, write_text_atomic
 
 __all__ = ['ShardWriter', 'image_name', 'read_records', 'merge_metadata', 'class_to_idx']
 

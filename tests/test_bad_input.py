@@ -28,14 +28,14 @@ from conftest import ROOT, accelerate_launch, cli, launch_log, make_image_folder
 from practise_df import CompressConfig, create_model, load_compressed, resolve_data_config, save_compressed
 from practise_df.cli.compress import render_report
 from synth.data import ImageFolderDataset, decode_image, eval_transform
-from synth.files import RunLock, write_json_atomic
+from practise_io import RunLock, write_json_atomic
 
 PIPELINE = importlib.import_module('practise_df.pipeline')  # the module: the package exports the function too
 MODEL = ['--model', 'timm:resnet18', '--input-size', '32']
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
 # The cheapest compress run: 4 synthesized images, 2 steps, one block dropped, no finetuning.
 TINY = ['--num-images', '4', '--heldout-images', '1', '--synth-batch-size', '2', '--synth-steps', '2',
-        '--score-images', '2', '--adaptor-steps', '1', '--finetune-iters', '0', '--finetune-batch-size', '2',
+        '--score-images', '2', '--adaptor-steps', '1', '--finetune-steps', '0', '--finetune-batch-size', '2',
         '--latency-batch-size', '1', '--latency-repeats', '1']
 
 
@@ -296,7 +296,7 @@ BAD_COMPRESS_ARGS = {
     'synth steps fewer than phases': (['--synth-steps', '1'], 'fewer than the 2 resolution phases'),
     'synth batch 0': (['--synth-batch-size', '0'], 'at least 1'),
     'adaptor steps 0': (['--adaptor-steps', '0'], 'at least 1'),
-    'finetune iterations -1': (['--finetune-iters', '-1'], 'at least 0'),
+    'finetune steps -1': (['--finetune-steps', '-1'], 'at least 0'),
     'finetune batch 0': (['--finetune-batch-size', '0'], 'at least 1'),
     'latency batch 0': (['--latency-batch-size', '0'], 'at least 1'),
     'eval batch -1': (['--eval-batch-size', '-1'], 'at least 1'),
@@ -353,14 +353,14 @@ def test_resume_takes_new_settings_of_unfinished_stages_only(capsys, monkeypatch
     def fail(*args, **kwargs):
         raise ValueError('injected failure as finetuning starts')
     monkeypatch.setattr(PIPELINE, 'finetune', fail)
-    code, _, err = cli(capsys, *argv, '--finetune-iters', 2)
+    code, _, err = cli(capsys, *argv, '--finetune-steps', 2)
     assert code == 2 and 'injected' in err
     monkeypatch.undo()
     synthesized = _synth_files(out)
     code, _, err = cli(capsys, *argv, '--resume', '--num-images', 6)  # the images are finished
     assert code == 2 and 'images.num_images' in err
-    code, out_text, _ = cli(capsys, *argv, '--resume', '--finetune-iters', 1, '--eval-data', images, '--json')
-    assert code == 0 and json.loads(out_text)['finetune']['iterations'] == 1 and 'eval' in json.loads(out_text)
+    code, out_text, _ = cli(capsys, *argv, '--resume', '--finetune-steps', 1, '--eval-data', images, '--json')
+    assert code == 0 and json.loads(out_text)['finetune']['steps'] == 1 and 'eval' in json.loads(out_text)
     assert _synth_files(out) == synthesized, 'the images were synthesized again'
 
 
@@ -452,7 +452,7 @@ def test_a_failing_main_process_ends_the_job(tmp_path, stage):
     """Rank 0 fails while rank 1 waits for it (scoring runs on the main process only) or works beside it."""
     (tmp_path / 'audit').mkdir()
     args = [tmp_path / 'audit', '--crash-rank', 0, '--crash-in', stage, '--', *MODEL, '--drop', 1, *TINY,
-            '--num-images', 8, '--finetune-iters', 2, '--output-dir', tmp_path / 'run']
+            '--num-images', 8, '--finetune-steps', 2, '--output-dir', tmp_path / 'run']
     start = time.time()
     proc = accelerate_launch('tests/scripts/compress_ranks.py', args, timeout=300, env={'OMP_NUM_THREADS': '1'})
     assert proc.returncode != 0 and 'injected failure on rank 0' in proc.stderr, launch_log(proc)
@@ -631,7 +631,7 @@ def test_a_full_disk_while_saving_the_model_is_one_clear_line(capsys, monkeypatc
     out = tmp_path / 'run'
     code, _, err = cli(capsys, 'compress', *MODEL, '--blocks', 'layer4.1', *TINY, '--output-dir', out)
     assert code == 2 and 'the disk is full' in err
-    assert not (out / 'recovered').exists() and not (out / 'model').exists()
+    assert not (out / 'dropped').exists() and not (out / 'model').exists()
     assert [f for f in os.listdir(out) if f.startswith('.') and f != RunLock.NAME] == []  # no temporary folder
 
 

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from practise_df.cli import main
 
 from conftest import cli_commands, make_image_folder
@@ -133,10 +135,10 @@ def test_compress_flags_reach_the_config():
                                                         '--synth-steps', '7', '--input-size', '64']))
     assert config.scoring.keep_adaptors and config.finetune.batch_size == 8 and config.synthesis.steps == 7
     assert config.input_size == 64
-    recipe = {'model': 'timm:resnet50', 'output_dir': 'r', 'scoring': {'drop': 5}, 'finetune': {'iterations': 9}}
+    recipe = {'model': 'timm:resnet50', 'output_dir': 'r', 'scoring': {'drop': 5}, 'finetune': {'steps': 9}}
     config = config_from_args(parser.parse_args(['--latency-reduction', '0.2']), recipe)
     assert config.scoring.drop is None and config.scoring.latency_reduction == 0.2, 'a given selection replaces'
-    assert config.finetune.iterations == 9 and config.model == 'timm:resnet50'
+    assert config.finetune.steps == 9 and config.model == 'timm:resnet50'
 
 
 def test_deprecated_spellings_still_work_and_say_so(capsys):
@@ -154,6 +156,56 @@ def test_deprecated_spellings_still_work_and_say_so(capsys):
                      ('--batch-size', '--finetune-batch-size'), ('--adaptors', '--keep-adaptors'),
                      ('--teacher-weights', '--weights')):
         assert f'{old} is deprecated' in err and f'use {new}' in err
+
+
+def _deprecated_aliases():
+    """(command, old spelling, new spelling) of every deprecated alias the CLI declares, read from its parsers."""
+    from practise_df.cli._args import old_spellings
+    return [(command, old, new) for command, parser in sorted(cli_commands().items())
+            for old, (new, _) in sorted(old_spellings(parser).items())]
+
+
+ALIASES = _deprecated_aliases()
+
+
+def _sample(action) -> list:
+    """Arguments that ``action`` accepts: none for a switch, else the first of a few candidates its type takes."""
+    if action.nargs == 0:
+        return []
+    if action.choices:
+        return [str(sorted(action.choices)[0])]
+    for value in ('3', '0.5', 'layer1.1', 'cpu', '{}'):
+        try:
+            action.type(value) if action.type else None
+            return [value]
+        except (argparse.ArgumentTypeError, ValueError, TypeError):
+            continue
+    raise AssertionError(f'no sample value for {action.option_strings} (type {action.type}); add one above')
+
+
+def test_the_cli_declares_deprecated_aliases():  # the parametrised test below must not pass on an empty list
+    assert ('synth', '--out', '--output-dir') in ALIASES and ('compress', '--no-adaptors', '--no-keep-adaptors') \
+        in ALIASES and len(ALIASES) >= 10
+
+
+@pytest.mark.parametrize('command,old,new', ALIASES, ids=[f'{c} {o}' for c, o, _ in ALIASES])
+def test_every_deprecated_alias_parses_as_its_new_spelling(capsys, command, old, new):
+    """Each old spelling is accepted, says what to write instead and sets what the new one sets, also where the
+    new flag is required (synth --out DIR was refused: 'the following arguments are required: --output-dir')."""
+    from practise_df.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and command in a.choices).choices[command]
+    action = sub._option_string_actions[new]
+    required = [arg for a in sub._actions if a.required and a is not action for arg in [a.option_strings[0],
+                                                                                          *_sample(a)]]
+    with_old = parser.parse_args([command, *required, old, *_sample(action)])
+    err = capsys.readouterr().err
+    assert f'{old} is deprecated' in err and f'use {new}' in err
+    with_new = parser.parse_args([command, *required, new, *_sample(action)])
+    assert vars(with_old) == vars(with_new)
+    given = getattr(with_old, action.dest, None)  # and it is what the alias set, not a default
+    assert given is not None and (action.required or given != getattr(parser.parse_args([command, *required]),
+                                                                       action.dest, None))
 
 
 def test_every_shared_flag_has_one_name_type_and_help():
@@ -181,7 +233,7 @@ def test_every_shared_flag_has_one_name_type_and_help():
     compress_flags = {f for a in subparsers['compress']._actions for f in a.option_strings
                       if a.help != argparse.SUPPRESS}
     assert {'--synth-batch-size', '--finetune-batch-size', '--latency-batch-size', '--eval-batch-size',
-            '--synth-steps', '--adaptor-steps', '--finetune-iters'} <= compress_flags
+            '--synth-steps', '--adaptor-steps', '--finetune-steps'} <= compress_flags
     assert '--batch-size' not in compress_flags
 
 
@@ -193,7 +245,7 @@ def test_compress_config_file_round_trip(tmp_path):
     from practise_df.config import CompressConfig
     parser = add_compress_arguments(argparse.ArgumentParser(argument_default=argparse.SUPPRESS))
     config = config_from_args(parser.parse_args(['--model', 'timm:resnet18', '--output-dir', 'a', '--blocks',
-                                                 'layer1.1,layer2.1', '--finetune-iters', '3', '--seed', '4']))
+                                                 'layer1.1,layer2.1', '--finetune-steps', '3', '--seed', '4']))
     path = tmp_path / 'run.json'
     path.write_text(json.dumps(config.to_dict()))
     again = config_from_args(parser.parse_args(['--config', str(path), '--output-dir', 'b']))
@@ -210,6 +262,34 @@ def test_compress_config_file_round_trip(tmp_path):
         config_from_args(parser.parse_args(['--config', str(tmp_path / 'bad.json')]))
 
 
+def test_settings_and_keywords_of_earlier_releases_still_work(tmp_path):
+    """Steps are steps everywhere now: a run.json with finetune.iterations / scoring.images loads (under --config,
+    with flags over it), and the old Python keywords and attributes work and warn."""
+    import dataclasses
+
+    from practise_df.cli.compress import add_compress_arguments, config_from_args
+    from practise_df.config import CompressConfig, FinetuneConfig, ScoringConfig
+    from practise_df.scoring import ESTIMATORS
+    old = {'model': 'timm:resnet18', 'output_dir': 'o', 'scoring': {'drop': 1, 'images': 6},
+           'finetune': {'iterations': 3}}
+    path = tmp_path / 'run.json'
+    path.write_text(json.dumps(old))
+    config = CompressConfig.from_file(str(path))
+    assert (config.finetune.steps, config.scoring.num_images) == (3, 6)
+    parser = add_compress_arguments(argparse.ArgumentParser(argument_default=argparse.SUPPRESS))
+    assert config_from_args(parser.parse_args(['--config', str(path), '--finetune-steps', '4'])).finetune.steps == 4
+    with pytest.raises(ValueError, match="'iterations' is the old name of 'steps'"):
+        CompressConfig.from_dict({**old, 'finetune': {'iterations': 3, 'steps': 4}})
+    with pytest.warns(DeprecationWarning, match='use steps='):
+        assert FinetuneConfig(iterations=5).steps == 5
+    with pytest.warns(DeprecationWarning, match=r'use FinetuneConfig\.steps'):
+        assert FinetuneConfig(steps=7).iterations == 7
+    with pytest.warns(DeprecationWarning, match='use steps='):
+        assert dataclasses.replace(ESTIMATORS['fast'], iterations=2).steps == 2
+    with pytest.warns(DeprecationWarning, match='use num_images='):
+        assert ScoringConfig(drop=1, images=6).num_images == 6
+
+
 def test_score_says_when_the_folder_holds_fewer_images_than_asked(capsys, caplog, image_folder):
     """issue 28: --heldout-images above what the folder holds was shortened without a word. Since issue 30 score
     loads its images as compress does, and refuses, before any work, a folder that holds fewer than asked."""
@@ -220,7 +300,7 @@ def test_score_says_when_the_folder_holds_fewer_images_than_asked(capsys, caplog
 
 
 def test_score_is_compress_stopped_after_the_drop(capsys, tmp_path, image_folder):
-    """issue 30: `score --drop K` and `compress --drop K --finetune-iters 0` run the same stages with the same
+    """issue 30: `score --drop K` and `compress --drop K --finetune-steps 0` run the same stages with the same
     defaults, so they save the same student (score went through its own pipeline: 100/100 images, adaptors
     always folded)."""
     import torch
@@ -234,7 +314,7 @@ def test_score_is_compress_stopped_after_the_drop(capsys, tmp_path, image_folder
               '--block-latency', table, '--latency-repeats', 2, '--latency-batch-size', 2, '--seed', 3]
     code, out, err = run(capsys, 'score', *common, '--output-dir', tmp_path / 'scored', '--json')
     assert code == 0, err
-    code, _, err = run(capsys, 'compress', *common, '--finetune-iters', 0, '--output-dir', tmp_path / 'run')
+    code, _, err = run(capsys, 'compress', *common, '--finetune-steps', 0, '--output-dir', tmp_path / 'run')
     assert code == 0, err
     scored, compressed = tmp_path / 'scored', tmp_path / 'run' / 'model'
     selected = json.loads(out)['selected']

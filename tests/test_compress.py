@@ -16,9 +16,9 @@ from conftest import make_image_folder, randomize_norms
 def _config(out, images, scoring=None, **kw):
     return CompressConfig(model='timm:resnet18', output_dir=str(out), input_size=32,
                           images=ImagesConfig(source=images, num_images=12, heldout=4),
-                          scoring=ScoringConfig(**{'images': 8, 'adaptor_steps': 10, **(scoring or {'drop': 1})}),
+                          scoring=ScoringConfig(**{'num_images': 8, 'adaptor_steps': 10, **(scoring or {'drop': 1})}),
                           latency=LatencyConfig(batch_size=2, repeats=2), eval=EvalConfig(data=images),
-                          finetune=FinetuneConfig(iterations=3, batch_size=4, checkpoint_every=2), **kw)
+                          finetune=FinetuneConfig(steps=3, batch_size=4, checkpoint_every=2), **kw)
 
 
 @pytest.fixture(scope='module')
@@ -34,8 +34,8 @@ def finished_run(tmp_path_factory):
 def test_compress_writes_every_artefact(finished_run):
     out, images, report = finished_run
     # the whole finetuned student, when the recovery choice kept another (tests/test_recovery.py)
-    rejected = ['finetuned'] if report['recovery']['kept'] != 'mix1' else []
-    assert sorted(os.listdir(out)) == sorted(['block_latency.json', 'checkpoints', 'model', 'recovered', 'report.json',
+    rejected = ['rejected'] if report['recovery']['kept'] != 'mix1' else []
+    assert sorted(os.listdir(out)) == sorted(['block_latency.json', 'checkpoints', 'model', 'dropped', 'report.json',
                                               'run.json', 'scores.json', 'scores.partial.jsonl'] + rejected)
     assert CompressConfig.from_file(str(out / 'run.json')) == _config(out, images), 'run.json is the settings file'
 
@@ -97,15 +97,17 @@ def test_output_dir_is_never_mixed_or_lost(tmp_path, finished_run):
         compress(_config(out, images, scoring={'latency_reduction': 0.1}), resume=True, progress=False)
 
 
-def test_overwrite_replaces_an_earlier_run(tmp_path, image_folder):
+def test_overwrite_replaces_an_earlier_run(tmp_path, image_folder, finished_run):
     out = tmp_path / 'run'
     out.mkdir()
     (out / 'run.json').write_text(json.dumps(_config(out, image_folder, seed=7).to_dict()))  # an earlier run's
     (out / 'scores.json').write_text('{"stale": true}')
     (out / 'notes.txt').write_text('mine')  # a file of the user's beside the run: kept
+    shutil.copytree(finished_run[0] / 'dropped', out / 'recovered')  # as an earlier release named the folder
     report = compress(_config(out, image_folder, scoring={'drop': 2}), overwrite=True, progress=False)
     assert len(report['dropped_blocks']) == 2
     assert json.load(open(out / 'run.json'))['seed'] == 0 and (out / 'notes.txt').read_text() == 'mine'
+    assert not (out / 'recovered').exists()
 
 
 def test_resume_may_change_settings_of_stages_not_run_yet(tmp_path, image_folder):
@@ -113,16 +115,27 @@ def test_resume_may_change_settings_of_stages_not_run_yet(tmp_path, image_folder
     not with other scoring settings; the new settings are recorded in run.json."""
     out = tmp_path / 'run'
     config = _config(out, image_folder)
-    config.finetune.iterations, config.eval.data = 0, None
+    config.finetune.steps, config.eval.data = 0, None
     compress(config, progress=False)
     os.remove(out / 'report.json')
     shutil.rmtree(out / 'model')
+    # as an earlier release wrote it: settings finetune.iterations and scoring.images, the folder recovered/
+    old = json.load(open(out / 'run.json'))
+    old['finetune']['iterations'] = old['finetune'].pop('steps')
+    old['scoring']['images'] = old['scoring'].pop('num_images')
+    (out / 'run.json').write_text(json.dumps(old))
+    os.rename(out / 'dropped', out / 'recovered')
     again = _config(out, image_folder)
-    again.finetune.iterations = 2
+    again.finetune.steps, again.finetune.eval_every = 2, 1
     report = compress(again, resume=True, progress=False)
-    assert report['finetune']['iterations'] == 2 and json.load(open(out / 'run.json'))['finetune']['iterations'] == 2
-    with pytest.raises(ValueError, match=r'finished stage.*scoring.images'):
-        compress(_config(out, image_folder, scoring={'drop': 1, 'images': 6}), resume=True, progress=False)
+    assert report['finetune']['steps'] == 2 and json.load(open(out / 'run.json'))['finetune']['steps'] == 2
+    assert (out / 'dropped').is_dir() and not (out / 'recovered').exists(), 'the old folder resumes under its new name'
+    # --eval-every: the held-out images (4) evaluated after step 1 and at the end
+    assert [(e['step'], e['images']) for e in report['finetune']['evaluations']] == [(1, 4), (2, 4)]
+    if report['guard']['kept'] == 'finetuned':  # the last evaluation measures the finetuned student
+        assert report['finetune']['evaluations'][-1]['agreement'] == report['heldout_agreement']
+    with pytest.raises(ValueError, match=r'finished stage.*scoring.num_images'):
+        compress(_config(out, image_folder, scoring={'drop': 1, 'num_images': 6}), resume=True, progress=False)
 
 
 def test_config_errors(tmp_path):
@@ -150,11 +163,11 @@ def test_adaptors_switch_decides_what_the_recovered_student_is(tmp_path, image_f
     save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(weights))
     out = tmp_path / 'run'
     config = _config(out, image_folder, weights=str(weights), scoring={'drop': 1, 'keep_adaptors': adaptors})
-    config.finetune.iterations = 0
+    config.finetune.steps = 0
     report = compress(config, progress=False)
     assert report['adaptors'] is adaptors
-    assert json.load(open(out / 'recovered' / 'config.json'))['stage'].startswith('blocks dropped')
-    recovered = load_compressed(str(out / 'recovered')).state_dict()
+    assert json.load(open(out / 'dropped' / 'config.json'))['stage'].startswith('blocks dropped')
+    recovered = load_compressed(str(out / 'dropped')).state_dict()
     dropped = report['dropped_blocks'][0]
     kept = {k: v for k, v in teacher.state_dict().items() if not k.startswith(dropped + '.')}
     assert set(recovered) == set(kept)

@@ -10,10 +10,11 @@ from safetensors.torch import save_file
 from practise_df import create_model, load_compressed
 from practise_df.blocks import find_blocks
 from practise_df.cli import main
-from practise_df.guard import closeness, guard_images
+from practise_df.guard import closeness
 from practise_df.models import resolve_data_config
 from practise_df.pipeline import PARTIAL_SCORES_FILE
 from practise_df.recovery import student_at
+from synth.ood import photo_crops
 
 from conftest import accelerate_launch, launch_log, make_image_folder, randomize_norms
 
@@ -94,7 +95,7 @@ def test_the_same_compress_twice_gives_identical_scores(tmp_path, image_folder):
     for name in ('first', 'second'):
         assert main(['compress', '--model', 'timm:test_convnext', '--images', image_folder, '--num-images', '12',
                      '--input-size', '64', '--score-images', '8', '--adaptor-steps', '3', '--drop', '2',
-                     '--block-latency', latency, '--finetune-iters', '0', '--output-dir', str(tmp_path / name),
+                     '--block-latency', latency, '--finetune-steps', '0', '--output-dir', str(tmp_path / name),
                      '--json']) == 0
         runs.append(_scores(tmp_path / name))
     for s in runs[0]['scores'] + runs[1]['scores']:
@@ -106,7 +107,7 @@ def test_two_processes_score_evaluate_and_guard_as_one(tmp_path, files):
     two, one = tmp_path / 'two', tmp_path / 'one'
     two.mkdir()
     one.mkdir()
-    compress_two = _compress(files, two / 'run', '--finetune-iters', '2', '--finetune-batch-size', '4',
+    compress_two = _compress(files, two / 'run', '--finetune-steps', '2', '--finetune-batch-size', '4',
                              '--eval-data', files['images'], '--eval-batch-size', '4', '--recovery-images', 'photos',
                              '--robustness',
                              '--robustness-corruptions', CORRUPTIONS, '--robustness-severities', SEVERITIES)
@@ -115,7 +116,7 @@ def test_two_processes_score_evaluate_and_guard_as_one(tmp_path, files):
     assert (two / 'run' / 'scores.partial-rank1.jsonl').exists(), 'rank 1 scored blocks, in its own journal'
 
     with one_thread():
-        assert main(_compress(files, one / 'run', '--finetune-iters', '0')) == 0
+        assert main(_compress(files, one / 'run', '--finetune-steps', '0')) == 0
         _assert_same_scores(_scores(two / 'run'), _scores(one / 'run'))
         # the same model evaluated by one process: eval and robustness give the same numbers
         for command in _evaluations(files, two / 'run' / 'model', one):
@@ -130,7 +131,7 @@ def test_two_processes_score_evaluate_and_guard_as_one(tmp_path, files):
         # compress's own final evaluation and recovery choice, against one process on the models it wrote
         report = json.load(open(two / 'run' / 'report.json'))
         student = load_compressed(str(two / 'run' / 'model'))
-        dropped = load_compressed(str(two / 'run' / 'recovered'))
+        dropped = load_compressed(str(two / 'run' / 'dropped'))
         teacher = create_model('timm:resnet18', files['weights'])
         eval_student = json.load(open(two / 'eval.json'))
         assert report['eval']['student']['images'] == 13
@@ -139,9 +140,9 @@ def test_two_processes_score_evaluate_and_guard_as_one(tmp_path, files):
         robust = json.load(open(two / 'robustness.json'))
         assert report['robustness']['corruptions'] == robust['corruptions']
         assert report['robustness']['summary'] == robust['summary']
-        images = guard_images(resolve_data_config(teacher, input_size=SIZE), seed=0)
+        images = photo_crops(resolve_data_config(teacher, input_size=SIZE), seed=0)
         choice = report['recovery']
-        whole = student if choice['kept'] == 'mix1' else load_compressed(str(two / 'run' / 'finetuned'))
+        whole = student if choice['kept'] == 'mix1' else load_compressed(str(two / 'run' / 'rejected'))
         for candidate in choice['candidates']:
             model = student_at(dropped, whole, candidate['mix'])
             means = {k: v.mean().item() for k, v in closeness(model, teacher, images).items()}
@@ -150,7 +151,7 @@ def test_two_processes_score_evaluate_and_guard_as_one(tmp_path, files):
 
 def test_a_killed_two_process_scoring_resumes_without_scoring_a_block_twice(tmp_path, files):
     out, reference = tmp_path / 'run', tmp_path / 'reference'
-    args = _compress(files, out, '--finetune-iters', '0', '--no-guard')
+    args = _compress(files, out, '--finetune-steps', '0', '--no-guard')
     proc = _launch([args], '--kill-rank', '1', '--kill-after', '1')
     assert proc.returncode != 0, launch_log(proc)
     journals = [out / PARTIAL_SCORES_FILE, out / 'scores.partial-rank1.jsonl']
@@ -159,7 +160,7 @@ def test_a_killed_two_process_scoring_resumes_without_scoring_a_block_twice(tmp_
 
     with one_thread():  # resumed on one process: the blocks either rank finished are not scored again
         assert main(args + ['--resume']) == 0
-        assert main(_compress(files, reference, '--finetune-iters', '0', '--no-guard')) == 0
+        assert main(_compress(files, reference, '--finetune-steps', '0', '--no-guard')) == 0
     after = [json.loads(line)['block'] for j in journals if j.exists() for line in open(j)]
     assert len(after) == len(set(after)), f'a block was scored twice: {after}'
     assert set(after) == {s['block'] for s in _scores(out)['scores']}

@@ -177,14 +177,14 @@ def test_onnxruntime_latency_has_the_torch_shape(capsys, tmp_path, exported):
 
 
 REPORT = {
-    'model': 'timm:resnet18', 'weights': 'r18.pth', 'images': 'synthesized', 'dropped_blocks': ['layer1.1'],
+    'model': 'timm:resnet18', 'weights': 'r18.pth', 'image_source': 'synthesized', 'dropped_blocks': ['layer1.1'],
     'adaptors': False, 'compressed_model': 'runs/r18/model',
     'scores': [{'block': 'layer1.1', 'recoverability': 0.12, 'mse_dropped': 0.3, 'saved_ms': 1.0, 'saved_pct': 8.0,
                 'score': 0.015}],
     'latency': {'device': 'cpu', 'batch_size': 32, 'input_size': [3, 64, 64], 'teacher_ms': 40.0, 'student_ms': 36.0,
                 'saved_pct': 10.0, 'runtime': 'onnxruntime', 'threads': 2, 'provider': 'CPUExecutionProvider'},
     'params': {'teacher': 11689512, 'student': 11541800}, 'macs': {'teacher': 149000000, 'student': 140000000},
-    'finetune': {'loss': 'mir', 'iterations': 0, 'final_loss': None}, 'heldout_agreement': 93.75,
+    'finetune': {'loss': 'mir', 'steps': 0, 'final_loss': None}, 'heldout_agreement': 93.75,
 }
 
 
@@ -258,9 +258,9 @@ def test_compress_measures_in_onnxruntime_and_writes_a_model_card(tmp_path, imag
     numbered = make_image_folder(str(tmp_path / 'numbered'), classes=('0', '1', '2'), per_class=4)  # class indices
     config = CompressConfig(model='timm:test_resnet', output_dir=str(tmp_path / 'run'), input_size=SIZE,
                             images={'source': image_folder, 'num_images': 8, 'heldout': 2},
-                            scoring={'drop': 1, 'images': 4, 'adaptor_steps': 10},
+                            scoring={'drop': 1, 'num_images': 4, 'adaptor_steps': 10},
                             latency={'batch_size': 2, 'repeats': 2, 'runtime': 'onnxruntime', 'threads': 1},
-                            card={'license': 'mit'}, finetune={'iterations': 0},
+                            card={'license': 'mit'}, finetune={'steps': 0},
                             eval={'data': numbered, 'export': 'int8'})
     report = compress(config, progress=False)
     assert (report['latency']['runtime'], report['latency']['threads']) == ('onnxruntime', 1)

@@ -40,7 +40,7 @@ def test_mir_lowers_the_loss_keeps_classifier_and_teacher(pair):
     teacher, student = pair
     head = student.fc.weight.clone()
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    history = _run(student, teacher, _data(), iterations=12, freeze_bn=True)
+    history = _run(student, teacher, _data(), steps=12, freeze_bn=True)
     assert len(history['loss']) == 12
     assert sum(history['loss'][-3:]) < 0.8 * sum(history['loss'][:3])
     assert torch.equal(student.fc.weight, head), 'MiR freezes the classifier'
@@ -52,7 +52,7 @@ def test_freeze_bn_holds_through_evaluation_inside_an_epoch(pair):
     in the middle of an epoch (which puts the model in eval mode and back)."""
     teacher, student = pair
     stats = {k: v.clone() for k, v in student.state_dict().items() if 'running_' in k}
-    history = _run(student, teacher, _data(32), iterations=4, freeze_bn=True, eval_every=1, eval_data=_data(8))
+    history = _run(student, teacher, _data(32), steps=4, freeze_bn=True, eval_every=1, eval_data=_data(8))
     assert len(history['eval']) == 4  # 4 steps in one epoch of 32 images, batch 8
     assert all(torch.equal(student.state_dict()[k], v) for k, v in stats.items())
 
@@ -60,7 +60,7 @@ def test_freeze_bn_holds_through_evaluation_inside_an_epoch(pair):
 def test_ce_trains_the_whole_model(pair):
     teacher, student = pair
     head = student.fc.weight.clone()
-    history = _run(student, teacher, _data(), iterations=4, loss='ce')
+    history = _run(student, teacher, _data(), steps=4, loss='ce')
     assert len(history['loss']) == 4 and all(v >= 0 for v in history['loss'])
     assert not torch.equal(student.fc.weight, head)
 
@@ -70,7 +70,7 @@ def test_distillation_keeps_the_classifier(pair, loss):
     """KD and MiR+KD train the backbone only: the classifier stays as the teacher left it."""
     teacher, student = pair
     head, stem = student.fc.weight.clone(), student.conv1.weight.clone()
-    history = _run(student, teacher, _data(), iterations=4, loss=loss)
+    history = _run(student, teacher, _data(), steps=4, loss=loss)
     assert len(history['loss']) == 4 and all(v >= 0 for v in history['loss'])
     assert torch.equal(student.fc.weight, head) and not torch.equal(student.conv1.weight, stem)
 
@@ -78,7 +78,7 @@ def test_distillation_keeps_the_classifier(pair, loss):
 def test_ce_without_labels_is_a_clear_error(pair):
     teacher, student = pair
     with pytest.raises(ValueError, match="'ce' loss needs labelled images"):
-        _run(student, teacher, _data(labels=False), iterations=2, loss='ce')
+        _run(student, teacher, _data(labels=False), steps=2, loss='ce')
 
 
 def test_non_finite_loss_stops_with_the_step_and_last_checkpoint(pair, tmp_path):
@@ -86,12 +86,12 @@ def test_non_finite_loss_stops_with_the_step_and_last_checkpoint(pair, tmp_path)
     x, y = _data().tensors
     bad = TensorDataset(torch.full_like(x, float('nan')), y)
     with pytest.raises(FloatingPointError, match=r'became nan at step 1\. Last good checkpoint: none'):
-        _run(student, teacher, bad, tmp_path, iterations=3)
+        _run(student, teacher, bad, tmp_path, steps=3)
 
 
 def test_periodic_eval_and_checkpoints(pair, tmp_path):
     teacher, student = pair
-    config = FinetuneConfig(batch_size=8, lr=0.01, iterations=4, checkpoint_every=2, eval_every=2)
+    config = FinetuneConfig(batch_size=8, lr=0.01, steps=4, checkpoint_every=2, eval_every=2)
     acc = make_accelerator(str(tmp_path), config, cpu=True)
     history = finetune(student, teacher, _data(), config, accelerator=acc, output_dir=str(tmp_path),
                        eval_data=_data(8), progress=False)
@@ -103,9 +103,9 @@ def test_periodic_eval_and_checkpoints(pair, tmp_path):
 def test_resume_continues_exactly(pair, tmp_path):
     teacher, student = pair
     reference = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
-    _run(reference, teacher, _data(), iterations=6)
+    _run(reference, teacher, _data(), steps=6)
 
-    config = FinetuneConfig(batch_size=8, lr=0.01, iterations=6, checkpoint_every=2)
+    config = FinetuneConfig(batch_size=8, lr=0.01, steps=6, checkpoint_every=2)
 
     def crash(step, loss):
         if step == 3:
@@ -132,7 +132,7 @@ def test_resume_after_a_crash_inside_the_first_checkpoint(pair, tmp_path):
     teacher, _ = pair
     (tmp_path / 'checkpoints' / 'checkpoint_0').mkdir(parents=True)
     (tmp_path / 'checkpoints' / 'checkpoint_0' / 'model.safetensors').write_bytes(b'cut short')
-    config = FinetuneConfig(batch_size=8, lr=0.01, iterations=2, checkpoint_every=2)
+    config = FinetuneConfig(batch_size=8, lr=0.01, steps=2, checkpoint_every=2)
     student = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
     history = finetune(student, teacher, _data(), config, accelerator=make_accelerator(str(tmp_path), config, cpu=True),
                        output_dir=str(tmp_path), resume=True, progress=False)
@@ -145,10 +145,10 @@ def test_resume_discards_a_cut_short_checkpoint_so_the_rotation_keeps_a_complete
     removes checkpoint_2; otherwise the broken folder would count towards keep_checkpoints and the next
     save would delete checkpoint_1, leaving nothing complete while checkpoint_3 is written."""
     teacher, _ = pair
-    config = FinetuneConfig(batch_size=8, lr=0.01, iterations=4, checkpoint_every=2, keep_checkpoints=2)
+    config = FinetuneConfig(batch_size=8, lr=0.01, steps=4, checkpoint_every=2, keep_checkpoints=2)
     student = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
     run = dict(output_dir=str(tmp_path), progress=False)
-    finetune(student, teacher, _data(), replace(config, iterations=2),
+    finetune(student, teacher, _data(), replace(config, steps=2),
              accelerator=make_accelerator(str(tmp_path), config, cpu=True), **run)
     root = tmp_path / 'checkpoints'
     assert sorted(os.listdir(root)) == ['checkpoint_0']  # the step-2 (= final) checkpoint
@@ -245,7 +245,7 @@ def test_kd_defaults_stay_finite_where_the_old_recipe_diverged():
     assert not all(math.isfinite(v) for v in losses), 'the old recipe diverges on this data'
 
     teacher, student = pair()
-    config = FinetuneConfig(loss='kd', iterations=30, batch_size=8)
+    config = FinetuneConfig(loss='kd', steps=30, batch_size=8)
     history = finetune(student, teacher, _kd_data(), config, accelerator=make_accelerator(None, config, cpu=True),
                        progress=False)
     assert len(history['loss']) == 30 and all(math.isfinite(v) for v in history['loss'])
@@ -258,8 +258,8 @@ def test_mix_keeps_that_fraction_of_the_update(pair):
     teacher, student = pair
     start = {k: v.clone() for k, v in student.state_dict().items()}
     full = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
-    _run(full, teacher, _data(), iterations=4, freeze_bn=False)
-    history = _run(student, teacher, _data(), iterations=4, freeze_bn=False, mix=0.5, eval_data=_data(8))
+    _run(full, teacher, _data(), steps=4, freeze_bn=False)
+    history = _run(student, teacher, _data(), steps=4, freeze_bn=False, mix=0.5, eval_data=_data(8))
     changed = [k for k, v in full.state_dict().items() if v.is_floating_point() and not torch.equal(v, start[k])]
     assert any('running_' in k for k in changed) and any('conv' in k for k in changed)
     for k in changed:
@@ -274,10 +274,10 @@ def test_mix_keeps_that_fraction_of_the_update(pair):
 def test_a_finished_run_resumed_with_another_mix_needs_no_training(pair, tmp_path):
     teacher, student = pair
     start = {k: v.clone() for k, v in student.state_dict().items()}
-    _run(student, teacher, _data(), tmp_path, iterations=4)
+    _run(student, teacher, _data(), tmp_path, steps=4)
     finetuned = {k: v.clone() for k, v in student.state_dict().items()}
     again = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
-    history = _run(again, teacher, _data(), tmp_path, iterations=4, mix=0.25, resume=True)
+    history = _run(again, teacher, _data(), tmp_path, steps=4, mix=0.25, resume=True)
     assert history['step'] == []
     for k, v in again.state_dict().items():
         if v.is_floating_point():

@@ -150,7 +150,7 @@ def test_tied_savings_are_ordered_by_recoverability(tiny_resnet):
     lat = {'layer3.1': {'saved_ms': 1.0, 'saved_pct': 10.0, 'saved_low': 6.0, 'saved_high': 14.0},
            'layer4.1': {'saved_ms': 1.2, 'saved_pct': 12.0, 'saved_low': 8.0, 'saved_high': 16.0}}
     x = torch.randn(4, *SIZE[:1], 32, 32, generator=torch.Generator().manual_seed(0))
-    settings = scoring.RecoverySettings(iterations=2, batch_size=4, resolution_scale=1.0)
+    settings = scoring.RecoverySettings(steps=2, batch_size=4, resolution_scale=1.0)
     scores = scoring.score_blocks(tiny_resnet, x, x, blocks=list(lat), latency=lat, settings=settings,
                                   progress=False)
     by_rec = sorted(scores, key=lambda s: s.recoverability)

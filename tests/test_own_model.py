@@ -27,7 +27,7 @@ from practise_df.scoring import ESTIMATORS
 OWN = os.path.join(ROOT, 'tests', 'own_network.py')
 # The cheapest compress run: 4 synthesized images at 32 px, 2 steps, one block dropped, 2 finetuning steps.
 TINY = ['--input-size', '32', '--drop', '1', '--num-images', '4', '--heldout-images', '1', '--synth-batch-size', '2',
-        '--synth-steps', '2', '--score-images', '2', '--adaptor-steps', '1', '--finetune-iters', '2',
+        '--synth-steps', '2', '--score-images', '2', '--adaptor-steps', '1', '--finetune-steps', '2',
         '--finetune-batch-size', '2', '--latency-batch-size', '1', '--latency-repeats', '1', '--no-guard']
 
 
@@ -202,15 +202,15 @@ def test_the_python_api_takes_a_module_built_in_code(tmp_path):
                             scoring=ScoringConfig(drop=1))
     config.images.num_images, config.images.heldout = 4, 1
     config.synthesis.steps, config.synthesis.batch_size = 2, 2
-    config.scoring.images, config.scoring.adaptor_steps = 2, 1
-    config.finetune.iterations, config.latency.repeats, config.latency.batch_size = 0, 1, 1
+    config.scoring.num_images, config.scoring.adaptor_steps = 2, 1
+    config.finetune.steps, config.latency.repeats, config.latency.batch_size = 0, 1, 1
     report = practise_df.compress(config, teacher=teacher, progress=False)
     assert report['model'] == 'my finetuned test_resnet'
     student = load_compressed(report['compressed_model'])
     assert student.num_classes == 5
     images = torch.randn(4, 3, 32, 32)
     own = load_model(f'py:{OWN}:tiny_net')  # scoring and export take any module
-    fast = dataclasses.replace(ESTIMATORS['fast'], iterations=1)
+    fast = dataclasses.replace(ESTIMATORS['fast'], steps=1)
     scores = score_blocks(own, images[:2], images[2:], settings=fast, progress=False,
                           latency_kwargs={'input_size': (3, 32, 32), 'batch_size': 1, 'repeats': 1})
     assert [s.block for s in scores] and all(s.block.startswith('stages.') for s in scores)

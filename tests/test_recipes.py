@@ -12,7 +12,7 @@ from conftest import ROOT, accelerate_launch, launch_log
 # Latency at batch 2 with 2 timed runs: the default (batch 32, 10 runs, on all 12 candidate blocks) took
 # three quarters of a smoke run, and timing is not what this test checks.
 SMOKE = ['--weights', 'random', '--num-images', '16', '--input-size', '64', '--synth-steps', '5',
-         '--finetune-iters', '5', '--latency-batch-size', '2', '--latency-repeats', '2', '--adaptor-steps', '10']
+         '--finetune-steps', '5', '--latency-batch-size', '2', '--latency-repeats', '2', '--adaptor-steps', '10']
 
 
 @pytest.mark.parametrize('processes', [1, 2])
@@ -30,7 +30,7 @@ def test_datafree_resnet50_smoke(tmp_path, processes):
 
 
 TINY = ['--model', 'timm:resnet18', '--weights', 'random', '--num-images', '12', '--input-size', '32',
-        '--finetune-iters', '2', '--finetune-batch-size', '4', '--drop', '1', '--score-images', '8',
+        '--finetune-steps', '2', '--finetune-batch-size', '4', '--drop', '1', '--score-images', '8',
         '--adaptor-steps', '10', '--latency-batch-size', '2', '--latency-repeats', '2']
 
 

@@ -107,7 +107,7 @@ def _config(out, images, **eval_):
                           images={'source': images, 'num_images': 16, 'heldout': 4},
                           scoring={'blocks': ['layer1.0']}, latency={'batch_size': 2, 'repeats': 2},
                           eval={'data': eval_.pop('data', None), **eval_},
-                          finetune={'iterations': 3, 'batch_size': 4, 'lr': 0.05})
+                          finetune={'steps': 3, 'batch_size': 4, 'lr': 0.05})
 
 
 def _distance_signal(monkeypatch, out, sign):
@@ -117,7 +117,7 @@ def _distance_signal(monkeypatch, out, sign):
     seen = []
 
     def closeness(student, teacher, images, batch_size=64):
-        dropped = load_compressed(str(out / 'recovered')).state_dict()
+        dropped = load_compressed(str(out / 'dropped')).state_dict()
         moved = sum((v.float() - dropped[k].float()).pow(2).sum() for k, v in student.state_dict().items()
                     if v.is_floating_point()).sqrt().item()
         seen.append(images)
@@ -171,10 +171,10 @@ def test_compress_lists_every_candidate_and_keeps_the_one_the_signal_prefers(tmp
     assert report['eval']['student']['top1'] == choice['candidates'][[c['name'] for c in choice['candidates']]
                                                                       .index(kept)]['top1']
     model = load_compressed(str(out / 'model')).state_dict()
-    recovered = load_compressed(str(out / 'recovered')).state_dict()
+    recovered = load_compressed(str(out / 'dropped')).state_dict()
     assert all(torch.equal(v, recovered[k]) for k, v in model.items()) is (kept == 'dropped')
-    assert os.path.isdir(out / 'finetuned') is (kept != 'mix1'), 'the whole finetuned student, when not kept'
-    assert (choice.get('finetuned_model') == str(out / 'finetuned')) is (kept != 'mix1')
+    assert os.path.isdir(out / 'rejected') is (kept != 'mix1'), 'the whole finetuned student, when not kept'
+    assert (choice.get('finetuned_model') == str(out / 'rejected')) is (kept != 'mix1')
     text = render_report(report)
     assert f'kept {kept}' in text and f'* {kept}' in text and all(f"\n  {c['name']} " in text
                                                                  for c in choice['candidates'] if c['name'] != kept)
@@ -184,7 +184,7 @@ def test_compress_lists_every_candidate_and_keeps_the_one_the_signal_prefers(tmp
         os.remove(out / 'report.json')
         _distance_signal(monkeypatch, out, +1)
         assert compress(_config(out, images, data=images), resume=True, progress=False)['recovery']['kept'] == 'mix1'
-        assert not os.path.exists(out / 'finetuned') and 'finetuned' not in json.load(open(out / 'report.json'))['eval']
+        assert not os.path.exists(out / 'rejected') and 'finetuned' not in json.load(open(out / 'report.json'))['eval']
 
 
 def test_crops_signal_is_whole_photos_finetuning_never_saw(tmp_path, monkeypatch):
@@ -209,7 +209,7 @@ def test_one_mix_and_no_guard(tmp_path):
     config.finetune.mix = 0.5
     report = compress(config, progress=False)
     assert [c['name'] for c in report['recovery']['candidates']] == ['dropped', 'mix0.5']
-    whole = load_compressed(str(out / 'finetuned'))  # the whole update, set aside as mix1 is no candidate
+    whole = load_compressed(str(out / 'rejected'))  # the whole update, set aside as mix1 is no candidate
     stamp = _newest(out / 'checkpoints')
 
     os.remove(out / 'report.json')  # so the report stage runs again, with other settings
@@ -218,7 +218,7 @@ def test_one_mix_and_no_guard(tmp_path):
     report = compress(config, resume=True, progress=False)
     assert 'recovery' not in report and 'guard' not in report and report['finetune']['mix'] == 0.5
     assert _newest(out / 'checkpoints') == stamp, 'finished finetuning is not redone'
-    expected = student_at(load_compressed(str(out / 'recovered')), whole, 0.5).state_dict()
+    expected = student_at(load_compressed(str(out / 'dropped')), whole, 0.5).state_dict()
     model = load_compressed(str(out / 'model')).state_dict()
     assert all(torch.allclose(v, expected[k], atol=1e-6) for k, v in model.items())
     assert not all(torch.equal(v, whole.state_dict()[k]) for k, v in model.items())

@@ -48,7 +48,7 @@ def _args(out, weights, latency):
     return ['compress', '--model', 'timm:resnet18', '--weights', weights, '--block-latency', latency,
             '--num-images', '24', '--heldout-images', '8', '--synth-batch-size', '4', '--synth-steps', '20',
             '--input-size', str(SIZE), '--score-images', '16', '--adaptor-steps', '10', '--drop', '2',
-            '--finetune-iters', '12', '--finetune-batch-size', '4', '--checkpointing-steps', '2',
+            '--finetune-steps', '12', '--finetune-batch-size', '4', '--checkpointing-steps', '2',
             '--latency-batch-size', '2', '--latency-repeats', '2', '--output-dir', str(out)]
 
 
@@ -152,8 +152,8 @@ def test_inputs_are_never_modified(tmp_path, teacher_files):
     before, weights_sum = _tree_digest(images), _sha256(weights)
     config = CompressConfig(model='timm:resnet18', weights=weights, output_dir=str(tmp_path / 'run'),
                             input_size=SIZE, images=ImagesConfig(source=images, num_images=12, heldout=4),
-                            scoring=ScoringConfig(drop=1, images=8), latency=LatencyConfig(batch_size=2, repeats=2),
-                            eval=EvalConfig(data=images), finetune=FinetuneConfig(iterations=2, batch_size=4))
+                            scoring=ScoringConfig(drop=1, num_images=8), latency=LatencyConfig(batch_size=2, repeats=2),
+                            eval=EvalConfig(data=images), finetune=FinetuneConfig(steps=2, batch_size=4))
     report = compress(config, progress=False)
     assert report['eval']['teacher']['images'] == 12 and report['eval']['skipped_files'] == 1
     assert _tree_digest(images) == before and _sha256(weights) == weights_sum
@@ -167,9 +167,9 @@ def test_same_seed_same_block_choice_in_process(tmp_path, teacher_files):
         config = CompressConfig(model='timm:resnet18', weights=weights, output_dir=str(tmp_path / name),
                                 input_size=SIZE, images=ImagesConfig(num_images=8, heldout=4),
                                 synthesis=SynthesisConfig(batch_size=4, steps=5),
-                                scoring=ScoringConfig(drop=2, images=4, adaptor_steps=10),
+                                scoring=ScoringConfig(drop=2, num_images=4, adaptor_steps=10),
                                 latency=LatencyConfig(block_latency=latency),
-                                finetune=FinetuneConfig(iterations=0))
+                                finetune=FinetuneConfig(steps=0))
         compress(config, progress=False)
         runs.append(json.load(open(tmp_path / name / 'scores.json')))
     for run in runs:
@@ -185,7 +185,7 @@ def test_block_latency_file_errors(tmp_path, teacher_files):
     config = CompressConfig(model='timm:resnet18', weights=weights, output_dir=str(tmp_path / 'run'),
                             input_size=SIZE, images=ImagesConfig(num_images=4, heldout=2),
                             synthesis=SynthesisConfig(batch_size=4, steps=2), scoring=ScoringConfig(drop=1),
-                            latency=LatencyConfig(block_latency=str(bad)), finetune=FinetuneConfig(iterations=0))
+                            latency=LatencyConfig(block_latency=str(bad)), finetune=FinetuneConfig(steps=0))
     with pytest.raises(ValueError, match=r'has no latency for block\(s\) layer1\.0, layer2\.1.*--per-block'):
         compress(config, progress=False)
     assert not (tmp_path / 'run').exists(), 'checked before anything is written'
@@ -229,7 +229,7 @@ def test_a_run_json_reproduces_the_run(tmp_path, teacher_files):
     from practise_df.cli import main
     weights, latency = teacher_files
     first, second = tmp_path / 'first', tmp_path / 'second'
-    assert main(_args(first, weights, latency) + ['--finetune-iters', '3', '--json']) == 0
+    assert main(_args(first, weights, latency) + ['--finetune-steps', '3', '--json']) == 0
     assert main(['compress', '--config', str(first / 'run.json'), '--output-dir', str(second), '--json']) == 0
     a, b = (json.load(open(d / 'run.json')) for d in (first, second))
     assert {**a, 'output_dir': None} == {**b, 'output_dir': None}

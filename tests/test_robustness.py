@@ -148,11 +148,11 @@ def test_compress_adds_robustness_to_the_report(tmp_path):
     images = make_image_folder(str(tmp_path / 'images'), classes=('0', '1'), per_class=4, size=40)
     config = CompressConfig(model='timm:resnet18', output_dir=str(tmp_path / 'run'), input_size=32,
                             images={'source': images, 'num_images': 8, 'heldout': 2},
-                            scoring={'drop': 1, 'images': 4, 'adaptor_steps': 10},
+                            scoring={'drop': 1, 'num_images': 4, 'adaptor_steps': 10},
                             latency={'batch_size': 2, 'repeats': 2},
                             eval={'data': images}, robustness={'enabled': True, 'corruptions': 'shot_noise',
                                                                'severities': '2'},
-                            finetune=FinetuneConfig(iterations=1, batch_size=4))
+                            finetune=FinetuneConfig(steps=1, batch_size=4))
     report = compress(config, progress=False)
     r = report['robustness']
     assert list(r['corruptions']) == ['shot_noise'] and 'mce' in r['summary']

@@ -7,7 +7,7 @@ from practise_df.scoring import BlockScore, RecoverySettings
 
 from conftest import SMALL
 
-FAST = RecoverySettings(iterations=5, batch_size=8, resolution_scale=1.0)
+FAST = RecoverySettings(steps=5, batch_size=8, resolution_scale=1.0)
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_zero_branch_block_is_recoverable_and_chosen_first(zero_branch_resnet):
 def test_adaptors_reduce_the_error_of_a_real_block(tiny_resnet):
     gen = torch.Generator().manual_seed(1)
     train = torch.randn(8, *SMALL, generator=gen)
-    settings = RecoverySettings(iterations=30, batch_size=8, lr=1e-3, resolution_scale=1.0)
+    settings = RecoverySettings(steps=30, batch_size=8, lr=1e-3, resolution_scale=1.0)
     [s] = score_blocks(tiny_resnet, train, train, blocks=['layer4.1'], settings=settings,
                        latency=_latency(['layer4.1']), progress=False)
     assert s.num_adaptors > 0
@@ -55,7 +55,7 @@ def test_score_is_recoverability_over_latency_saved(tiny_resnet):
     lat = {'layer1.1': {'saved_ms': 2.0, 'saved_pct': 20.0, 'latency_ms': 8, 'base_ms': 10},
            'layer4.1': {'saved_ms': -0.1, 'saved_pct': -1.0, 'latency_ms': 10.1, 'base_ms': 10}}
     scores = score_blocks(tiny_resnet, train, train, blocks=list(lat), latency=lat, progress=False,
-                          settings=RecoverySettings(iterations=2, batch_size=4, resolution_scale=1.0))
+                          settings=RecoverySettings(steps=2, batch_size=4, resolution_scale=1.0))
     for s in scores:
         pct = max(lat[s.block]['saved_pct'], 1e-3)  # no measurable saving: effectively never first
         assert s.score == pytest.approx(s.recoverability / pct)

@@ -80,14 +80,18 @@ def test_reference_preset_is_deepinversion_and_fast_is_5x_cheaper():
     assert ref.phases == ((0.5, 2000), (1.0, 1000)) and ref.lr == 0.25 and ref.betas == (0.5, 0.9)
     assert (ref.bn, ref.first_bn_multiplier, ref.tv_l2, ref.l2, ref.ce) == (0.01, 10.0, 1e-4, 1e-5, 1.0)
     assert ref.warmup == 100 and ref.jitter * 224 == pytest.approx(30)
-    assert get_preset('fast').iterations * 5 <= ref.iterations
-    scaled = get_preset('reference', iterations=300)
+    assert get_preset('fast').steps * 5 <= ref.steps
+    scaled = get_preset('reference', steps=300)
     assert scaled.phases == ((0.5, 200), (1.0, 100)) and scaled.warmup == 10
-    assert get_preset('fast', iterations=7).iterations == 7
+    assert get_preset('fast', steps=7).steps == 7
+    with pytest.warns(DeprecationWarning, match='use steps'):  # the names of earlier releases still work
+        assert get_preset('fast', iterations=7).steps == 7
+    with pytest.warns(DeprecationWarning, match='use InversionConfig.steps'):
+        assert ref.iterations == 3000
     with pytest.raises(ValueError, match='Unknown synthesis preset'):
         get_preset('slow')
     with pytest.raises(ValueError, match='fewer than the 2'):
-        get_preset('reference', iterations=1)
+        get_preset('reference', steps=1)
 
 
 # --- inversion --------------------------------------------------------------------------------------
@@ -168,7 +172,7 @@ def test_targets_cycle_through_classes_for_any_batch_size():
 def test_synthesize_writes_a_readable_class_folder(teacher, tmp_path):
     out = tmp_path / 'synth'
     summary = run(teacher, out, 7, classes=[1, 3, 8])  # batches of 4, 3: a short last batch
-    assert summary['num_images'] == summary['generated'] == 7 and summary['teacher_passes'] == 7 * TINY.iterations
+    assert summary['num_images'] == summary['generated'] == 7 and summary['teacher_passes'] == 7 * TINY.steps
     assert 0 <= summary['top1_agreement'] <= 100 and summary['bn_loss'] > 0
     files = png_files(out)
     assert len(files) == 7 and sorted(os.listdir(out)) == ['0001', '0003', '0008', 'metadata-rank0.jsonl',
@@ -283,7 +287,7 @@ def test_cli_command_and_rendering(tmp_path, capsys):
     code = main(['synth', '--model', 'timm:test_resnet', '--output-dir', str(tmp_path / 'cli'), '--num-images', '3',
                  '--input-size', str(RES), '--synth-steps', '2', '--batch-size', '3', '--classes', '7,9', '--json'])
     result = json.loads(capsys.readouterr().out)
-    assert code == 0 and result['num_images'] == 3 and result['iterations'] == 2 and result['preset'] == 'fast'
+    assert code == 0 and result['num_images'] == 3 and result['steps'] == 2 and result['preset'] == 'fast'
     assert result['resolution'] == RES and sorted(os.listdir(tmp_path / 'cli'))[:2] == ['0007', '0009']
     assert main(['synth', '--model', 'timm:test_resnet', '--output-dir', str(tmp_path / 'cli'), '--num-images', '3',
                  '--input-size', str(RES), '--synth-steps', '2', '--batch-size', '3', '--classes', '7,9']) == 0
@@ -375,7 +379,7 @@ def test_canvas_parts_and_pixel_prior_keep_the_output_contract(teacher):
     assert a.images.shape == (5, 3, RES, RES) and torch.equal(a.images, b.images)
     lo, hi = pixel_bounds(MEAN, STD)
     assert (a.images >= lo - 1e-6).all() and (a.images <= hi + 1e-6).all()
-    assert a.teacher_passes == 5 * TINY.iterations and torch.isfinite(a.best_loss).all()
+    assert a.teacher_passes == 5 * TINY.steps and torch.isfinite(a.best_loss).all()
 
 
 def test_pixel_prior_pulls_the_colour_towards_natural_statistics(teacher):

@@ -6,14 +6,15 @@ never replaced) and the deprecated spellings of renamed flags, which keep workin
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
-from synth.files import check_outputs_apart, check_writable, write_json_atomic
+from practise_io import check_outputs_apart, check_writable, write_json_atomic
 
 from .._distributed import process_state
 from ..models import INTERPOLATIONS, PREPROCESSING, model_arguments, resolve_data_config
@@ -153,7 +154,7 @@ def add_model(parser: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument('--model-kwargs', type=json_object, metavar='JSON',
                    help="""more constructor arguments as a JSON object, e.g. '{"drop_path_rate": 0.1}'""")
     g.add_argument('--input-size', type=positive_int, help="square input size (default: the model's)")
-    deprecated(g, '--resolution', '--input-size', type=positive_int)
+    deprecated(g, '--resolution', '--input-size')
     g.add_argument('--mean', type=float, nargs='+', metavar='MEAN',
                    help="input normalisation mean, one value per channel (default: the model's)")
     g.add_argument('--std', type=float, nargs='+', metavar='STD',
@@ -269,23 +270,63 @@ def add_overwrite(parser: argparse.ArgumentParser) -> None:
                             help='replace an earlier result at the output path (never a file or folder of yours)')
 
 
-class _Deprecated(argparse.Action):
-    """An old spelling: stores into the new flag's destination and says what to write instead."""
+class _OldSpellings(argparse.Action):
+    """Mixed into a flag's action class by :func:`deprecated`: says what to write instead when the flag is
+    given by an old spelling (``old_spellings``: old -> new)."""
+    old_spellings: Dict[str, str]
 
-    def __init__(self, option_strings, dest, new: str = '', **kwargs):
-        self.new = new
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = self.old_spellings.get(option_string)
+        if new is not None:
+            print(f'{parser.prog}: warning: {option_string} is deprecated and will be removed in the next release; '
+                  f'use {new}.', file=sys.stderr)
+        super().__call__(parser, namespace, values, new or option_string)  # --no-X: as the new --no-Y
+
+
+@functools.lru_cache(maxsize=None)
+def _with_old_spellings(kind: type) -> type:
+    return type(f'{kind.__name__}WithOldSpellings', (_OldSpellings, kind), {})
+
+
+def deprecated(parser, old: str, new: str) -> None:
+    """Accept ``old`` as a deprecated spelling of the flag ``new`` (declared before; hidden from --help).
+
+    ``old`` is another name of ``new``'s own action, so it takes the same values into the same destination
+    and satisfies ``new`` where ``new`` is required; using it prints what to write instead."""
+    action = parser._option_string_actions.get(new)
+    if action is None or old in parser._option_string_actions:
+        raise ValueError(f'deprecated({old!r}, {new!r}): declare {new} first, and {old} nowhere else.')
+    if not isinstance(action, _OldSpellings):
+        action.__class__ = _with_old_spellings(type(action))
+        action.old_spellings = {}
+    action.old_spellings[old] = new
+    parser._option_string_actions[old] = action  # parsed as the action's; not in option_strings, so not shown
+
+
+def deprecated_meaning(parser, old: str, instead: str, dest: str, **kwargs) -> None:
+    """Accept ``old``, a retired flag whose meaning no single new flag has (``instead`` says what to write),
+    into ``dest`` (hidden from --help); the command translates it. Prefer :func:`deprecated` for a renamed flag."""
+    parser.add_argument(old, dest=dest, action=_Retired, instead=instead, help=argparse.SUPPRESS,
+                        default=argparse.SUPPRESS, **kwargs)
+
+
+class _Retired(argparse.Action):
+    """A retired flag (:func:`deprecated_meaning`): stores its value and says what to write instead."""
+
+    def __init__(self, option_strings, dest, instead: str = '', **kwargs):
+        self.instead = instead
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f'{parser.prog}: warning: {option_string} is deprecated and will be removed in the next release; '
-              f'use {self.new}.', file=sys.stderr)
-        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+              f'use {self.instead}.', file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
-def deprecated(parser, old: str, new: str, dest: Optional[str] = None, **kwargs) -> None:
-    """Accept ``old`` as a deprecated spelling of ``new`` (hidden from --help)."""
-    parser.add_argument(old, dest=dest or new.lstrip('-').replace('-', '_'), action=_Deprecated, new=new,
-                        help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+def old_spellings(parser: argparse.ArgumentParser) -> Dict[str, Tuple[str, argparse.Action]]:
+    """{old spelling: (new spelling, action)} of every deprecated alias ``parser`` accepts."""
+    return {old: (new, action) for action in parser._actions if isinstance(action, _OldSpellings)
+            for old, new in action.old_spellings.items()}
 
 
 def warn_random_weights(spec: str, weights: Optional[str], flag: str = '--model') -> None:

@@ -18,7 +18,7 @@ from synth import PRESETS
 from .._format import format_interval, format_table
 from ..pipeline import compress
 from ..report import Report
-from ..config import EXPORTS, CompressConfig, read_settings_file
+from ..config import EXPORTS, CompressConfig, read_settings_file, renamed_settings
 from ..finetune import DATAFREE_MIX, LOSSES, make_accelerator
 from ..guard import SIGNALS
 from ..recovery import MIXES, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES
@@ -56,7 +56,7 @@ def add_compress_arguments(parser: argparse.ArgumentParser, until_drop: bool = F
     add(g, '--synth-preset', dest='synthesis.preset', choices=sorted(PRESETS), help='synthesis settings')
     add(g, '--synth-steps', dest='synthesis.steps', type=_args.positive_int, help=_args.SYNTH_STEPS_HELP)
     if not until_drop:  # score's --iterations was its old spelling of --adaptor-steps (practise_df.cli.score)
-        _args.deprecated(g, '--iterations', '--synth-steps', dest='synthesis.steps', type=_args.positive_int)
+        _args.deprecated(g, '--iterations', '--synth-steps')
     add(g, '--synth-batch-size', dest='synthesis.batch_size', type=_args.positive_int,
         help='images synthesised together')
     add(g, '--synth-micro-batch', dest='synthesis.micro_batch', type=_args.positive_int,
@@ -69,14 +69,15 @@ def add_compress_arguments(parser: argparse.ArgumentParser, until_drop: bool = F
     add(g, '--candidates', dest='scoring.candidates', type=_args.block_list, metavar='B1,B2',
         help='score only these blocks (default: every droppable block)')
     add(g, '--estimator', dest='scoring.estimator', choices=sorted(ESTIMATORS), help=_args.ESTIMATOR_HELP)
-    add(g, '--score-images', dest='scoring.images', type=_args.positive_int, help='tiny set the adaptors are fitted on')
+    add(g, '--score-images', dest='scoring.num_images', type=_args.positive_int,
+        help='tiny set the adaptors are fitted on')
     add(g, '--adaptor-steps', dest='scoring.adaptor_steps', type=_args.positive_int,
         help="optimizer steps fitting the adaptors (default: the estimator's)")
     add(g, '--keep-adaptors', dest='scoring.keep_adaptors', action=argparse.BooleanOptionalAction,
         help='fold the adaptors fitted around the dropped blocks into the student (the official code only scores '
              'with them)')
-    _args.deprecated(g, '--adaptors', '--keep-adaptors', dest='scoring.keep_adaptors', nargs=0, const=True)
-    _args.deprecated(g, '--no-adaptors', '--no-keep-adaptors', dest='scoring.keep_adaptors', nargs=0, const=False)
+    _args.deprecated(g, '--adaptors', '--keep-adaptors')
+    _args.deprecated(g, '--no-adaptors', '--no-keep-adaptors')
     g = parser.add_argument_group('latency')
     add(g, '--latency-batch-size', dest='latency.batch_size', type=_args.positive_int, help=_args.LATENCY_BATCH_HELP)
     add(g, '--latency-device', dest='latency.device', type=_args.device,
@@ -91,11 +92,12 @@ def add_compress_arguments(parser: argparse.ArgumentParser, until_drop: bool = F
         return parser
     g = parser.add_argument_group('finetuning')
     add(g, '--loss', dest='finetune.loss', choices=LOSSES, help='mir: feature mimicking; kd: logits; ce: labels')
-    add(g, '--finetune-iters', dest='finetune.iterations', type=_args.non_negative_int,
+    add(g, '--finetune-steps', dest='finetune.steps', type=_args.non_negative_int,
         help='optimizer steps; 0 keeps the student as dropped')
+    _args.deprecated(g, '--finetune-iters', '--finetune-steps')
     add(g, '--finetune-batch-size', dest='finetune.batch_size', type=_args.positive_int,
         help='images per step and process')
-    _args.deprecated(g, '--batch-size', '--finetune-batch-size', dest='finetune.batch_size', type=_args.positive_int)
+    _args.deprecated(g, '--batch-size', '--finetune-batch-size')
     add(g, '--lr', dest='finetune.lr', type=float, help='learning rate (default: per loss, see practise_df.finetune)')
     add(g, '--freeze-bn', dest='finetune.freeze_bn', action=argparse.BooleanOptionalAction,
         help='keep BatchNorm statistics fixed while finetuning (default: yes, unless --real-images)')
@@ -108,7 +110,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser, until_drop: bool = F
     add(g, '--checkpointing-steps', '--checkpointing_steps', dest='finetune.checkpoint_every',
         type=_args.non_negative_int, help='optimizer steps between checkpoints (0: only at the end)')
     add(g, '--eval-every', dest='finetune.eval_every', type=_args.non_negative_int,
-        help='optimizer steps between evaluations while finetuning (0: none)')
+        help="optimizer steps between evaluations while finetuning: the student's top-1 agreement with the teacher on "
+             "the held-out images, on the progress line and in report.json's finetune.evaluations (0: none)")
     g = parser.add_argument_group('evaluation')
     add(g, '--eval-data', dest='eval.data', help='labelled image folder for top-1/top-5 at the end')
     add(g, '--eval-max-images', dest='eval.max_images', type=_args.positive_int, help='a seeded subset of it')
@@ -172,9 +175,9 @@ def compress_command_parser(subparsers):
 def config_from_args(args: argparse.Namespace, defaults: Optional[Dict[str, Any]] = None) -> CompressConfig:
     """The run's config: ``defaults`` (a recipe's, nested like the config), then ``--config FILE``, then the
     flags given. A selection (drop / latency_reduction / blocks) given later replaces an earlier one."""
-    layers = [defaults or {}]
+    layers = [renamed_settings(defaults or {})]
     if getattr(args, 'config', None):
-        layers.append(read_settings_file(args.config))
+        layers.append(renamed_settings(read_settings_file(args.config), args.config))
     fields = {f.name for f in dataclasses.fields(CompressConfig)}
     layers.append(_nest({k: v for k, v in vars(args).items() if k.split('.')[0] in fields}))
     merged: Dict[str, Any] = {}
@@ -223,7 +226,7 @@ def render_report(r: Report) -> str:
     if lat.get('warning'):
         text += f"\nwarning: {lat['warning']}"
     if r.skipped_files:
-        text += f"\n{r.skipped_files} file(s) of {r.images} did not decode and were skipped"
+        text += f"\n{r.skipped_files} file(s) of {r.image_source} did not decode and were skipped"
     if r.eval is not None:
         t, s = r.eval['teacher'], r.eval['student']
         if 'top1' in s:

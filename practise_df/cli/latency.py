@@ -17,7 +17,7 @@ def latency_command_parser(subparsers):
     parser = subparsers.add_parser('latency', help='latency, params and MACs (optionally with blocks dropped)')
     _args.add_model(parser)
     parser.add_argument('--blocks', type=_args.block_list, metavar='B1,B2', help=_args.BLOCKS_HELP)
-    _args.deprecated(parser, '--drop', '--blocks', type=_args.block_list)
+    _args.deprecated(parser, '--drop', '--blocks')
     parser.add_argument('--per-block', action='store_true',
                         help='latency saved by dropping each block alone (every candidate, or each of --blocks); '
                              'the --output file is what compress --block-latency reads')

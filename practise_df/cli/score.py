@@ -2,7 +2,7 @@
 (:func:`practise_df.compress` with ``stop_after``): PRACTISE scores of the model's blocks on ``--images``
 (default: synthesized from the model), and with ``--drop`` / ``--latency-reduction`` the blocks selected; with
 ``--output-dir`` the student with them dropped is saved there as a compressed-model folder, the one
-``compress --finetune-iters 0`` saves as ``model/``. The run's working files (images, scores) go to a
+``compress --finetune-steps 0`` saves as ``model/``. The run's working files (images, scores) go to a
 temporary folder that is removed afterwards.
 
 Score's own flags of earlier releases keep working, as deprecated spellings: ``--data`` (``--images``),
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from synth.files import check_outputs_apart
+from practise_io import check_outputs_apart
 
 from .._distributed import process_state
 from .._format import format_interval, format_table
@@ -30,15 +30,13 @@ def score_command_parser(subparsers):
                                    help='compress stopped after the drop: PRACTISE scores; optionally select, drop '
                                         'and save')
     add_compress_arguments(parser, until_drop=True)
-    _args.deprecated(parser, '--data', '--images', dest='images.source')
-    _args.deprecated(parser, '--train-images', '--score-images', dest='train_images', type=_args.positive_int)
-    _args.deprecated(parser, '--blocks', '--candidates', dest='scoring.candidates', type=_args.block_list)
-    _args.deprecated(parser, '--iterations', '--adaptor-steps', dest='scoring.adaptor_steps',
-                     type=_args.positive_int)
-    _args.deprecated(parser, '--batch-size', '--latency-batch-size', dest='latency.batch_size',
-                     type=_args.positive_int)
-    _args.deprecated(parser, '--output', '--output-dir', dest='output_dir')
-    _args.deprecated(parser, '--device', '--latency-device (and --cpu)', dest='device', type=_args.device)
+    _args.deprecated(parser, '--data', '--images')
+    _args.deprecated_meaning(parser, '--train-images', '--score-images', dest='train_images', type=_args.positive_int)
+    _args.deprecated(parser, '--blocks', '--candidates')
+    _args.deprecated(parser, '--iterations', '--adaptor-steps')
+    _args.deprecated(parser, '--batch-size', '--latency-batch-size')
+    _args.deprecated(parser, '--output', '--output-dir')
+    _args.deprecated_meaning(parser, '--device', '--latency-device (and --cpu)', dest='device', type=_args.device)
     parser.set_defaults(func=score_command, render=render_score)
     return parser
 
@@ -50,7 +48,7 @@ def _from_old_flags(args: argparse.Namespace) -> None:
     values = vars(args)
     train = values.pop('train_images', None)
     if train is not None:
-        values['scoring.images'] = train
+        values['scoring.num_images'] = train
         if 'images.num_images' not in values:
             values.setdefault('images.heldout', 64)
             values['images.num_images'] = train + values['images.heldout']
@@ -65,7 +63,7 @@ def score_command(args) -> dict:
     model_dir = vars(args).pop('output_dir', None)  # the student's folder; the run itself is temporary
     with tempfile.TemporaryDirectory(prefix='practise-df-score-') as run_dir:
         args.output_dir = run_dir
-        config = config_from_args(args, defaults={'finetune': {'iterations': 0}})
+        config = config_from_args(args, defaults={'finetune': {'steps': 0}})
         if model_dir is not None:  # before any work
             if config.scoring.selects not in ('drop', 'latency_reduction'):
                 raise ValueError('Saving a compressed model needs a selection: --drop K or --latency-reduction F.')

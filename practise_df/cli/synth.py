@@ -32,7 +32,7 @@ def synth_command_parser(subparsers):
                    help="'fast' (default, ours), 'natural' (fast with MCT's canvas crops and a natural-colour prior)"
                         " or 'reference' (DeepInversion's published settings)")
     g.add_argument('--synth-steps', type=_args.positive_int, default=None, help=_args.SYNTH_STEPS_HELP)
-    _args.deprecated(g, '--iterations', '--synth-steps', type=_args.positive_int)
+    _args.deprecated(g, '--iterations', '--synth-steps')
     _args.add_batch_size(g, 32)
     g.add_argument('--micro-batch', type=_args.positive_int, default=None,
                    help='images per forward pass: a larger batch is optimised in parts that match BatchNorm '
@@ -62,7 +62,7 @@ def render_synth(r: Optional[dict]) -> str:
     rows = [
         ('images in folder', r['num_images']),
         ('generated now', f"{r['generated']} ({r['skipped_batches']} batch(es) already on disk)"),
-        ('preset', f"{r['preset']}: {r['iterations']} steps/batch at {r['resolution']} px, batch {r['batch_size']}"),
+        ('preset', f"{r['preset']}: {r['steps']} steps/batch at {r['resolution']} px, batch {r['batch_size']}"),
         ('teacher passes / image', r['teacher_passes_per_image']),
         ('images / s', r['images_per_second']),
         ('teacher top-1 = target', f"{r['top1_agreement']:.1f}%"),

@@ -20,7 +20,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument('--out', required=True)
     p.add_argument('--batch-size', type=int, default=8)
-    p.add_argument('--iterations', type=int, default=6)
+    p.add_argument('--steps', type=int, default=6)
     p.add_argument('--loss', default='mir')
     p.add_argument('--freeze-bn', action='store_true')
     p.add_argument('--checkpoint-every', type=int, default=0)
@@ -33,7 +33,7 @@ def main():
     student = drop_blocks(teacher, ['layer2.1', 'layer3.1'])
     gen = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(32, 3, 32, 32, generator=gen), torch.randint(0, 5, (32,), generator=gen))
-    config = FinetuneConfig(loss=args.loss, iterations=args.iterations, batch_size=args.batch_size, lr=0.01,
+    config = FinetuneConfig(loss=args.loss, steps=args.steps, batch_size=args.batch_size, lr=0.01,
                             freeze_bn=args.freeze_bn, checkpoint_every=args.checkpoint_every, keep_checkpoints=10)
 
     def crash(step, loss):

@@ -1,7 +1,8 @@
-"""Crash-safe files: JSON written under a temporary name and renamed, JSON-lines journals appended
-and synced line by line, with a line cut short by a crash dropped before the next append; files
-created with the user's umask; a lock that keeps two runs out of one directory; and the check, before
-any work, that an output path can be written at all."""
+"""practise-df's I/O layer, below both ``synth`` and ``practise_df`` (it imports neither): crash-safe files
+(JSON and text written under a temporary name and renamed, JSON-lines journals appended and synced line by
+line, with a line cut short by a crash dropped before the next append), files created with the user's umask,
+the settings guard that refuses to mix files made with other settings, a lock that keeps two runs out of one
+directory, and the checks, before any work, that an output path can be written and is none of the inputs."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +19,10 @@ try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
+
+__all__ = ['RunLock', 'append_jsonl', 'apply_umask', 'check_outputs_apart', 'check_writable', 'differing_settings',
+           'drop_partial_line', 'guard_settings', 'remove_leftovers', 'replacing', 'temporary_name',
+           'write_json_atomic', 'write_text_atomic']
 
 _logger = logging.getLogger(__name__)
 
