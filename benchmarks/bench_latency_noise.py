@@ -34,7 +34,7 @@ import sys
 import time
 
 import torch
-from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
+from common import IMAGENET_SAMPLE, ROOT, lite0_teacher
 from scipy.stats import spearmanr
 
 from practise_df import drop_blocks, find_blocks
