@@ -25,13 +25,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def accelerate_launch(script, args=(), processes=2, timeout=900, env=None):
     """Run ``script`` under ``accelerate launch`` as users do. On a machine without GPUs ``--multi_gpu``
     is accelerate's torchrun launcher with the gloo backend: real CPU processes. (``--cpu
-    --num_processes 2`` starts one process unless an MPI hostfile is configured.)"""
+    --num_processes 2`` starts one process unless an MPI hostfile is configured.) A launch still running after
+    ``timeout`` seconds fails the test: a rank left waiting for another is the usual cause."""
     cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
            '--dynamo_backend', 'no', '--num_processes', str(processes)]
     cmd += ['--multi_gpu'] if processes > 1 else ['--cpu']
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHONPATH=ROOT, **(env or {}))
-    return subprocess.run(cmd + [os.path.join(ROOT, script), *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
+    try:
+        return subprocess.run(cmd + [os.path.join(ROOT, script), *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        stderr = e.stderr.decode(errors='replace') if isinstance(e.stderr, bytes) else (e.stderr or '')
+        pytest.fail(f'{script} still ran after {timeout} s (a rank left waiting for another?):\n{stderr[-3000:]}')
 
 
 def cli_commands():
