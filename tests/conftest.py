@@ -125,6 +125,7 @@ def image_folder(tmp_path):
 
 @pytest.fixture(scope='session')
 def tiny_resnet():
-    """timm resnet18 (BasicBlocks: candidates layer1.1 ... layer4.1), random weights, seed-fixed."""
+    """timm resnet18 at 64 channels in every stage (BasicBlocks, the same candidates layer1.0 ... layer4.1 as
+    resnet18, a fifteenth of its parameters), random weights, seed-fixed."""
     torch.manual_seed(0)
-    return randomize_norms(create_model('timm:resnet18', num_classes=10))
+    return randomize_norms(create_model('timm:resnet18', num_classes=10, channels=(64, 64, 64, 64)))
