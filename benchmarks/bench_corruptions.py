@@ -17,7 +17,6 @@ reference numbers.
     python benchmarks/bench_corruptions.py --images 0 --grid docs/corruptions_grid.png   # the image grid only
 """
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -31,12 +30,11 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from practise_df import corruptions as C  # noqa: E402
-from practise_df import create_model, resolve_data_config  # noqa: E402
-from synth.data import scan_image_folder, subsample  # noqa: E402
-from practise_df.models import efficientnet_lite0_weights  # noqa: E402
+from practise_df import corruptions as C
+from synth.data import scan_image_folder, subsample
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import (IMAGENET_SAMPLE, RESULTS, ROOT, add_threads_argument, lite0_teacher, markdown_table, read_results,
+                    write_results, write_text)
 FAITHFUL_POINTS = 2.0
 PROCEDURAL = 'frost_procedural'
 RANDOM = {'gaussian_noise', 'shot_noise', 'impulse_noise', 'glass_blur', 'motion_blur', 'snow', 'frost', 'fog',
@@ -197,23 +195,22 @@ def render_markdown(results: dict) -> str:
         f"{s['machine']}; single-threaded (torch and OpenCV 1 thread)"
         + (f", and with {s['threads']} threads." if threaded else '.'),
         '',
-        '| corruption | reference top-1 | ours top-1 | diff | reference reseeded | diff, 2 draws each | faithful '
-        '| reference img/s | ours img/s | speed-up |'
-        + (' ref img/s ({t}T) | ours img/s ({t}T) |'.format(t=s['threads']) if threaded else ''),
-        '| --- | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: | ---: |'
-        + (' ---: | ---: |' if threaded else ''),
     ]
+    header = ['corruption', 'reference top-1', 'ours top-1', 'diff', 'reference reseeded', 'diff, 2 draws each',
+              'faithful', 'reference img/s', 'ours img/s', 'speed-up']
+    header += [f"ref img/s ({s['threads']}T)", f"ours img/s ({s['threads']}T)"] if threaded else []
+    table = []
     for name, r in rows.items():
-        line = (f"| {name} | {r['ref_top1']:.1f} | {r['ours_top1']:.1f} | {r['diff']:+.1f} | "
-                f"{format(r['ref_reseeded_diff'], '+.1f') if 'ref_reseeded_diff' in r else '-'} | "
-                f"{format(r['diff_two_draws'], '+.1f') if 'diff_two_draws' in r else '-'} | "
-                f"{'yes' if r['faithful'] else 'no'} | "
-                f"{r['ref_images_per_s']:.0f} | {r['ours_images_per_s']:.0f} | "
-                f"{r['ours_images_per_s'] / r['ref_images_per_s']:.1f}x |")
+        row = [name, f"{r['ref_top1']:.1f}", f"{r['ours_top1']:.1f}", f"{r['diff']:+.1f}",
+               format(r['ref_reseeded_diff'], '+.1f') if 'ref_reseeded_diff' in r else '-',
+               format(r['diff_two_draws'], '+.1f') if 'diff_two_draws' in r else '-',
+               'yes' if r['faithful'] else 'no', f"{r['ref_images_per_s']:.0f}", f"{r['ours_images_per_s']:.0f}",
+               f"{r['ours_images_per_s'] / r['ref_images_per_s']:.1f}x"]
         if threaded:
-            line += (f" {r.get('ref_images_per_s_threaded', float('nan')):.0f} |"
-                     f" {r.get('ours_images_per_s_threaded', float('nan')):.0f} |")
-        lines.append(line)
+            row += [f"{r.get('ref_images_per_s_threaded', float('nan')):.0f}",
+                    f"{r.get('ours_images_per_s_threaded', float('nan')):.0f}"]
+        table.append(row)
+    lines += markdown_table(header, table, 'lrrrrrcrrr' + 'rr' * threaded)
     core = [n for n in rows if n != PROCEDURAL]
     if core:
         ref_all, ours_all = overall_speed(rows, 'ref_images_per_s'), overall_speed(rows, 'ours_images_per_s')
@@ -226,16 +223,16 @@ def render_markdown(results: dict) -> str:
             ref_t = overall_speed(rows, 'ref_images_per_s_threaded')
             ours_t = overall_speed(rows, 'ours_images_per_s_threaded')
             lines[-1] += f" With {s['threads']} threads: reference {ref_t:.0f}, ours {ours_t:.0f} img/s."
-    lines += ['', '## Per severity (top-1 %, reference / ours)', '',
-              '| corruption | ' + ' | '.join(f'severity {v}' for v in s['severities']) + ' |',
-              '| --- |' + ' ---: |' * len(s['severities'])]
+    lines += ['', '## Per severity (top-1 %, reference / ours)', '']
+    table = []
     for name, per_sev in results['corruptions'].items():
         ref_sev = results['corruptions'].get('frost' if name == PROCEDURAL else name, {})
         cells = []
         for v in s['severities']:
             ref, ours = ref_sev.get(str(v), {}).get('ref_top1'), per_sev.get(str(v), {}).get('ours_top1')
             cells.append(f'{ref:.1f} / {ours:.1f}' if ref is not None and ours is not None else '-')
-        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+        table.append([name] + cells)
+    lines += markdown_table(['corruption'] + [f'severity {v}' for v in s['severities']], table)
     lines += ['', f"Command: `{s['command']}` ({s['date']})."]
     return '\n'.join(lines) + '\n'
 
@@ -275,12 +272,11 @@ def main():
     p.add_argument('--images', type=int, default=200, help='images to corrupt (0: only --grid)')
     p.add_argument('--severities', default='1-5')
     p.add_argument('--corruptions', default='all')
-    p.add_argument('--threads', type=int, default=1,
-                   help='torch and OpenCV threads for the model and for a second, threaded speed measurement')
+    add_threads_argument(p, help='torch and OpenCV threads for the model and for a second, threaded speed measurement')
     p.add_argument('--batch-size', type=int, default=64, help='our batch size (the reference is one image at a time)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--data', default=os.path.join(ROOT, '..', 'shared', 'data', 'imagenet-sample'))
-    p.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results', 'corruptions.json'))
+    p.add_argument('--data', default=IMAGENET_SAMPLE)
+    p.add_argument('--out', default=os.path.join(RESULTS, 'corruptions.json'))
     p.add_argument('--redo-ours', default='', help='comma list of corruptions whose our side is measured again')
     p.add_argument('--retime', action='store_true',
                    help='time both implementations again (no model), interleaved, so both speeds share the load')
@@ -296,9 +292,8 @@ def main():
         redo.add(PROCEDURAL)
     set_threads(args.threads)
 
-    model = create_model('timm:tf_efficientnet_lite0', weights=efficientnet_lite0_weights())
+    model, data_config = lite0_teacher()
     model = model.to(memory_format=torch.channels_last)  # ~1.5x faster on the CPU
-    data_config = resolve_data_config(model)
     if args.grid:
         grid_images, _ = load_images(args.data, 1, data_config, args.seed)
         save_grid(grid_images[0], args.grid, names)
@@ -306,7 +301,7 @@ def main():
     if args.images <= 0:
         return
 
-    results = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    results = read_results(args.out)
     setup = {'images': args.images, 'seed': args.seed, 'data': os.path.relpath(args.data, ROOT),
              'batch_size': args.batch_size}
     old = results.get('setup', {})
@@ -327,11 +322,8 @@ def main():
 
     def save():
         results['summary'] = summarise(results)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(results, f, indent=2)
-        with open(os.path.splitext(args.out)[0] + '.md', 'w') as f:
-            f.write(render_markdown(results))
+        write_results(args.out, results)
+        write_text(os.path.splitext(args.out)[0] + '.md', render_markdown(results))
 
     images_u8, labels = load_images(args.data, args.images, data_config, args.seed)
     clean = to_float(images_u8)

@@ -21,7 +21,6 @@ reference's top-1 and images/s from that file:
 label), e.g. made by ``--export DIR`` on a machine that has the whole sample: then the labels are kept.
 """
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -35,12 +34,12 @@ from torch.utils.data import DataLoader
 from bench_corruptions import (FAITHFUL_POINTS, PROCEDURAL, chosen_samples, load_images, procedural_frost,
                                          to_float, top1)
 from practise_df import corruptions as C
-from practise_df import create_model, drop_blocks, resolve_data_config
+from practise_df import drop_blocks
 from synth.data import ImageFolderDataset, eval_transform, subsample
-from practise_df.models import efficientnet_lite0_weights
 from practise_df.robustness import evaluate_robustness
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import (IMAGENET_SAMPLE, RESULTS, ROOT, add_threads_argument, lite0_teacher, markdown_table, parse_args,
+                    read_results, write_results, write_text)
 QUICKSTART_DROPPED = ['blocks.4.2', 'blocks.1.1']  # the lite0 quickstart's choice (BENCHMARKS.md)
 
 
@@ -115,11 +114,8 @@ def add_reference(row: dict, name: str, reference: dict):
 
 
 def save(results: dict, path: str):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.splitext(path)[0] + '.md', 'w') as f:
-        f.write(render_markdown(results))
+    write_results(path, results)
+    write_text(os.path.splitext(path)[0] + '.md', render_markdown(results))
 
 
 def robustness_pass(teacher, student, data_config, args, device) -> dict:
@@ -160,17 +156,17 @@ def render_markdown(results: dict) -> str:
     fid = results.get('fidelity')
     if fid:
         bs = [str(b) for b in s['batch_sizes']]
-        lines += [f"Clean top-1 on the device: **{fid['clean_top1']:.1f}%**.", '',
-                  '| corruption | reference top-1 (CPU) | ours top-1 (device) | diff | faithful | reference img/s '
-                  '(CPU, 1 thread) | ' + ' | '.join(f'ours img/s, batch {b}' for b in bs) + ' | speed-up |',
-                  '| --- | ---: | ---: | ---: | :---: | ---: |' + ' ---: |' * len(bs) + ' ---: |']
+        lines += [f"Clean top-1 on the device: **{fid['clean_top1']:.1f}%**.", '']
+        table = []
         for name, r in fid['corruptions'].items():
             ref_speed = r.get('ref_images_per_s') or float('nan')
             speed_up = max(r['ours_images_per_s'].values()) / ref_speed
-            lines.append(f"| {name} | {r.get('ref_top1', float('nan')):.1f} | {r['ours_top1']:.1f} | "
-                         f"{r.get('diff', float('nan')):+.1f} | {'yes' if r.get('faithful') else 'no'} | "
-                         f"{ref_speed:.0f} | " + ' | '.join(f"{r['ours_images_per_s'][b]:.0f}" for b in bs)
-                         + f" | {speed_up:.0f}x |")
+            table.append([name, f"{r.get('ref_top1', float('nan')):.1f}", f"{r['ours_top1']:.1f}",
+                          f"{r.get('diff', float('nan')):+.1f}", 'yes' if r.get('faithful') else 'no',
+                          f"{ref_speed:.0f}", *(f"{r['ours_images_per_s'][b]:.0f}" for b in bs), f"{speed_up:.0f}x"])
+        header = ['corruption', 'reference top-1 (CPU)', 'ours top-1 (device)', 'diff', 'faithful',
+                  'reference img/s (CPU, 1 thread)', *(f'ours img/s, batch {b}' for b in bs), 'speed-up']
+        lines += markdown_table(header, table, 'lrrrcr' + 'r' * len(bs) + 'r')
         core = [n for n in fid['corruptions'] if n != PROCEDURAL and fid['corruptions'][n].get('ref_images_per_s')]
         ref_all = len(core) / sum(1 / fid['corruptions'][n]['ref_images_per_s'] for n in core)
         for b in bs:
@@ -203,39 +199,36 @@ def main():
     p.add_argument('--batch-sizes', type=lambda t: [int(b) for b in t.split(',')], default=[64, 256])
     p.add_argument('--pass-batch-size', type=int, default=64)
     p.add_argument('--workers', type=int, default=4)
-    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    add_threads_argument(p, default=None)
     p.add_argument('--skip-fidelity', action='store_true', help='only the robustness pass')
     p.add_argument('--skip-pass', action='store_true', help='only fidelity and throughput')
-    p.add_argument('--data', default=os.path.join(ROOT, '..', 'shared', 'data', 'imagenet-sample'))
-    p.add_argument('--reference', default=os.path.join(ROOT, 'benchmarks', 'results', 'corruptions.json'))
+    p.add_argument('--data', default=IMAGENET_SAMPLE)
+    p.add_argument('--reference', default=os.path.join(RESULTS, 'corruptions.json'))
     p.add_argument('--export', default=None, help='copy the chosen images to this folder and stop')
     p.add_argument('--out', required=False, default=None)
     p.add_argument('--refresh-reference', action='store_true',
                    help="copy the reference's numbers from --reference into --out again and rewrite its table "
                         "(after bench_corruptions.py re-timed the reference; no device needed)")
-    args = p.parse_args()
+    args = parse_args(p)
     if args.export:
         return export_images(args.data, args.images, args.seed, args.export)
     if args.out is None:
         p.error('--out is required (e.g. benchmarks/results/corruptions_cuda.json)')
     if args.refresh_reference:
-        results, reference = json.load(open(args.out)), json.load(open(args.reference))
+        results, reference = read_results(args.out), read_results(args.reference)
         for key, row in results.get('fidelity', {}).get('corruptions', {}).items():
             add_reference(row, 'frost' if key == PROCEDURAL else key, reference)
         when = subprocess.run(['date'], capture_output=True, text=True).stdout.strip()
         results['setup']['reference_refreshed'] = when
         save(results, args.out)
         return print(render_markdown(results))
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    reference = json.load(open(args.reference))
+    reference = read_results(args.reference)
     if reference['setup']['images'] != args.images or reference['setup']['seed'] != args.seed:
         sys.exit(f"{args.reference} holds {reference['setup']['images']} images (seed {reference['setup']['seed']}); "
                  f"pass the same --images and --seed so both sides see the same images.")
-    teacher = create_model('timm:tf_efficientnet_lite0', weights=efficientnet_lite0_weights()).eval()
+    teacher, data_config = lite0_teacher()
     teacher = teacher.to(device, memory_format=torch.channels_last)
-    data_config = resolve_data_config(teacher)
     from importlib.metadata import version
     results = {'setup': {
         'device': str(device), 'images': args.images, 'seed': args.seed, 'batch_sizes': args.batch_sizes,

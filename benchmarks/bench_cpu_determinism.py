@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from common import write_results
+
 # (model, input size, batch): the unit tests' tiny model, whose last stage is a 1x1 map at 32 px (a 3x3
 # convolution there runs as MKL's SGEMM), and two ImageNet models at their own size.
 CASES = (('test_resnet', 32, 1), ('test_resnet', 32, 2), ('tf_efficientnet_lite0', 224, 1),
@@ -78,9 +80,8 @@ def main():
             print(f"{name:22s} {size:4d} px  batch {batch}  MKL_CBWR={row['MKL_CBWR']:18s}  "
                   f"{row['differ']:3d}/{args.repeats - 1} repeats differ  {row['ms']:7.1f} ms", flush=True)
     if args.output:
-        with open(args.output, 'w') as f:
-            json.dump({'machine': platform.processor() or platform.machine(), 'cpu': _cpu_name(),
-                       'repeats': args.repeats, 'rows': rows}, f, indent=1)
+        write_results(args.output, {'machine': platform.processor() or platform.machine(), 'cpu': _cpu_name(),
+                                    'repeats': args.repeats, 'rows': rows}, indent=1)
 
 
 def _cpu_name() -> str:

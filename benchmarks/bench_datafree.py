@@ -43,7 +43,8 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from torch.utils.data import ConcatDataset, Subset
 
-from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
+from common import (IMAGENET_SAMPLE, OOD_PHOTOS, ROOT, add_threads_argument, lite0_teacher, markdown_table,
+                    parse_args, read_results, write_results)
 from practise_df.models import efficientnet_lite0_weights
 from practise_df import CompressConfig, compress, drop_blocks, evaluate, load_compressed, save_compressed
 from practise_df.finetune import DEFAULT_LR, FinetuneConfig, finetune
@@ -53,10 +54,8 @@ from practise_df.recovery import MIN_Z, choose
 from synth import SingleImageCrops, SynthesizedImages
 from synth.data import ImageFolderDataset, eval_transform, train_transform
 from synth.ood import photo_crops
-from practise_io import write_json_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PHOTOS = os.path.join(ROOT, '..', 'shared', 'data', 'ood-photos')
 GUARD_PHOTOS = ('Dune.jpg', 'LadyBird.jpg', 'Storm.jpg')  # held out whole: the guard's images, never trained on
 POOLS = os.path.join(ROOT, 'runs', 'pools')
 SEPARATED = 1.0  # test top-1 points: about one paired standard error on the 500 test images (the issue's estimate)
@@ -144,7 +143,8 @@ def compress_row(row: Row, blocks, seed: int, args, run_dir: str):
 
 
 def training_photos():
-    return [os.path.join(PHOTOS, f) for f in sorted(os.listdir(PHOTOS)) if f.endswith('.jpg') and f not in GUARD_PHOTOS]
+    return [os.path.join(OOD_PHOTOS, f) for f in sorted(os.listdir(OOD_PHOTOS))
+            if f.endswith('.jpg') and f not in GUARD_PHOTOS]
 
 
 def split_sample(n: int, seed: int = 0):
@@ -192,7 +192,7 @@ def main():
     parser.add_argument('--seeds', default='0')
     parser.add_argument('--iterations', type=int, default=200)
     parser.add_argument('--batch-size', type=int, default=32)
-    parser.add_argument('--threads', type=int, default=1)
+    add_threads_argument(parser)
     parser.add_argument('--out', default=os.path.join(HERE, 'results', 'datafree.json'))
     parser.add_argument('--report', action='store_true', help='print the tables of the finished rows and exit')
     parser.add_argument('--guard', action='store_true',
@@ -205,22 +205,19 @@ def main():
                              'difference and an exact sign test (results in --paired-out)')
     parser.add_argument('--paired-out', default=os.path.join(HERE, 'results', 'paired.json'))
     parser.add_argument('--also', default='', help='more results files whose rows join the report / guard analysis')
-    args = parser.parse_args()
-    results = json.load(open(args.out)) if os.path.isfile(args.out) else {'rows': {}}
+    args = parse_args(parser)
+    results = read_results(args.out, {'rows': {}})
     merged = {k: v for path in [args.out] + [p for p in args.also.split(',') if p] if os.path.isfile(path)
-              for k, v in json.load(open(path))['rows'].items()}
+              for k, v in read_results(path)['rows'].items()}
     if args.report:
         print(report({'rows': merged}))
         return
     if args.guard:
-        torch.set_num_threads(args.threads)
         guard_analysis(merged, args.guard_out)
         return
     if args.paired:
-        torch.set_num_threads(args.threads)
         paired_analysis(merged, args.paired_out)
         return
-    torch.set_num_threads(args.threads)
     names = [r for r in args.rows.split(',') if r]
     unknown = [r for r in names if r not in ROWS]
     if unknown:
@@ -239,7 +236,7 @@ def main():
         print(f'{key}: {json.dumps(row)}', flush=True)
         results.update(teacher_test_top1=top1(teacher), test_images=len(test_idx), dev_images=len(dev_idx),
                        guard_photos=list(GUARD_PHOTOS))
-        write_json_atomic(args.out, results)
+        write_results(args.out, results)
 
     def top1(model, images=test, labels=test_labels):
         return round(evaluate(model, list(zip(images.split(100), labels.split(100))), progress=False)['top1'], 2)
@@ -289,7 +286,7 @@ def main():
 
 GUARD_SETS = {  # name: photos the guard crops (none of them is trained on by any row)
     'sample_photos': None,  # scikit-image's natural photos: compress's default guard images
-    'heldout_photos': [os.path.join(PHOTOS, f) for f in GUARD_PHOTOS],
+    'heldout_photos': [os.path.join(OOD_PHOTOS, f) for f in GUARD_PHOTOS],
 }
 
 
@@ -300,11 +297,11 @@ def guard_analysis(rows: dict, out: str) -> None:
     (``practise_df.recovery.choose``), and all signals on all sets at once (the most conservative)."""
     teacher, cfg = lite0_teacher()
     images = {name: photo_crops(cfg, source, seed=12345) for name, source in GUARD_SETS.items()}
-    cached = json.load(open(out)) if os.path.isfile(out) else {}
+    cached = read_results(out)
     signals, top1s = cached.get('per_crop', {}), cached.get('finetuned_top1', {})
 
     def save(**more):
-        write_json_atomic(out, {'per_crop': signals, 'finetuned_top1': top1s, **more})
+        write_results(out, {'per_crop': signals, 'finetuned_top1': top1s, **more})
 
     def measure(key, model):
         if key not in signals:
@@ -400,7 +397,7 @@ def paired_analysis(rows: dict, out: str) -> None:
     ``losses``. The student measured is the one the row handed back (``student/``, or ``model/`` for the
     compress rows); per-image results are cached in ``out``."""
     teacher, cfg = lite0_teacher()
-    cached = json.load(open(out)) if os.path.isfile(out) else {}
+    cached = read_results(out)
     correct = cached.get('correct', {})  # key: '0'/'1' per test image
     test = None
 
@@ -414,7 +411,7 @@ def paired_analysis(rows: dict, out: str) -> None:
         with torch.no_grad():
             right = torch.cat([model(x).argmax(1).eq(y) for x, y in zip(test[0].split(100), test[1].split(100))])
         correct[key] = ''.join('1' if r else '0' for r in right.tolist())
-        write_json_atomic(out, {**cached, 'correct': correct})
+        write_results(out, {**cached, 'correct': correct})
         print(key, f'{100 * right.float().mean().item():.1f}', flush=True)
 
     for point, blocks in POINTS.items():
@@ -442,26 +439,25 @@ def paired_analysis(rows: dict, out: str) -> None:
                       'losses': losses, 'difference': round(100 * (wins - losses) / n, 2),
                       'paired_se': round(100 * math.sqrt(wins + losses - (wins - losses) ** 2 / n) / n, 2),
                       'sign_test_p': round(sign_test(wins, losses), 4)}
-    write_json_atomic(out, {'correct': correct, 'pairs': pairs})
-    print('| row | test top-1 | dropped | only the student right | only the dropped right | difference | '
-          'paired SE | sign test p |\n|---|---:|---:|---:|---:|---:|---:|---:|')
-    for key, v in pairs.items():
-        print(f"| {key.replace('|', ' ')} | {v['top1']:.1f} | {v['dropped_top1']:.1f} | {v['wins']} | {v['losses']} | "
-              f"{v['difference']:+.1f} | {v['paired_se']:.2f} | {v['sign_test_p']:.3f} |")
+    write_results(out, {'correct': correct, 'pairs': pairs})
+    header = ['row', 'test top-1', 'dropped', 'only the student right', 'only the dropped right', 'difference',
+              'paired SE', 'sign test p']
+    print('\n'.join(markdown_table(header, [
+        [key.replace('|', ' '), f"{v['top1']:.1f}", f"{v['dropped_top1']:.1f}", v['wins'], v['losses'],
+         f"{v['difference']:+.1f}", f"{v['paired_se']:.2f}", f"{v['sign_test_p']:.3f}"] for key, v in pairs.items()])))
 
 
 def report(results: dict) -> str:
-    rows = results['rows']
-    lines = ['| point | row | data | loss | lr | BN | seed | test top-1 | dev top-1 | guard agreement | guard KL '
-             '| kept |',
-             '|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---|']
-    for key, r in sorted(rows.items()):
+    table = []
+    for key, r in sorted(results['rows'].items()):
         point, name, seed = key.split('|')
-        lines.append(f"| {point} | {name} | {r['data'] or '-'} | {r.get('loss', '-')} | {r.get('lr', '-')} | "
-                     f"{'-' if r['data'] is None else ('frozen' if r['freeze_bn'] else 'train')} | {seed[4:]} | "
-                     f"{r['top1']:.1f} | {r.get('dev_top1', float('nan')):.1f} | {r['guard']['agreement']:.1f} | "
-                     f"{r['guard']['kl']:.4f} | {r.get('kept', '-')} |")
-    return '\n'.join(lines)
+        table.append([point, name, r['data'] or '-', r.get('loss', '-'), r.get('lr', '-'),
+                      '-' if r['data'] is None else ('frozen' if r['freeze_bn'] else 'train'), seed[4:],
+                      f"{r['top1']:.1f}", f"{r.get('dev_top1', float('nan')):.1f}", f"{r['guard']['agreement']:.1f}",
+                      f"{r['guard']['kl']:.4f}", r.get('kept', '-')])
+    header = ['point', 'row', 'data', 'loss', 'lr', 'BN', 'seed', 'test top-1', 'dev top-1', 'guard agreement',
+              'guard KL', 'kept']
+    return '\n'.join(markdown_table(header, table, 'llllrlrrrrrl'))
 
 
 if __name__ == '__main__':

@@ -32,13 +32,13 @@ import sys
 import numpy as np
 import onnxruntime
 import torch
-from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher, top1
+from common import (IMAGENET_SAMPLE, ROOT, add_threads_argument, lite0_teacher, markdown_table, parse_args, top1,
+                    write_results, write_text)
 
 from practise_df import drop_blocks, export_model, find_blocks, load_exported
 from practise_df.export import onnxruntime_models
 from synth.data import load_image_tensor
 from practise_df.latency import measure_latencies
-from practise_io import write_json_atomic, write_text_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -153,30 +153,31 @@ def markdown(results) -> str:
              f"tf_efficientnet_lite0 (ImageNet weights) and its student without {', '.join(STUDENT_BLOCKS)}; "
              f"{s['threads']} thread(s), CPU ({s['machine']}), torch {s['torch']}, onnxruntime {s['onnxruntime']}, "
              f"{s['repeats']} timed runs per measurement; 1-minute load average {s['load_average_start']:.1f} at the "
-             f"start, {s['load_average_end']:.1f} at the end.", '', f"`{s['command']}`", '', '## Export check', '',
-             '| model | images | max abs logit diff | top-1 mismatches | ONNX Runtime top-1 | opset | MB |',
-             '|---|---|---|---|---|---|---|']
-    for name, r in results['export'].items():
-        c = r['checks']['image']
-        lines.append(f"| {name} | {c['images']} | {c['max_abs_diff']:.2e} | {c['top1_mismatches']} | "
-                     f"{r['onnxruntime_top1']} | {r['opset']} | {r['mb']:.1f} |")
-    lines += ['', '## Whole models (median ms, p10-p90)', '', '| model | runtime | batch | median ms | p10-p90 |',
-              '|---|---|---|---|---|']
-    lines += [f"| {r['model']} | {r['runtime']} | {r['batch_size']} | {r['median_ms']:.1f} | "
-              f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f} |" for r in results['whole']]
+             f"start, {s['load_average_end']:.1f} at the end.", '', f"`{s['command']}`", '', '## Export check', '']
+    lines += markdown_table(
+        ['model', 'images', 'max abs logit diff', 'top-1 mismatches', 'ONNX Runtime top-1', 'opset', 'MB'],
+        [[name, r['checks']['image']['images'], f"{r['checks']['image']['max_abs_diff']:.2e}",
+          r['checks']['image']['top1_mismatches'], r['onnxruntime_top1'], r['opset'], f"{r['mb']:.1f}"]
+         for name, r in results['export'].items()])
+    lines += ['', '## Whole models (median ms, p10-p90)', '']
+    lines += markdown_table(['model', 'runtime', 'batch', 'median ms', 'p10-p90'],
+                            [[r['model'], r['runtime'], r['batch_size'], f"{r['median_ms']:.1f}",
+                              f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}"] for r in results['whole']], 'llrrr')
     for pb in results['per_block']:
         lines += ['', f"## Per block, batch {pb['batch_size']} (saved ms: median [min, max] over "
                       f"{s['block_repeats']} repeats)", '',
                   f"Full model: {pb['base_ms_median']['torch']:.1f} ms eager, "
-                  f"{pb['base_ms_median']['onnxruntime']:.1f} ms ONNX Runtime.", '',
-                  '| block | eager saved ms | eager saved % | eager rank | ORT saved ms | ORT saved % | ORT rank |',
-                  '|---|---|---|---|---|---|---|']
+                  f"{pb['base_ms_median']['onnxruntime']:.1f} ms ONNX Runtime.", '']
+        table = []
         for b, v in pb['blocks'].items():
-            t, o = v['torch'], v['onnxruntime']
-            lines.append(f"| {b} | {t['saved_ms_median']:.2f} [{t['saved_ms_min']:.2f}, {t['saved_ms_max']:.2f}] | "
-                         f"{t['saved_pct_median']:.1f} | {pb['ranking']['torch'].index(b) + 1} | "
-                         f"{o['saved_ms_median']:.2f} [{o['saved_ms_min']:.2f}, {o['saved_ms_max']:.2f}] | "
-                         f"{o['saved_pct_median']:.1f} | {pb['ranking']['onnxruntime'].index(b) + 1} |")
+            row = [b]
+            for runtime in ('torch', 'onnxruntime'):
+                t = v[runtime]
+                row += [f"{t['saved_ms_median']:.2f} [{t['saved_ms_min']:.2f}, {t['saved_ms_max']:.2f}]",
+                        f"{t['saved_pct_median']:.1f}", pb['ranking'][runtime].index(b) + 1]
+            table.append(row)
+        lines += markdown_table(['block', 'eager saved ms', 'eager saved %', 'eager rank', 'ORT saved ms',
+                                 'ORT saved %', 'ORT rank'], table)
         within = pb['spearman_within_runtime_across_repeats']
         fmt = {rt: 'n/a' if v is None else f'{v:.2f}' for rt, v in within.items()}
         lines += ['', f"Rank correlation (Spearman) eager vs ONNX Runtime: {pb['spearman_between_runtimes']:.2f}; "
@@ -190,7 +191,7 @@ def markdown(results) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--threads', type=int, default=1)
+    add_threads_argument(parser)
     parser.add_argument('--data', default=IMAGENET_SAMPLE, help='labelled images the exports are checked on')
     parser.add_argument('--max-images', type=int, default=None)
     parser.add_argument('--whole-batches', default='1,32')
@@ -200,7 +201,7 @@ def main():
     parser.add_argument('--max-blocks', type=int, default=None, help='only the first N candidate blocks')
     parser.add_argument('--quick', action='store_true', help='smoke test: few repeats, blocks and images')
     parser.add_argument('--out', default=None, help='JSON path (default results/deploy.json, --quick: runs/)')
-    args = parser.parse_args()
+    args = parse_args(parser)
     if args.quick:
         args.max_images, args.block_repeats, args.repeats, args.max_blocks = 32, 2, 3, 3
         args.block_batches = '1'
@@ -210,8 +211,6 @@ def main():
                        else os.path.join(HERE, 'results', 'deploy.json'))
     onnx_dir = os.path.join(ROOT, 'runs', 'bench_deploy')
     os.makedirs(onnx_dir, exist_ok=True)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    torch.set_num_threads(args.threads)
 
     teacher, cfg = lite0_teacher()
     student = drop_blocks(teacher, STUDENT_BLOCKS)
@@ -230,8 +229,8 @@ def main():
     results['whole'] = whole_models(teacher, student, cfg, args, student_dynamic, int8)
     results['per_block'] = [per_block(teacher, blocks, cfg, args, b) for b in args.block_batches]
     results['setup']['load_average_end'] = os.getloadavg()[0]  # other jobs on the machine skew wall-clock times
-    write_json_atomic(out, results)
-    write_text_atomic(os.path.splitext(out)[0] + '.md', markdown(results))
+    write_results(out, results)
+    write_text(os.path.splitext(out)[0] + '.md', markdown(results))
     print(markdown(results))
 
 

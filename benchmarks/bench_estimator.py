@@ -20,10 +20,12 @@ from dataclasses import replace
 
 import torch
 
-from practise_df import block_latency_savings, create_model, find_blocks, resolve_data_config  # noqa: E402
+from practise_df import block_latency_savings, find_blocks  # noqa: E402
 from synth.data import load_image_tensor, split_tensor  # noqa: E402
-from practise_df.models import efficientnet_lite0_weights  # noqa: E402
 from practise_df.scoring import ESTIMATORS, score_blocks  # noqa: E402
+
+from common import (IMAGENET_SAMPLE, add_threads_argument, lite0_teacher, markdown_table, parse_args,  # noqa: E402
+                    read_results, write_results, write_text)
 
 
 def spearman(a, b):
@@ -41,44 +43,31 @@ def spearman(a, b):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', default=os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data',
-                                                  'imagenet-sample'))
+    p.add_argument('--data', default=IMAGENET_SAMPLE)
     p.add_argument('--train-images', type=int, default=500, help='tiny set size; the rest is held out')
     p.add_argument('--official-batch-size', type=int, default=8,
                    help='the official code uses 64; 8 keeps 1000 iterations x 9 blocks under an hour on 2 cores')
     p.add_argument('--official-iterations', type=int, default=1000)
     p.add_argument('--latency-batch-size', type=int, default=32)
     p.add_argument('--methods', default='fast,official', help="comma-separated, or 'none' for the summary only")
-    p.add_argument('--threads', type=int, default=None, help='torch threads (default: torch default)')
+    add_threads_argument(p, default=None)
     p.add_argument('--blocks', default=None,
                    help='comma-separated subset, in the order to score them (to split a method over processes)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default='benchmarks/results/estimator.json')
     p.add_argument('--remeasure-latency', action='store_true',
                    help='measure block latency again (do it on a quiet machine) and recompute the scores')
-    args = p.parse_args()
+    args = parse_args(p)
 
     torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     stem = args.out[:-len('.json')] if args.out.endswith('.json') else args.out
-
-    def load(path):
-        return json.load(open(path)) if os.path.exists(path) else {}
-
-    def save(path, obj):
-        tmp = path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
 
     setup = {'machine': f'{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}',
              'threads': torch.get_num_threads(), 'train_images': args.train_images,
              'official_batch_size': args.official_batch_size, 'official_iterations': args.official_iterations,
              'date': time.strftime('%Y-%m-%d')}
 
-    teacher = create_model('tf_efficientnet_lite0', weights=efficientnet_lite0_weights())
-    cfg = resolve_data_config(teacher)
+    teacher, cfg = lite0_teacher()
     blocks = find_blocks(teacher)
     split = []  # the images are loaded only when some block is still to be scored
 
@@ -87,19 +76,19 @@ def main():
             split.extend(split_tensor(load_image_tensor(args.data, cfg)[0], args.train_images, seed=args.seed))
         return split
     latency_file = f'{stem}_latency.json'
-    latency = load(latency_file)
+    latency = read_results(latency_file)
     if not latency or args.remeasure_latency:
         latency = {'setup': setup, 'batch_size': args.latency_batch_size,
                    'blocks': block_latency_savings(teacher, blocks, cfg['input_size'],
                                                    batch_size=args.latency_batch_size, repeats=10)}
-        save(latency_file, latency)
+        write_results(latency_file, latency)
     settings = {'fast': ESTIMATORS['fast'],
                 'official': replace(ESTIMATORS['official'], batch_size=args.official_batch_size,
                                     iterations=args.official_iterations)}
     results = {}
     for method in ('fast', 'official'):
         path = f'{stem}_{method}.json'
-        results[method] = load(path) or {'setup': setup, 'settings': settings[method].__dict__, 'blocks': {},
+        results[method] = read_results(path) or {'setup': setup, 'settings': settings[method].__dict__, 'blocks': {},
                                          'overhead_seconds': 0.0}
         order = args.blocks.split(',') if args.blocks else blocks
         todo = [b for b in order if b not in results[method]['blocks']]
@@ -111,9 +100,9 @@ def main():
             # another process may score other blocks of the same method: merge under a lock
             with open(path + '.lock', 'w') as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                on_disk = load(path).get('blocks', {})
+                on_disk = read_results(path).get('blocks', {})
                 results[method]['blocks'] = {**on_disk, **results[method]['blocks'], score.block: score.to_dict()}
-                save(path, results[method])
+                write_results(path, results[method])
 
         train, held = images()
         score_blocks(teacher, train, held, blocks=todo, settings=settings[method], latency=latency['blocks'],
@@ -122,11 +111,11 @@ def main():
         overhead = time.perf_counter() - start - sum(results[method]['blocks'][b]['seconds'] for b in todo)
         with open(path + '.lock', 'w') as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            on_disk = load(path)
+            on_disk = read_results(path)
             on_disk.setdefault('blocks', {}).update(results[method]['blocks'])
             on_disk['overhead_seconds'] = on_disk.get('overhead_seconds', 0.0) + overhead
             results[method] = on_disk
-            save(path, on_disk)
+            write_results(path, on_disk)
 
     for method in ('fast', 'official'):  # scores follow the (possibly re-measured) latency
         for b, r in results[method]['blocks'].items():
@@ -150,21 +139,21 @@ def main():
             'ranking_official': sorted(blocks, key=lambda b: o[b]['score']),
             'latency': latency['blocks'], 'fast': f, 'official': o,
         }
-        save(args.out, summary)
+        write_results(args.out, summary)
         print(json.dumps({k: v for k, v in summary.items() if k not in ('latency', 'fast', 'official')}, indent=2))
-        with open(f'{stem}.md', 'w') as md:
-            md.write(markdown(summary, blocks, results, latency))
+        write_text(f'{stem}.md', markdown(summary, blocks, results, latency))
 
 
 def markdown(summary, blocks, results, latency):
     f, o = summary['fast'], summary['official']
-    rows = ['| block | latency saved % | official recoverability | official rank | fast recoverability | '
-            'fast rank | official s | fast s |', '|---|---:|---:|---:|---:|---:|---:|---:|']
     rank_o = {b: i + 1 for i, b in enumerate(summary['ranking_official'])}
     rank_f = {b: i + 1 for i, b in enumerate(summary['ranking_fast'])}
-    for b in blocks:
-        rows.append(f"| {b} | {latency['blocks'][b]['saved_pct']:.1f} | {o[b]['recoverability']:.4f} | {rank_o[b]} | "
-                    f"{f[b]['recoverability']:.4f} | {rank_f[b]} | {o[b]['seconds']:.0f} | {f[b]['seconds']:.1f} |")
+    rows = markdown_table(
+        ['block', 'latency saved %', 'official recoverability', 'official rank', 'fast recoverability', 'fast rank',
+         'official s', 'fast s'],
+        [[b, f"{latency['blocks'][b]['saved_pct']:.1f}", f"{o[b]['recoverability']:.4f}", rank_o[b],
+          f"{f[b]['recoverability']:.4f}", rank_f[b], f"{o[b]['seconds']:.0f}", f"{f[b]['seconds']:.1f}"]
+         for b in blocks])
     return '\n'.join([
         f"Spearman rho, recoverability: **{summary['rho_recoverability']:.3f}**; PRACTISE score: "
         f"**{summary['rho_score']:.3f}**; drop-only MSE vs official recoverability (no adaptors): "

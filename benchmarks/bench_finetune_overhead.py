@@ -22,6 +22,8 @@ from practise_df.models import PrePoolFeatures  # noqa: E402
 from practise_df.finetune import FinetuneConfig, finetune, make_accelerator  # noqa: E402
 from practise_df.models import classifier_parameters  # noqa: E402
 
+from common import add_threads_argument, parse_args, write_results  # noqa: E402
+
 
 def bare_loop(student, teacher, data, config, warmup):
     for p in classifier_parameters(student):
@@ -67,11 +69,9 @@ def main():
     p.add_argument('--iterations', type=int, default=12)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--rounds', type=int, default=3)
-    p.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's choice)")
+    add_threads_argument(p, default=None)
     p.add_argument('--out', default='benchmarks/results/finetune_overhead.json')
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(p)
 
     torch.manual_seed(0)
     teacher = create_model('timm:tf_efficientnet_lite0')
@@ -89,8 +89,7 @@ def main():
                          f'{torch.get_num_threads()} thread(s)',
               'date': time.strftime('%Y-%m-%d'), 'args': vars(args), 'images_per_s': rates,
               'median_images_per_s': med, 'overhead_pct': 100 * (1 - med['practise_df'] / med['bare'])}
-    with open(args.out, 'w') as f:
-        json.dump(result, f, indent=2)
+    write_results(args.out, result)
     print(json.dumps(result['median_images_per_s']), f"overhead {result['overhead_pct']:.1f}%")
 
 

@@ -29,8 +29,6 @@ import torch
 import torchvision.transforms as T
 from torch.utils.data import DataLoader, TensorDataset
 
-import fmnist
-
 import practise_df as pdf
 from practise_df import baselines, latency
 from synth.data import (
@@ -45,24 +43,14 @@ from synth import SingleImageCrops, SynthesizedImages, synthesize
 from practise_df.latency import measure_latencies
 from practise_df.scoring import BlockScore, score_blocks
 
+from common import (FMNIST_DATA_CONFIG, FMNIST_DIR, FMNIST_TEACHER, IMAGENET_SAMPLE, OOD_PHOTOS, add_threads_argument,
+                    fmnist_teacher, lite0_teacher, load_fmnist, markdown_table, parse_args, read_results, to_input,
+                    write_results, write_text)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-IMAGENET_SAMPLE = os.path.join(HERE, '..', '..', 'shared', 'data', 'imagenet-sample')
-OOD_PHOTOS = os.path.join(HERE, '..', '..', 'shared', 'data', 'ood-photos')  # Track A's out-of-domain images
 METHODS = ('practise', 'first-k', 'random', 'output-diff', 'filter-l1')
 SCORED = ('practise', 'output-diff')  # their block choice depends on the images they are scored on
-
-
-def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path, obj):
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + '.tmp', path)
 
 
 class Evaluator:
@@ -85,7 +73,7 @@ class Track:
 
     def __init__(self, args):
         self.args, self.quick = args, args.quick
-        self.cache = _read_json(self._cache_file) if os.path.isfile(self._cache_file) else {}
+        self.cache = read_results(self._cache_file)
 
     @property
     def _cache_file(self):
@@ -94,7 +82,7 @@ class Track:
     def cached(self, key, compute):
         if key not in self.cache:
             self.cache[key] = compute()
-            _write_json(self._cache_file, self.cache)
+            write_results(self._cache_file, self.cache, indent=1)
         return self.cache[key]
 
     # -- latency --------------------------------------------------------------------------------------
@@ -223,8 +211,7 @@ class TrackA(Track):
 
     def __init__(self, args):
         super().__init__(args)
-        self.teacher = pdf.create_model('timm:tf_efficientnet_lite0', pdf.models.efficientnet_lite0_weights())
-        self.dc = pdf.resolve_data_config(self.teacher)
+        self.teacher, self.dc = lite0_teacher()
         self.input_size = tuple(self.dc['input_size'])
         self.candidates = pdf.find_blocks(self.teacher, self.input_size)
         self.lat_kw = {'input_size': self.input_size, 'batch_size': 2 if self.quick else 32, 'warmup': 1,
@@ -241,7 +228,7 @@ class TrackA(Track):
         path = os.path.join(HERE, 'results', 'estimator_latency.json')
         if self.quick or not os.path.isfile(path):
             return super().block_latency()
-        return _read_json(path)['blocks']
+        return read_results(path)['blocks']
 
     def data_seed(self, seed):
         return 0  # one synthesized set and one out-of-domain subset
@@ -260,7 +247,7 @@ class TrackA(Track):
             self._synth_dir()
             lat = self.block_latency()
             out = []
-            for s in _read_json(os.path.join(self.args.cache, 'synth_scores.json'))['scores']:
+            for s in read_results(os.path.join(self.args.cache, 'synth_scores.json'))['scores']:
                 pct = lat[s['block']]['saved_pct']
                 out.append(BlockScore(**{**s, 'saved_ms': lat[s['block']]['saved_ms'], 'saved_pct': pct,
                                          'score': s['recoverability'] / max(pct, 1e-3)}))
@@ -331,18 +318,18 @@ class TrackB(Track):
 
     def __init__(self, args):
         super().__init__(args)
-        self.teacher = fmnist.load_teacher(args.fmnist_teacher)
-        self.dc = fmnist.DATA_CONFIG
+        self.teacher = fmnist_teacher(args.fmnist_teacher)
+        self.dc = FMNIST_DATA_CONFIG
         self.input_size = tuple(self.dc['input_size'])
         self.candidates = pdf.find_blocks(self.teacher, self.input_size)
         self.lat_kw = {'input_size': self.input_size, 'batch_size': 256, 'warmup': 2,
                        'repeats': 3 if self.quick else 10}
         self.ft_iters, self.ft_batch, self.ft_lr = (3, 16, 0.01) if self.quick else (args.ft_iters or 100, 64, 0.01)
         self.accelerator = make_accelerator(None, FinetuneConfig())
-        self.test_x, self.test_y = fmnist.load_fmnist('test', args.fmnist_dir)
+        self.test_x, self.test_y = load_fmnist('test', args.fmnist_dir)
         if self.quick:
             self.test_x, self.test_y = self.test_x[:500], self.test_y[:500]
-        self.evaluate = Evaluator(self.teacher, fmnist.to_input(self.test_x), self.test_y, batch_size=500)
+        self.evaluate = Evaluator(self.teacher, to_input(self.test_x), self.test_y, batch_size=500)
         self.teacher_metrics = self.evaluate.teacher_metrics
 
     def _n_images(self):
@@ -417,10 +404,8 @@ def write_markdown(results, path, track_name):
                 "compare rows by this column, the saving measured during the run had other jobs beside it."]
                if (idle := results.get('latency_idle')) else []), '',
              (f"Teacher: top-1 {teacher['top1']:.1f}%, top-5 {teacher['top5']:.1f}%, "
-              f"params {teacher['params'] / 1e6:.2f}M, MACs {teacher['macs'] / 1e6:.0f}M."), '',
-             ('| method | data | finetune | target | seeds | latency saved % | saved %, idle re-run | params M '
-              '| MACs M | top-1 | top-5 | agreement | blocks / ratio | compute s |'),
-             '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|']
+              f"params {teacher['params'] / 1e6:.2f}M, MACs {teacher['macs'] / 1e6:.0f}M."), '']
+    table = []
     groups = {}
     for r in rows.values():
         groups.setdefault((r['method'], r['data'], r['finetune'], r['target']), []).append(r)
@@ -434,18 +419,19 @@ def write_markdown(results, path, track_name):
             choice = '; '.join(','.join(r['blocks']) for r in done)
         else:
             choice = ','.join(done[0]['blocks']) if done[0].get('blocks') else f"ratio {done[0]['ratio']:.3f}"
-        lines.append(f"| {m} | {d} | {ft} | {100 * t:.0f}% | {len(done)} | "
-                     f"{_ms([r['saved_pct'] for r in done])} | "
-                     f"{_ms([r['saved_pct_idle'] for r in done if 'saved_pct_idle' in r])} | "
-                     f"{statistics.mean(r['params'] for r in done) / 1e6:.2f} | "
-                     f"{statistics.mean(r['macs'] for r in done) / 1e6:.0f} | {_ms([r['top1'] for r in done])} | "
-                     f"{_ms([r['top5'] for r in done])} | {_ms([r['agreement'] for r in done])} | {choice} | "
-                     f"{statistics.mean(r['compute_s'] for r in done):.0f} |")
+        table.append([m, d, ft, f'{100 * t:.0f}%', len(done), _ms([r['saved_pct'] for r in done]),
+                      _ms([r['saved_pct_idle'] for r in done if 'saved_pct_idle' in r]),
+                      f"{statistics.mean(r['params'] for r in done) / 1e6:.2f}",
+                      f"{statistics.mean(r['macs'] for r in done) / 1e6:.0f}", _ms([r['top1'] for r in done]),
+                      _ms([r['top5'] for r in done]), _ms([r['agreement'] for r in done]), choice,
+                      f"{statistics.mean(r['compute_s'] for r in done):.0f}"])
+    lines += markdown_table(['method', 'data', 'finetune', 'target', 'seeds', 'latency saved %', 'saved %, idle re-run',
+                             'params M', 'MACs M', 'top-1', 'top-5', 'agreement', 'blocks / ratio', 'compute s'],
+                            table, 'lllrrrrrrrrrlr')
     if not_run:
         lines += ['', 'Not run:', *not_run]
     lines += ['', *results.get('notes', [])]
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+    write_text(path, '\n'.join(lines) + '\n')
 
 
 COLORS = {'practise': 'tab:red', 'first-k': 'tab:blue', 'random': 'tab:gray', 'output-diff': 'tab:green',
@@ -521,8 +507,8 @@ def main():
     p.add_argument('--ood-images', type=int, default=64, help='Track A: crops of the natural photos')
     p.add_argument('--ft-iters', type=int, default=None, help='finetuning iterations (A: 30 at batch 16, B: 100 at 64)')
     p.add_argument('--imagenet-sample', default=IMAGENET_SAMPLE)
-    p.add_argument('--fmnist-dir', default=fmnist.FMNIST_DIR)
-    p.add_argument('--fmnist-teacher', default='runs/fmnist_teacher/model.safetensors')
+    p.add_argument('--fmnist-dir', default=FMNIST_DIR)
+    p.add_argument('--fmnist-teacher', default=FMNIST_TEACHER)
     p.add_argument('--synth-run', default='runs/quickstart_idle', help='Track A: a finished compress run whose '
                    'synth/ and scores.json are reused')
     p.add_argument('--deadline', default=None, help='HH:MM (local time): start no row after it')
@@ -530,9 +516,8 @@ def main():
     p.add_argument('--remeasure-latency', type=int, default=0, metavar='REPEATS',
                    help='time every finished row\'s student again, interleaved, REPEATS runs each (on an idle '
                         'machine), and report that saving beside the one measured during the run')
-    p.add_argument('--threads', type=int, default=1)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    add_threads_argument(p)
+    args = parse_args(p)
     suffix = args.track + ('_quick' if args.quick else '')
     args.cache = args.cache or os.path.join('runs', f'bench_latency_accuracy_{suffix}')
     # smoke runs never write into benchmarks/results or docs
@@ -544,7 +529,7 @@ def main():
     os.makedirs(args.cache, exist_ok=True)
     torch.manual_seed(0)
 
-    results = _read_json(args.out) if os.path.isfile(args.out) else {'rows': {}}
+    results = read_results(args.out, {'rows': {}})
     track = (TrackA if args.track == 'A' else TrackB)(args)
     if 'teacher' not in results:
         results['teacher'] = {**track.teacher_metrics, 'params': latency.count_params(track.teacher),
@@ -579,7 +564,7 @@ def main():
         print(f"    {r['status']} top1 {r.get('top1', float('nan')):.2f} saved {r.get('saved_pct', float('nan')):.1f}% "
               f"blocks {r.get('blocks')} ratio {r.get('ratio')} ({time.perf_counter() - start:.0f}s)", flush=True)
         results['scores'] = {k: v for k, v in track.cache.items() if k.startswith('scores|')}
-        _write_json(args.out, results)
+        write_results(args.out, results, indent=1)
     if args.remeasure_latency:
         results['latency_idle'] = {**track.remeasure_latency(results['rows'], args.remeasure_latency),
                                    'command': ' '.join(['python'] + sys.argv)}
@@ -595,7 +580,7 @@ def main():
             ('Blocks are added in each method\'s order until the re-measured latency of the whole student '
              'reaches the target (2 interleaved runs at batch 32 per step): noisy on a shared machine, so the '
              'final saving is measured again and reported as is.')]
-    _write_json(args.out, results)
+    write_results(args.out, results, indent=1)
     write_markdown(results, args.out[:-5] + '.md', args.track)
     os.makedirs(args.docs, exist_ok=True)
     q = '_quick' if args.quick else ''

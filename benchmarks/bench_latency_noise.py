@@ -34,7 +34,7 @@ import sys
 import time
 
 import torch
-from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
+from common import IMAGENET_SAMPLE, ROOT, lite0_teacher
 from scipy.stats import spearmanr
 
 from practise_df import drop_blocks, find_blocks
@@ -131,7 +131,7 @@ def compress_run(args):
     cmd = [sys.executable, '-m', 'practise_df.cli', 'compress', '--model', 'timm:tf_efficientnet_lite0',
            '--weights', efficientnet_lite0_weights(), '--images', f'crops:{OOD_PHOTOS}',
            '--num-images', str(args.num_images), '--latency-reduction', '0.15', '--latency-runtime', 'onnxruntime',
-           '--latency-batch-size', str(args.batch_size), '--export', 'int8', '--finetune-iters', '0',
+           '--latency-batch-size', str(args.batch_size), '--export', 'int8', '--finetune-steps', '0',
            '--eval-data', IMAGENET_SAMPLE, '--output-dir', out, '--overwrite', '--json']
     if args.eval_images:
         cmd += ['--eval-max-images', str(args.eval_images)]

@@ -12,20 +12,19 @@ the other 936, against the adaptor-only student on the same 936. Synthesize the 
 with ``--num-images 64 --resolution 224 --iterations 120 --batch-size 32``.
 """
 import argparse
-import json
 import os
 import sys
 import time
 
-import torch
-from _sample import IMAGENET_SAMPLE, ROOT, chosen_variants, lite0_teacher, sample_images, top1
 from torch.utils.data import Subset
 
 from practise_df import load_compressed
-from practise_io import write_json_atomic
 from synth.data import ImageFolderDataset, eval_transform, subsample, train_transform
 from practise_df.finetune import FinetuneConfig, finetune
 from practise_df.pipeline import DROPPED_DIR
+
+from common import (IMAGENET_SAMPLE, ROOT, add_threads_argument, chosen_variants, lite0_teacher, parse_args,
+                    read_results, sample_images, top1, write_results)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,15 +47,14 @@ def main():
     parser.add_argument('--run', default='runs/quickstart_final', help='a compress/quickstart output directory')
     parser.add_argument('--variants', default=','.join(VARIANTS), help=f'comma list of: {", ".join(VARIANTS)}')
     parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results', 'mir_data.json'))
-    parser.add_argument('--threads', type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    add_threads_argument(parser, default=2)
+    args = parse_args(parser)
     variants = chosen_variants(parser, args.variants, VARIANTS)
     teacher, cfg = lite0_teacher()
     images, labels = sample_images(cfg)
     test_size = len(images)
 
-    results = json.load(open(args.out)) if os.path.isfile(args.out) else {'rows': {}}
+    results = read_results(args.out, {'rows': {}})
     rows = results['rows']
     recovered = os.path.join(args.run, DROPPED_DIR)
     if 'adaptors_only' not in rows:
@@ -89,10 +87,10 @@ def main():
                                                               heldout))
         print(f'{name}: {rows[name]}', flush=True)
         if os.path.isfile(args.out):  # keep rows another run of this script wrote meanwhile
-            rows.update({k: v for k, v in json.load(open(args.out))['rows'].items() if k not in rows})
+            rows.update({k: v for k, v in read_results(args.out)['rows'].items() if k not in rows})
         results.update(run=args.run, date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), threads=args.threads,
                        test_images=len(images))
-        write_json_atomic(args.out, results)
+        write_results(args.out, results)
     print(f'adaptors only: {rows["adaptors_only"]["top1"]}')
 
 

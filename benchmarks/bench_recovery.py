@@ -14,18 +14,18 @@ Synthesized images: ``--synth`` (default the quickstart's 64 images at 112 px) a
 Rows are cached in ``--out`` and skipped on a re-run, so a killed run resumes.
 """
 import argparse
-import json
 import os
 import sys
 import time
 
 import torch
-from _sample import IMAGENET_SAMPLE, ROOT, chosen_variants, lite0_teacher, sample_images, top1
 
 from practise_df import drop_and_recover, drop_blocks, find_blocks
-from practise_io import write_json_atomic
 from synth.data import load_image_tensor
 from practise_df.scoring import ESTIMATORS, RecoverySettings
+
+from common import (IMAGENET_SAMPLE, ROOT, add_threads_argument, chosen_variants, lite0_teacher, parse_args,
+                    read_results, sample_images, top1, write_results)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,15 +50,14 @@ def main():
     parser.add_argument('--single', action='store_true', help='also drop each candidate block alone')
     parser.add_argument('--synth', default='runs/quickstart_adaptors/synth', help='synthesized images (folder)')
     parser.add_argument('--out', default=os.path.join(HERE, 'results', 'recovery.json'))
-    parser.add_argument('--threads', type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    add_threads_argument(parser)
+    args = parse_args(parser)
     variants = chosen_variants(parser, args.variants, VARIANTS)
 
     teacher, cfg = lite0_teacher()
     images, labels = sample_images(cfg)
     candidates = find_blocks(teacher, tuple(cfg['input_size']))
-    results = json.load(open(args.out)) if os.path.isfile(args.out) else {'rows': {}}
+    results = read_results(args.out, {'rows': {}})
     rows = results['rows']
 
     def save(key, row):
@@ -66,7 +65,7 @@ def main():
         print(f'{key}: {row}', flush=True)
         results.update(date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), threads=args.threads,
                        test_images=len(images), synth=args.synth, command=' '.join(['python'] + sys.argv))
-        write_json_atomic(args.out, results)
+        write_results(args.out, results)
 
     if 'teacher' not in rows:
         save('teacher', {'top1': top1(teacher, images, labels)})

@@ -45,7 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import fmnist
-from _sample import lite0_teacher, sample_images
+from common import lite0_teacher, sample_images
 
 import practise_df as pdf
 from practise_df.finetune import FinetuneConfig, finetune, interpolate_weights, make_accelerator

@@ -28,16 +28,14 @@ import time
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from practise_df import create_model, drop_and_recover, drop_blocks, load_compressed, save_compressed  # noqa: E402
-from practise_io import write_json_atomic  # noqa: E402
-from synth.data import ImageFolderDataset, eval_transform  # noqa: E402
-from practise_df.finetune import FinetuneConfig, finetune  # noqa: E402
-from practise_df.latency import measure_latencies  # noqa: E402
-from practise_df.models import efficientnet_lite0_weights, resolve_data_config  # noqa: E402
-from practise_df.robustness import evaluate_robustness, save_heatmap  # noqa: E402
+from practise_df import drop_and_recover, drop_blocks, load_compressed, save_compressed
+from synth.data import ImageFolderDataset, eval_transform
+from practise_df.finetune import FinetuneConfig, finetune
+from practise_df.latency import measure_latencies
+from practise_df.robustness import evaluate_robustness, save_heatmap
 
-SAMPLE = os.path.join(ROOT, '..', 'shared', 'data', 'imagenet-sample')
+from common import (IMAGENET_SAMPLE, FashionMNISTRGB, add_threads_argument, lite0_teacher, load_fmnist,
+                    markdown_table, parse_args, read_results, write_results, write_text)
 SOURCES = ('synth', 'ood', 'real', 'none')
 
 
@@ -47,7 +45,6 @@ def recovery_images(source, teacher, data_config, sample, train_idx, args):
     if source == 'real':
         return torch.stack([sample[i][0] for i in train_idx])
     if source == 'ood':
-        from fmnist import FashionMNISTRGB, load_fmnist
         images, _ = load_fmnist('train')
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[:args.num_images]
         data = FashionMNISTRGB(images[pick], transform)
@@ -75,7 +72,7 @@ def student_for(source, teacher, data_config, sample, train_idx, args):
     history = finetune(student, teacher, TensorDataset(images, torch.full((len(images),), -1)), config)
     timing = {'recover_s': time.perf_counter() - start, 'final_loss': history['loss'][-1]}
     save_compressed(student.cpu(), path, data_config=data_config, overwrite=True)
-    write_json_atomic(os.path.join(path, 'timing.json'), timing)
+    write_results(os.path.join(path, 'timing.json'), timing)
     return student, timing
 
 
@@ -94,26 +91,24 @@ def main():
     p.add_argument('--corruptions', default='all')
     p.add_argument('--severities', default='1,3,5')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--threads', type=int, default=1)
+    add_threads_argument(p)
     p.add_argument('--work', default='runs/bench_robustness')
     p.add_argument('--out', default='benchmarks/results/robustness.json')
     p.add_argument('--docs', default='docs')
-    args = p.parse_args()
+    args = parse_args(p)
     args.blocks = [b.strip() for b in args.blocks.split(',') if b.strip()]
-    torch.set_num_threads(args.threads)
-    if not os.path.isdir(SAMPLE):
-        sys.exit(f'{SAMPLE} not found: this benchmark evaluates on the imagenet-sample folder.')
+    if not os.path.isdir(IMAGENET_SAMPLE):
+        sys.exit(f'{IMAGENET_SAMPLE} not found: this benchmark evaluates on the imagenet-sample folder.')
     os.makedirs(args.work, exist_ok=True)
 
-    teacher = create_model('timm:tf_efficientnet_lite0', efficientnet_lite0_weights())
-    data_config = resolve_data_config(teacher)
-    sample = ImageFolderDataset(SAMPLE, eval_transform(data_config))
+    teacher, data_config = lite0_teacher()
+    sample = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(data_config))
     order = torch.randperm(len(sample), generator=torch.Generator().manual_seed(args.seed)).tolist()
     eval_idx, train_idx = sorted(order[:args.eval_images]), order[args.eval_images:args.eval_images + args.num_images]
-    raw = ImageFolderDataset(SAMPLE, eval_transform(data_config, normalize=False))
+    raw = ImageFolderDataset(IMAGENET_SAMPLE, eval_transform(data_config, normalize=False))
     loader = DataLoader(Subset(raw, eval_idx), batch_size=25)
 
-    results = json.load(open(args.out)) if os.path.isfile(args.out) else {}
+    results = read_results(args.out)
     settings = {k: v for k, v in vars(args).items() if k not in ('threads', 'out', 'docs', 'work', 'sources')}
     if results.get('settings', settings) != settings:
         sys.exit(f'{args.out} holds results of other settings; move it away or pass the same arguments.')
@@ -143,26 +138,25 @@ def main():
                                         title=f'lite0 minus {len(args.blocks)} blocks, {what}')
             results['students'][source] = r
         results['date'] = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
-        write_json_atomic(args.out, results)
+        write_results(args.out, results)
     write_markdown(results, os.path.splitext(args.out)[0] + '.md')
 
 
 def write_markdown(results, path):
     lat = results.get('latency', {})
-    lines = [
-        '| model | recovered on | latency saved % | clean top-1 | mean corruption top-1 | mCE vs teacher % '
-        '| relative mCE % | agreement clean / corrupted % |',
-        '|---|---|---:|---:|---:|---:|---:|---:|']
+    table = []
     first = next(iter(results['students'].values()), None)
     if first:
         s = first['summary']
-        lines.append(f"| teacher | - | 0 | {first['clean']['teacher_top1']:.1f} | "
-                     f"{s['teacher_mean_corruption_top1']:.1f} | 100 | 100 | - |")
+        table.append(['teacher', '-', 0, f"{first['clean']['teacher_top1']:.1f}",
+                      f"{s['teacher_mean_corruption_top1']:.1f}", 100, 100, '-'])
     for source, r in results['students'].items():
         s = r['summary']
-        lines.append(f"| student | {source} | {lat.get('saved_pct', float('nan')):.1f} | {r['clean']['top1']:.1f} | "
-                     f"{s['mean_corruption_top1']:.1f} | {s['mce']:.1f} | {s['relative_mce']:.1f} | "
-                     f"{r['clean']['agreement']:.1f} / {s['mean_corruption_agreement']:.1f} |")
+        table.append(['student', source, f"{lat.get('saved_pct', float('nan')):.1f}", f"{r['clean']['top1']:.1f}",
+                      f"{s['mean_corruption_top1']:.1f}", f"{s['mce']:.1f}", f"{s['relative_mce']:.1f}",
+                      f"{r['clean']['agreement']:.1f} / {s['mean_corruption_agreement']:.1f}"])
+    lines = markdown_table(['model', 'recovered on', 'latency saved %', 'clean top-1', 'mean corruption top-1',
+                            'mCE vs teacher %', 'relative mCE %', 'agreement clean / corrupted %'], table, 'llrrrrrr')
     st = results['settings']
     head = (f"Teacher tf_efficientnet_lite0 (offline weights); every student drops {', '.join(st['blocks'])}; "
             f"{st['num_images']} recovery images per source (none: no recovery), adaptors fitted and folded, MiR "
@@ -170,8 +164,7 @@ def write_markdown(results, path):
             f"Evaluation: {st['eval_images']} held-out imagenet-sample images, corruptions {st['corruptions']}, "
             f"severities {st['severities']}, seed {st['seed']}. Latency: batch {lat.get('batch_size')}, 224 px, CPU. "
             f"{results['machine']}; {results.get('date', '')}.\n\n")
-    with open(path, 'w') as f:
-        f.write(head + '\n'.join(lines) + '\n')
+    write_text(path, head + '\n'.join(lines) + '\n')
 
 
 if __name__ == '__main__':

@@ -9,7 +9,6 @@ as another network before).
     python benchmarks/bench_save_check.py --output benchmarks/results/save_check.json
 """
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -22,6 +21,8 @@ import torch.nn as nn
 
 import practise_df.checkpoint as checkpoint
 from practise_df import create_model, drop_blocks, find_blocks, save_compressed
+
+from common import write_results
 
 MODELS = ('timm:resnet50', 'timm:tf_efficientnet_lite0', 'torchvision:mobilenet_v2')
 
@@ -72,9 +73,7 @@ def main():
               'threads': torch.get_num_threads(), 'cpu': platform.processor() or platform.machine(),
               'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, 'w') as f:
-            json.dump(result, f, indent=2)
+        write_results(args.output, result)
 
 
 if __name__ == '__main__':

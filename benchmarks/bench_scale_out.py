@@ -13,7 +13,6 @@ and after each launch: on a shared machine the timings mean little when it excee
 """
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import subprocess
@@ -23,7 +22,7 @@ import time
 
 import torch
 
-from _sample import IMAGENET_SAMPLE, lite0_teacher
+from common import IMAGENET_SAMPLE, add_threads_argument, lite0_teacher, read_results, write_results
 
 from practise_df import drop_blocks, find_blocks, score_blocks
 from practise_df._distributed import process_state
@@ -44,7 +43,7 @@ def worker(args):
     train, held = images[:args.score_images], images[args.score_images:]
     blocks = find_blocks(teacher, data_config['input_size'])
     latency = {b: {'saved_ms': 1.0, 'saved_pct': 1.0} for b in blocks}
-    settings = dataclasses.replace(ESTIMATORS['fast'], iterations=args.adaptor_steps)
+    settings = dataclasses.replace(ESTIMATORS['fast'], steps=args.adaptor_steps)
     result = {'processes': state.num_processes, 'threads': torch.get_num_threads(), 'device': str(device)}
 
     state.wait_for_everyone()
@@ -64,8 +63,7 @@ def worker(args):
     result['robustness_s'] = time.perf_counter() - start
     result['robustness'] = {'images': robust['images'], 'clean': robust['clean'], 'summary': robust['summary']}
     if state.is_main_process:
-        with open(args.worker, 'w') as f:
-            json.dump(result, f)
+        write_results(args.worker, result)
 
 
 def launch(args, processes: int, out: str) -> dict:
@@ -81,8 +79,7 @@ def launch(args, processes: int, out: str) -> dict:
         env['CUDA_VISIBLE_DEVICES'] = ''
     load_before = os.getloadavg()
     subprocess.run(cmd + [HERE, *map(str, own)], check=True, env=env)
-    with open(out) as f:
-        result = json.load(f)
+    result = read_results(out)
     result['loadavg_before'], result['loadavg_after'] = load_before, os.getloadavg()
     return result
 
@@ -90,7 +87,7 @@ def launch(args, processes: int, out: str) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--processes', type=int, default=2, help='compared with 1 process')
-    parser.add_argument('--threads', type=int, default=1, help='threads per process')
+    add_threads_argument(parser, help='torch threads per process')
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
     parser.add_argument('--score-images', type=int, default=64, help='images the adaptors are fitted on')
     parser.add_argument('--heldout-images', type=int, default=64)
@@ -105,7 +102,6 @@ def main():
     if args.worker:
         return worker(args)
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:  # each launch's numbers; all of them end up in --out
         runs = {n: launch(args, n, os.path.join(tmp, f'{n}.json')) for n in (1, args.processes)}
     one, many = runs[1], runs[args.processes]
@@ -121,8 +117,7 @@ def main():
         'same_selection_order': list(one['scores']) == list(many['scores']),
         'same_robustness': one['robustness'] == many['robustness'],
     }
-    with open(args.out, 'w') as f:
-        json.dump(summary, f, indent=2)
+    write_results(args.out, summary)
     for n, r in runs.items():
         print(f"{n} process(es) x {r['threads']} thread(s): scoring {r['scoring_s']:.1f} s, robustness "
               f"{r['robustness_s']:.1f} s, load {r['loadavg_before'][0]:.1f} -> {r['loadavg_after'][0]:.1f}")

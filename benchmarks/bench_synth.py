@@ -22,13 +22,13 @@ import sys
 
 import torch
 
-import synth  # noqa: E402
-from practise_df import create_model, resolve_data_config  # noqa: E402
-from synth.data import ImageFolderDataset, eval_transform, load_image_tensor  # noqa: E402
-from practise_df.models import efficientnet_lite0_weights  # noqa: E402
-from synth.inversion import evaluate_images  # noqa: E402
+import synth
+from practise_df import resolve_data_config
+from synth.data import ImageFolderDataset, eval_transform, load_image_tensor
+from synth.inversion import evaluate_images
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import (IMAGENET_SAMPLE, RESULTS, ROOT, add_threads_argument, lite0_teacher, markdown_table, parse_args,
+                    read_results, write_results, write_text)
 
 
 def real_image_bn_loss(model, data_config, data_dir, num_images, batch_size):
@@ -66,26 +66,21 @@ def render_markdown(results) -> str:
         '',
         f"Command: `{s['command']}`",
         '',
-        '| preset | teacher passes / image | images / s | top-1 = target | mean target prob | BN loss (clean) '
-        '| wall s |',
-        '|---|---:|---:|---:|---:|---:|---:|',
     ]
-    for name, r in results['methods'].items():
-        lines.append(f"| {name} | {r['teacher_passes_per_image']:.0f} | {r['images_per_second']:.3f} | "
-                     f"{r['top1_agreement']:.1f}% | {r['mean_teacher_prob']:.3f} | {r['bn_loss']:.0f} | "
-                     f"{r['seconds']:.0f} |")
+
+    def row(name, r):
+        return [name, f"{r['teacher_passes_per_image']:.0f}", f"{r['images_per_second']:.3f}",
+                f"{r['top1_agreement']:.1f}%", f"{r['mean_teacher_prob']:.3f}", f"{r['bn_loss']:.0f}",
+                f"{r['seconds']:.0f}"]
+    table = [row(name, r) for name, r in results['methods'].items()]
     if 'superseded_fast' in results:  # kept for honesty: the first defaults, retuned after missing the target
-        r = results['superseded_fast']
-        lines.append(f"| fast, first version (superseded) | {r['teacher_passes_per_image']:.0f} | "
-                     f"{r['images_per_second']:.3f} | {r['top1_agreement']:.1f}% | {r['mean_teacher_prob']:.3f} | "
-                     f"{r['bn_loss']:.0f} | {r['seconds']:.0f} |")
+        table.append(row('fast, first version (superseded)', results['superseded_fast']))
     for seed, held in sorted(results.get('heldout', {}).items()):  # other seeds than the ones tuned on
-        for name, r in held['methods'].items():
-            lines.append(f"| {name}, seed {seed} (held out) | {r['teacher_passes_per_image']:.0f} | "
-                         f"{r['images_per_second']:.3f} | {r['top1_agreement']:.1f}% | "
-                         f"{r['mean_teacher_prob']:.3f} | {r['bn_loss']:.0f} | {r['seconds']:.0f} |")
+        table += [row(f'{name}, seed {seed} (held out)', r) for name, r in held['methods'].items()]
     if results.get('real_bn_loss') is not None:
-        lines.append(f"| real ImageNet images (for scale) | - | - | - | - | {results['real_bn_loss']:.0f} | - |")
+        table.append(['real ImageNet images (for scale)', '-', '-', '-', '-', f"{results['real_bn_loss']:.0f}", '-'])
+    lines += markdown_table(['preset', 'teacher passes / image', 'images / s', 'top-1 = target', 'mean target prob',
+                             'BN loss (clean)', 'wall s'], table)
     if 'verdict' in results:
         lines += ['', results['verdict']]
     if results.get('notes'):
@@ -101,21 +96,20 @@ def main():
     p.add_argument('--resolution', type=int, default=128)
     p.add_argument('--scale', type=float, default=0.2, help='fraction of each preset\'s published steps')
     p.add_argument('--methods', default='reference,fast')
-    p.add_argument('--threads', type=int, default=1, help='torch threads (the machine is shared)')
+    add_threads_argument(p)
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--data', default=os.path.join(ROOT, '..', 'shared', 'data', 'imagenet-sample'),
+    p.add_argument('--data', default=IMAGENET_SAMPLE,
                    help='real images for the reference BatchNorm loss (skipped if missing)')
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'runs', 'bench_synth'))
-    p.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results', 'synth.json'))
+    p.add_argument('--out', default=os.path.join(RESULTS, 'synth.json'))
     p.add_argument('--grids', default=os.path.join(ROOT, 'docs'), help="folder for the image grids; 'none' to skip")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(p)
 
-    model = create_model('timm:tf_efficientnet_lite0', weights=efficientnet_lite0_weights())
+    model, _ = lite0_teacher()
     data_config = resolve_data_config(model, input_size=args.resolution, crop_pct=1.0)
     configs = {m: synth.get_preset(m).scaled(round(synth.get_preset(m).steps * args.scale))
                for m in args.methods.split(',')}
-    results = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    results = read_results(args.out)
     results['setup'] = {
         'machine': f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{args.threads} thread(s)",
@@ -143,8 +137,7 @@ def main():
         results['methods'][method] = summary
         if args.grids != 'none':
             save_grid(folder, data_config, os.path.join(args.grids, f'synth_grid_{method}.png'))
-        with open(args.out, 'w') as f:
-            json.dump(results, f, indent=2)
+        write_results(args.out, results)
         print(json.dumps({k: summary[k] for k in ('teacher_passes_per_image', 'images_per_second',
                                                   'top1_agreement', 'mean_teacher_prob', 'bn_loss')}), flush=True)
 
@@ -159,10 +152,8 @@ def main():
             f"top-1 agreement {fast['top1_agreement']:.1f}% vs {ref['top1_agreement']:.1f}%, "
             f"BN loss {fast['bn_loss']:.0f} vs {ref['bn_loss']:.0f} (lower is better).")
         print(results['verdict'])
-    with open(args.out, 'w') as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.splitext(args.out)[0] + '.md', 'w') as f:
-        f.write(render_markdown(results))
+    write_results(args.out, results)
+    write_text(os.path.splitext(args.out)[0] + '.md', render_markdown(results))
 
 
 if __name__ == '__main__':

@@ -14,6 +14,8 @@ import os
 import subprocess
 import tokenize
 
+from common import markdown_table
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('practise_df', 'synth')
 KINDS = ('physical', 'blank', 'comment', 'docstring', 'code')
@@ -58,10 +60,8 @@ def main():
     p.add_argument('--per-file', action='store_true', help='code-line change per file between the first two')
     args = p.parse_args()
     per_rev = {rev: {path: count(src) for path, src in sources(rev).items()} for rev in args.revisions}
-    print('| revision | ' + ' | '.join(KINDS) + ' |')
-    print('|---|' + '---:|' * len(KINDS))
-    for rev, files in per_rev.items():
-        print(f'| {rev} | ' + ' | '.join(str(sum(f[k] for f in files.values())) for k in KINDS) + ' |')
+    print('\n'.join(markdown_table(['revision', *KINDS], [[rev, *(sum(f[k] for f in files.values()) for k in KINDS)]
+                                                          for rev, files in per_rev.items()])))
     if args.per_file and len(args.revisions) > 1:
         a, b = per_rev[args.revisions[0]], per_rev[args.revisions[1]]
         for path in sorted(set(a) | set(b), key=lambda f: b.get(f, {}).get('code', 0) - a.get(f, {}).get('code', 0)):

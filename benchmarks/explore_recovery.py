@@ -57,13 +57,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from _sample import IMAGENET_SAMPLE, ROOT, lite0_teacher
+from common import IMAGENET_SAMPLE, ROOT, add_threads_argument, lite0_teacher, parse_args, read_results, write_results
 from bench_datafree import HERE, POINTS, POOLS, Row, split_sample, stack, training_photos
 from practise_df import drop_blocks, evaluate, load_compressed
 from practise_df.finetune import interpolate_weights
 from synth import SingleImageCrops, SynthesizedImages
 from synth.data import ImageFolderDataset, eval_transform, train_transform
-from practise_io import write_json_atomic
 
 
 class Shift(nn.Module):
@@ -235,12 +234,11 @@ def main():
     p.add_argument('--iterations', type=int, default=100)
     p.add_argument('--eval-every', type=int, default=25)
     p.add_argument('--point', choices=sorted(POINTS), default='25')
-    p.add_argument('--threads', type=int, default=1)
+    add_threads_argument(p)
     p.add_argument('--out', default=os.path.join(HERE, 'results', 'explore_recovery.json'))
-    args = p.parse_args()
+    args = parse_args(p)
     if args.variant == 'interpolate' and not args.student:
         p.error('interpolate needs --student NAME (a folder under runs/bench_datafree)')
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     teacher, cfg = lite0_teacher()
@@ -280,9 +278,9 @@ def main():
               'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'threads': args.threads}
 
     def save():  # read again: two variants may run side by side into one file
-        results = json.load(open(args.out)) if os.path.isfile(args.out) else {}
+        results = read_results(args.out)
         results[key] = result
-        write_json_atomic(args.out, results)
+        write_results(args.out, results)
         print(key, json.dumps(result), flush=True)
 
     if args.variant == 'shift':

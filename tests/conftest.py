@@ -1,5 +1,6 @@
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -9,6 +10,10 @@ import pytest
 # As the command line does (practise_df/cli/_run.py): the tiny test models reach 1x1 maps, where Intel MKL's
 # GEMM differs between runs with several threads unless its reproducible mode is on. Set before torch runs.
 os.environ.setdefault('MKL_CBWR', 'AUTO')
+# One torch thread per test process (and the commands the tests start inherit it): the tests' tensors are too
+# small to gain from more, pytest-xdist runs one process per core, and OpenMP threads that wait for each other
+# on a busy machine made a test 13x slower (24 s instead of 1.8 s). `OMP_NUM_THREADS=2 pytest` overrides it.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 import torch  # noqa: E402
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
@@ -22,16 +27,29 @@ DEVICE = torch.device(os.environ.get('TORCH_DEVICE', 'cpu'))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def free_port() -> int:
+    """A TCP port no one listens on now (the system picks it)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def accelerate_launch(script, args=(), processes=2, timeout=900, env=None):
     """Run ``script`` under ``accelerate launch`` as users do. On a machine without GPUs ``--multi_gpu``
     is accelerate's torchrun launcher with the gloo backend: real CPU processes. (``--cpu
-    --num_processes 2`` starts one process unless an MPI hostfile is configured.)"""
+    --num_processes 2`` starts one process unless an MPI hostfile is configured.) A launch still running after
+    ``timeout`` seconds fails the test: a rank left waiting for another is the usual cause."""
     cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_machines', '1', '--mixed_precision', 'no',
            '--dynamo_backend', 'no', '--num_processes', str(processes)]
-    cmd += ['--multi_gpu'] if processes > 1 else ['--cpu']
+    # a free port of its own, not torchrun's fixed 29500: pytest-xdist may run two launches at once
+    cmd += ['--multi_gpu', '--main_process_port', str(free_port())] if processes > 1 else ['--cpu']
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHONPATH=ROOT, **(env or {}))
-    return subprocess.run(cmd + [os.path.join(ROOT, script), *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
+    try:
+        return subprocess.run(cmd + [os.path.join(ROOT, script), *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        stderr = e.stderr.decode(errors='replace') if isinstance(e.stderr, bytes) else (e.stderr or '')
+        pytest.fail(f'{script} still ran after {timeout} s (a rank left waiting for another?):\n{stderr[-3000:]}')
 
 
 def cli_commands():
@@ -107,6 +125,7 @@ def image_folder(tmp_path):
 
 @pytest.fixture(scope='session')
 def tiny_resnet():
-    """timm resnet18 (BasicBlocks: candidates layer1.1 ... layer4.1), random weights, seed-fixed."""
+    """timm resnet18 at 64 channels in every stage (BasicBlocks, the same candidates layer1.0 ... layer4.1 as
+    resnet18, a fifteenth of its parameters), random weights, seed-fixed."""
     torch.manual_seed(0)
-    return randomize_norms(create_model('timm:resnet18', num_classes=10))
+    return randomize_norms(create_model('timm:resnet18', num_classes=10, channels=(64, 64, 64, 64)))

@@ -1,7 +1,7 @@
 """Issue 15's promises, one test each: a user's file is never destroyed; input the docs say is handled never
 crashes; every argument is checked before the long work starts; two runs, a failing rank and a full disk lose
-nothing. Tiny models (timm resnet18 at 32 px, random weights) and generated files; commands run in-process
-through ``practise_df.cli.main`` unless the promise is about a process (signals, launchers, the environment).
+nothing. Tiny models (timm resnet18 at 64 channels per stage and 32 px, random weights) and generated files;
+commands run in-process through ``practise_df.cli.main`` unless the promise is about a process (signals, launchers, the environment).
 """
 import errno
 import importlib
@@ -31,7 +31,8 @@ from synth.data import ImageFolderDataset, decode_image, eval_transform
 from practise_io import RunLock, write_json_atomic
 
 PIPELINE = importlib.import_module('practise_df.pipeline')  # the module: the package exports the function too
-MODEL = ['--model', 'timm:resnet18', '--input-size', '32']
+# resnet18's blocks at 64 channels per stage, a fifteenth of its parameters: the commands' checks are the point
+MODEL = ['--model', 'timm:resnet18', '--model-kwargs', '{"channels": [64, 64, 64, 64]}', '--input-size', '32']
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
 # The cheapest compress run: 4 synthesized images, 2 steps, one block dropped, no finetuning.
 TINY = ['--num-images', '4', '--heldout-images', '1', '--synth-batch-size', '2', '--synth-steps', '2',
@@ -453,10 +454,9 @@ def test_a_failing_main_process_ends_the_job(tmp_path, stage):
     (tmp_path / 'audit').mkdir()
     args = [tmp_path / 'audit', '--crash-rank', 0, '--crash-in', stage, '--', *MODEL, '--drop', 1, *TINY,
             '--num-images', 8, '--finetune-steps', 2, '--output-dir', tmp_path / 'run']
-    start = time.time()
-    proc = accelerate_launch('tests/scripts/compress_ranks.py', args, timeout=300, env={'OMP_NUM_THREADS': '1'})
+    # rank 1 left waiting for the failed main process would keep the launch running past the timeout: a failure
+    proc = accelerate_launch('tests/scripts/compress_ranks.py', args, timeout=150, env={'OMP_NUM_THREADS': '1'})
     assert proc.returncode != 0 and 'injected failure on rank 0' in proc.stderr, launch_log(proc)
-    assert time.time() - start < 150, 'rank 1 was left waiting for the failed main process'
 
 
 def _enospc(*args, **kwargs):

@@ -86,7 +86,7 @@ def test_non_candidate_is_a_clear_error(tiny_resnet):
 def test_dropping_several_blocks_and_prepool_features(tiny_resnet):
     pruned = drop_blocks(tiny_resnet, ['layer1.1', 'layer3.1'])
     feats = PrePoolFeatures(pruned)(torch.randn(1, *SMALL))
-    assert feats.shape == (1, 512, 2, 2)
+    assert feats.shape == (1, 64, 2, 2)  # the last stage's channels, at 1/32 of 64 px
     assert dropped_blocks(pruned) == ['layer1.1', 'layer3.1']
 
 

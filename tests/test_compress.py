@@ -13,8 +13,12 @@ from practise_df.config import CompressConfig, EvalConfig, FinetuneConfig, Image
 from conftest import make_image_folder, randomize_norms
 
 
+# resnet18 at 64 channels in every stage: resnet18's blocks, a fifteenth of its parameters (the runs are plumbing)
+NARROW = {'channels': [64, 64, 64, 64]}
+
+
 def _config(out, images, scoring=None, **kw):
-    return CompressConfig(model='timm:resnet18', output_dir=str(out), input_size=32,
+    return CompressConfig(model='timm:resnet18', model_kwargs=NARROW, output_dir=str(out), input_size=32,
                           images=ImagesConfig(source=images, num_images=12, heldout=4),
                           scoring=ScoringConfig(**{'num_images': 8, 'adaptor_steps': 10, **(scoring or {'drop': 1})}),
                           latency=LatencyConfig(batch_size=2, repeats=2), eval=EvalConfig(data=images),
@@ -158,7 +162,7 @@ def test_adaptors_switch_decides_what_the_recovered_student_is(tmp_path, image_f
 
     from practise_df import create_model
     torch.manual_seed(0)
-    teacher = randomize_norms(create_model('timm:resnet18'))  # timm zero-initialises the last norm of each block
+    teacher = randomize_norms(create_model('timm:resnet18', **NARROW))  # timm zero-initialises each block's last norm
     weights = tmp_path / 'teacher.safetensors'
     save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(weights))
     out = tmp_path / 'run'

@@ -215,11 +215,11 @@ def test_two_ranks_never_write_the_same_file(tmp_path, teacher_files):
 
 
 def test_a_crashing_rank_stops_the_job_with_its_error(tmp_path, teacher_files):
-    start = time.time()
+    """The launcher stops rank 0 when rank 1 crashes; rank 0 left waiting for it would keep the launch running
+    until accelerate_launch's timeout, which fails the test."""
     proc, _, out = _launch_compress(tmp_path, teacher_files, ['--crash-rank', '1'])
     assert proc.returncode != 0
     assert 'injected failure on rank 1' in proc.stderr, launch_log(proc)
-    assert time.time() - start < 600  # the launcher stopped rank 0 instead of leaving it waiting
     assert not os.path.exists(out / 'report.json')
 
 
