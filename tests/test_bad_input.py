@@ -1,7 +1,8 @@
 """Issue 15's promises, one test each: a user's file is never destroyed; input the docs say is handled never
 crashes; every argument is checked before the long work starts; two runs, a failing rank and a full disk lose
 nothing. Tiny models (timm resnet18 at 64 channels per stage and 32 px, random weights) and generated files;
-commands run in-process through ``practise_df.cli.main`` unless the promise is about a process (signals, launchers, the environment).
+commands run in-process through ``practise_df.cli.main`` unless the promise is about a process (signals,
+launchers, the environment).
 """
 import errno
 import importlib
