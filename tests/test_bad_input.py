@@ -1,8 +1,7 @@
 """Issue 15's promises, one test each: a user's file is never destroyed; input the docs say is handled never
 crashes; every argument is checked before the long work starts; two runs, a failing rank and a full disk lose
-nothing. Tiny models (timm resnet18 at 64 channels per stage and 32 px, random weights) and generated files;
-commands run in-process through ``practise_df.cli.main`` unless the promise is about a process (signals,
-launchers, the environment).
+nothing. Tiny models (timm resnet18 at 32 px, random weights) and generated files; commands run in-process
+through ``practise_df.cli.main`` unless the promise is about a process (signals, launchers, the environment).
 """
 import errno
 import importlib
@@ -32,8 +31,7 @@ from synth.data import ImageFolderDataset, decode_image, eval_transform
 from practise_io import RunLock, write_json_atomic
 
 PIPELINE = importlib.import_module('practise_df.pipeline')  # the module: the package exports the function too
-# resnet18's blocks at 64 channels per stage, a fifteenth of its parameters: the commands' checks are the point
-MODEL = ['--model', 'timm:resnet18', '--model-kwargs', '{"channels": [64, 64, 64, 64]}', '--input-size', '32']
+MODEL = ['--model', 'timm:resnet18', '--input-size', '32']
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
 # The cheapest compress run: 4 synthesized images, 2 steps, one block dropped, no finetuning.
 TINY = ['--num-images', '4', '--heldout-images', '1', '--synth-batch-size', '2', '--synth-steps', '2',

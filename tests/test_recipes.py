@@ -22,7 +22,7 @@ def test_datafree_resnet50_smoke(tmp_path, processes):
     assert proc.returncode == 0, launch_log(proc)
     report = json.load(open(out / 'report.json'))
     assert len(report['dropped_blocks']) == 5 and report['model'] == 'timm:resnet50'
-    assert report['images'] == 'synthesized'
+    assert report['image_source'] == 'synthesized'
     assert len(os.listdir(out / 'synth')) >= 2
     assert sum(1 for line in open(out / 'synth' / 'metadata.jsonl')) == 16
     assert report['params']['student'] < report['params']['teacher']
@@ -41,7 +41,7 @@ def test_image_recipes_on_a_local_folder(tmp_path, image_folder, recipe, extra):
                            '--output-dir', str(out), '--json'], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout)
-    assert report['images'] == image_folder and len(report['dropped_blocks']) == 1
+    assert report['image_source'] == image_folder and len(report['dropped_blocks']) == 1
     assert os.path.isfile(out / 'model' / 'model.safetensors')
 
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from conftest import DEVICE, make_image_folder
 from practise_df import drop_blocks, resolve_data_config
 from practise_df.cli import main
-from practise_df.pipeline import CompressConfig, compress
+from practise_df.pipeline import CompressConfig, check_settings, compress
 from synth.data import ImageFolderDataset, eval_transform
 from practise_df.finetune import FinetuneConfig
 from practise_df.robustness import (_summary, evaluate_folder_robustness, evaluate_robustness, robustness_table,
@@ -160,6 +160,6 @@ def test_compress_adds_robustness_to_the_report(tmp_path):
     assert json.load(open(tmp_path / 'run' / 'report.json'))['robustness']['summary'] == r['summary']
     with pytest.raises(ValueError, match='robustness needs eval data'):
         CompressConfig(model='timm:resnet18', output_dir='x', scoring={'drop': 1}, robustness={'enabled': True})
-    with pytest.raises(ValueError, match='Unknown corruption'):
-        CompressConfig(model='timm:resnet18', output_dir='x', scoring={'drop': 1}, eval={'data': images},
-                       robustness={'enabled': True, 'corruptions': 'rain'})
+    with pytest.raises(ValueError, match='Unknown corruption'):  # a registry name: checked before any work
+        check_settings(CompressConfig(model='timm:resnet18', output_dir='x', scoring={'drop': 1},
+                                      eval={'data': images}, robustness={'enabled': True, 'corruptions': 'rain'}))

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Union
 
 from synth import PRESETS
 
@@ -211,9 +211,12 @@ def compress_command(args, defaults: Optional[Dict[str, Any]] = None, stop_after
     return report
 
 
-def render_report(r: Report) -> str:
+def render_report(r: Union[Report, dict]) -> str:
+    """What compress prints: the report, or report.json's contents as read back."""
     if not r:  # non-main processes
         return ''
+    if isinstance(r, dict):
+        r = Report.from_dict(r)
     lat = r.latency
     rows = [('teacher', lat['teacher_ms'], r.params['teacher'], r.macs['teacher'] / 1e6),
             ('student', lat['student_ms'], r.params['student'], r.macs['student'] / 1e6)]
