@@ -27,6 +27,7 @@ paired standard error counts right either way; both counts are reported).
     python benchmarks/bench_recovery_choice.py --track A --seeds 0 --out benchmarks/results/recovery_choice_A_s0.json
     python benchmarks/bench_recovery_choice.py --track A --seeds 1 --out benchmarks/results/recovery_choice_A_s1.json
     python benchmarks/bench_recovery_choice.py --analyse --out benchmarks/results/recovery_choice_A_s*.json
+    python benchmarks/bench_recovery_choice.py --analyse --out benchmarks/results/recovery_choice_{B,A_s0,A_s1}.json
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from common import lite0_teacher, sample_images
 import practise_df as pdf
 from practise_df.finetune import FinetuneConfig, finetune, interpolate_weights, make_accelerator
 from practise_df.guard import closeness
+from practise_df.recovery import MIN_Z, choose
 from synth import SynthesizedImages, synthesize
 from synth.ood import photo_crops
 
@@ -211,7 +213,7 @@ def paired_se(a, b):
 
 def rule_picks(rule, a, b):
     """The candidate ``rule`` keeps of the pair (a, b): rules score each candidate by one signal on one image
-    set; 'z' rules keep the candidate nearer the dropped student unless the other is closer by 2 SE."""
+    set; 'zN' rules keep the candidate nearer the dropped student unless the other is closer by N SE."""
     name, signal, mode = rule
     sa, sb = SIGNALS[signal] * a['signals'][name][signal], SIGNALS[signal] * b['signals'][name][signal]
     if mode == 'mean':
@@ -221,54 +223,91 @@ def rule_picks(rule, a, b):
     ka, kb = torch.tensor(far['kl_per_image'][name]), torch.tensor(near['kl_per_image'][name])
     gain = (kb - ka).double()  # > 0: the more-finetuned one is closer
     se = gain.std().item() / math.sqrt(gain.numel())
-    return far if se > 0 and gain.mean().item() / se > 2 else near
+    return far if se > 0 and gain.mean().item() / se > float(mode[1:]) else near
+
+
+def compress_keeps(group, images='photos', lr=None, min_z=MIN_Z):
+    """What compress keeps among a point's candidates, by compress's own rule (:func:`practise_df.recovery.choose`
+    on the per-image KL on ``images``): the finetuned candidate (of learning rate ``lr``; None: any) with the
+    largest gain over the dropped student among those closer by more than ``min_z`` paired SEs, else the dropped
+    student."""
+    dropped = next(c for c in group if c['run'] == 'dropped')
+    pool = [c for c in group if c['run'] != 'dropped' and (lr is None or c['run'] == f'mir_lr{lr:g}')]
+    per_image = {c['key']: {'kl': torch.tensor(c['kl_per_image'][images])} for c in [dropped, *pool]}
+    kept = choose(per_image, 'kl', min_z, base=dropped['key'])[0]
+    return next(c for c in group if c['key'] == kept)
 
 
 def analyse(paths):
-    cands = {k: v for path in paths for k, v in _read(path)['candidates'].items()}
+    cands = {}
+    for path in paths:
+        data = _read(path)
+        track = data['setup'].get('track', 'B')
+        cands.update({f'{track}|{k}': {**v, 'track': track} for k, v in data['candidates'].items()})
     groups = {}
     for key, c in cands.items():
-        groups.setdefault((c['point'], c['seed']), []).append({**c, 'key': key})
+        groups.setdefault((c['track'], c['point'], c['seed']), []).append({**c, 'key': key})
     rules = [(name, s, 'mean') for name in SIGNAL_SETS for s in SIGNALS] + \
-            [(name, 'kl', 'z') for name in SIGNAL_SETS]
-    lines = ['| rule | right (strict) | right (ties within 1 SE either way) | pairs |', '|---|---:|---:|---:|']
+            [(name, 'kl', f'z{z}') for name in SIGNAL_SETS for z in (1, 2)]
+    tracks = sorted({c['track'] for c in cands.values()})
+    lines = [f"| rule | {' | '.join(f'track {t}: right (strict / ties within 1 SE either way)' for t in tracks)} | "
+             'all: strict | all: ties either way |', '|---|' + '---:|' * (len(tracks) + 2)]
     table = {}
     for rule in rules:
-        strict = loose = n = 0
-        for group in groups.values():
+        counts = {t: [0, 0, 0] for t in tracks}  # strict, loose, pairs
+        for (track, _, _), group in groups.items():
             for a, b in itertools.combinations(group, 2):
                 pick = rule_picks(rule, a, b)
                 other = b if pick is a else a
                 se = paired_se(a['correct'], b['correct'])
-                n += 1
-                strict += pick['top1'] > other['top1'] or (pick['top1'] == other['top1'])
-                loose += pick['top1'] >= other['top1'] - se
-        table['/'.join(rule)] = {'strict': strict, 'loose': loose, 'pairs': n}
+                counts[track][0] += pick['top1'] >= other['top1']
+                counts[track][1] += pick['top1'] >= other['top1'] - se
+                counts[track][2] += 1
+        strict, loose, n = (sum(c[i] for c in counts.values()) for i in range(3))
         name = '/'.join(rule)
-        lines.append(f'| {name} | {strict} ({100 * strict / n:.0f}%) | {loose} ({100 * loose / n:.0f}%) | {n} |')
-    # what each rule keeps among all candidates of a point and seed, and the share of the best gain it keeps
-    points = sorted({c['point'] for c in cands.values()})
-    lines += ['', f"| rule | {' | '.join(f'kept at {p} (seeds)' for p in points)} | share of the best gain (mean) |",
-              '|---|' + '---|' * len(points) + '---:|']
-    for rule in [r for r in rules if r[2] == 'mean']:
-        kept, shares = {}, []
-        for (point, _), group in sorted(groups.items()):
-            best = max(group, key=lambda c: SIGNALS[rule[1]] * c['signals'][rule[0]][rule[1]])
+        table[name] = {'strict': strict, 'loose': loose, 'pairs': n, 'by_track': counts}
+        per_track = ' | '.join(f'{c[0]}/{c[2]} ({100 * c[0] / c[2]:.0f}%) / {c[1]} ({100 * c[1] / c[2]:.0f}%)'
+                               for c in counts.values())
+        lines.append(f'| {name} | {per_track} | {100 * strict / n:.1f}% | {100 * loose / n:.1f}% |')
+    # what a rule keeps among all candidates of a point and seed, and the share of the best gain it keeps
+    points = sorted({(c['track'], c['point']) for c in cands.values()})
+    keepers = {'/'.join(r): (lambda g, r=r: max(g, key=lambda c: SIGNALS[r[1]] * c['signals'][r[0]][r[1]]))
+               for r in rules if r[2] == 'mean'}
+    for images in ('pool_heldout', 'photos'):
+        for min_z in (2.0, 0.0):  # the guard's old floor, and none
+            for lr in (None, 0.02, 0.002):
+                which = 'any lr' if lr is None else f'lr {lr:g}'
+                keepers[f'compress rule: {images}/kl, gain > {min_z:g} SE, {which}'] = \
+                    lambda g, images=images, lr=lr, min_z=min_z: compress_keeps(g, images, lr=lr, min_z=min_z)
+    lines += ['', f"| rule | {' | '.join(f'kept at {t} {p} (seeds)' for t, p in points)} | "
+                  f"{' | '.join(f'track {t}: share of the best gain (mean)' for t in tracks)} | "
+                  'worst gain vs dropped, in paired SEs |',
+              '|---|' + '---|' * len(points) + '---:|' * (len(tracks) + 1)]
+    for name, keep in keepers.items():
+        kept, shares, worst = {}, {t: [] for t in tracks}, math.inf
+        for (track, point, _), group in sorted(groups.items()):
+            best = keep(group)
             dropped = next(c for c in group if c['run'] == 'dropped')
             top = max(c['top1'] for c in group)
-            kept.setdefault(point, []).append(f"{best['run']} {best['mix']:g}: {best['top1']:.2f}")
-            shares.append((best['top1'] - dropped['top1']) / (top - dropped['top1']) if top > dropped['top1'] else 1)
-        lines.append(f"| {'/'.join(rule)} | {' | '.join('; '.join(kept.get(p, [])) for p in points)} | "
-                     f'{100 * sum(shares) / len(shares):.0f}% |')
-    # per point: every candidate's mean top-1 over seeds, and what each rule keeps overall (best by signal)
-    lines += ['', '| point | candidate | top-1 (mean of seeds) | gain over dropped |', '|---|---|---:|---:|']
+            kept.setdefault((track, point), []).append(f"{best['run']} {best['mix']:g}: {best['top1']:.2f}")
+            shares[track].append((best['top1'] - dropped['top1']) / (top - dropped['top1'])
+                                 if top > dropped['top1'] else 1)
+            se = paired_se(best['correct'], dropped['correct']) if best is not dropped else math.inf
+            worst = min(worst, (best['top1'] - dropped['top1']) / se if se else 0.0)
+        lines.append(f"| {name} | {' | '.join('; '.join(kept.get(p, [])) for p in points)} | "
+                     f"{' | '.join(f'{100 * sum(v) / len(v):.0f}%' for v in shares.values())} | "
+                     f"{'-' if worst == math.inf else f'{worst:+.1f}'} |")
+    # per point: every candidate's mean top-1 over seeds
+    lines += ['', '| track | point | candidate | top-1 (mean of seeds) | gain over dropped |',
+              '|---|---|---|---:|---:|']
     by = {}
     for c in cands.values():
-        by.setdefault((c['point'], c['run'], c['mix']), []).append(c['top1'])
-    for (point, run, mix), tops in sorted(by.items()):
-        base = sum(by[(point, 'dropped', 0.0)]) / len(by[(point, 'dropped', 0.0)])
+        by.setdefault((c['track'], c['point'], c['run'], c['mix']), []).append(c['top1'])
+    for (track, point, run, mix), tops in sorted(by.items()):
+        base = by[(track, point, 'dropped', 0.0)]
         mean = sum(tops) / len(tops)
-        lines.append(f'| {point} | {run} mix {mix:g} | {mean:.2f} ({len(tops)} seeds) | {mean - base:+.2f} |')
+        lines.append(f'| {track} | {point} | {run} mix {mix:g} | {mean:.2f} ({len(tops)} seeds) | '
+                     f'{mean - sum(base) / len(base):+.2f} |')
     print('\n'.join(lines))
     return table
 
