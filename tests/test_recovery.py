@@ -12,7 +12,7 @@ from practise_df import load_compressed
 from practise_df.cli.compress import add_compress_arguments, config_from_args, render_report
 from practise_df.config import CompressConfig, EvalConfig
 from practise_df.pipeline import compress
-from practise_df.recovery import MIXES, choose, signal_images, split_pool, student_at
+from practise_df.recovery import MIN_Z, MIXES, choose, signal_images, split_pool, student_at
 from synth import SingleImageCrops
 
 from conftest import make_image_folder
@@ -44,9 +44,10 @@ def test_choose_keeps_a_candidate_only_when_clearly_closer():
     # closer on average by less than the images' noise: not trusted (the 15% default_photos case of BENCHMARKS.md)
     noisy = per_image(0.99, seed=1)
     assert noisy['kl'].mean() < dropped['kl'].mean()
-    kept, why, _ = choose({'dropped': dropped, 'finetuned': noisy})
-    assert kept == 'dropped' and 'not clearly closer' in why
-    assert choose({'dropped': dropped, 'finetuned': noisy}, min_z=-10)[0] == 'finetuned'
+    kept, why, _ = choose({'dropped': dropped, 'finetuned': noisy}, min_z=2)
+    assert kept == 'dropped' and 'not clearly closer' in why and '2 needed' in why
+    # compress's default floor, MIN_Z = 0 (issue 31: the same students kept on both tracks, more pairs right)
+    assert MIN_Z == 0 and choose({'dropped': dropped, 'finetuned': noisy})[0] == 'finetuned'
     with pytest.raises(ValueError, match="Unknown signal 'loss'"):
         choose({'dropped': dropped, 'finetuned': dropped}, 'loss')
 
@@ -56,11 +57,12 @@ def test_choose_keeps_the_closest_of_the_candidates_clearly_closer():
     noise = torch.randn(256, generator=torch.Generator().manual_seed(2)) * 8
     students = {'dropped': dropped, 'mix0.1': shifted(dropped, 0.05), 'mix0.5': shifted(dropped, 0.3),
                 'mix1': {**shifted(dropped, 0.6), 'kl': dropped['kl'] - 0.6 + noise - noise.mean()}}
-    kept, why, stats = choose(students)
+    kept, why, stats = choose(students, min_z=2)
     assert set(stats) == {'mix0.1', 'mix0.5', 'mix1'}
     # mix1 has the largest mean gain but is noisy, so it is not trusted; mix0.5 is the closest of the rest
     assert stats['mix1'][0] > stats['mix0.5'][0] and stats['mix1'][2] < 2 < stats['mix0.5'][2]
     assert kept == 'mix0.5' and 'closest of the 2' in why
+    assert choose(students)[0] == 'mix1', 'with no floor, the largest mean gain'
 
 
 def _photos(root, n, size=80):
@@ -151,7 +153,7 @@ def test_compress_lists_every_candidate_and_keeps_the_one_the_signal_prefers(tmp
     real_signal_images = pipeline.signal_images
     monkeypatch.setattr(pipeline, 'signal_images',
                         lambda *a, **kw: signal_sets.append(list(a[3])) or real_signal_images(*a, **kw))
-    report = compress(_config(out, images, data=images), progress=False)
+    report = compress(_config(out, images, data=images, recovery_images='pool'), progress=False)
 
     choice = report['recovery']
     assert [c['name'] for c in choice['candidates']] == ['dropped'] + [f'mix{m:g}' for m in MIXES]
@@ -183,7 +185,8 @@ def test_compress_lists_every_candidate_and_keeps_the_one_the_signal_prefers(tmp
     if kept == 'dropped':  # resumed, the signal now prefers the finetuned student: nothing stale is left aside
         os.remove(out / 'report.json')
         _distance_signal(monkeypatch, out, +1)
-        assert compress(_config(out, images, data=images), resume=True, progress=False)['recovery']['kept'] == 'mix1'
+        again = _config(out, images, data=images, recovery_images='pool')
+        assert compress(again, resume=True, progress=False)['recovery']['kept'] == 'mix1'
         assert not os.path.exists(out / 'rejected') and 'finetuned' not in json.load(open(out / 'report.json'))['eval']
 
 
@@ -192,7 +195,7 @@ def test_crops_signal_is_whole_photos_finetuning_never_saw(tmp_path, monkeypatch
     out = tmp_path / 'run'
     trained = _record_finetuning(monkeypatch)
     seen = _distance_signal(monkeypatch, out, +1)
-    config = _config(out, 'crops:' + ','.join(photos))
+    config = _config(out, 'crops:' + ','.join(photos), recovery_images='pool')
     report = compress(config, progress=False)
     _, held = split_pool(SingleImageCrops(photos, 16, DATA_CONFIG, seed=0), 4, seed=0)
     held_photos = {i % 4 for i in held}
@@ -243,7 +246,7 @@ def test_resume_after_finetuning_makes_the_same_choice(tmp_path):
 
 def test_settings_errors_and_flags(tmp_path):
     photo = _photos(str(tmp_path), 1)[0]
-    assert EvalConfig().signal_images == 'pool' and EvalConfig(guard_images=[photo]).signal_images == 'guard-images'
+    assert EvalConfig().signal_images == 'photos' and EvalConfig(guard_images=[photo]).signal_images == 'guard-images'
     with pytest.raises(ValueError, match='pass them with --guard-images'):
         EvalConfig(recovery_images='guard-images')
     with pytest.raises(ValueError, match='does not read --guard-images'):

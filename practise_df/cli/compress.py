@@ -21,7 +21,7 @@ from ..report import Report
 from ..config import EXPORTS, CompressConfig, read_settings_file, renamed_settings
 from ..finetune import DATAFREE_MIX, LOSSES, make_accelerator
 from ..guard import SIGNALS
-from ..recovery import MIXES, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES
+from ..recovery import MIN_Z, MIXES, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES
 from ..scoring import ESTIMATORS
 from . import _args
 from ._run import run_command
@@ -119,7 +119,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser, until_drop: bool = F
     add(g, '--guard', dest='eval.guard', action=argparse.BooleanOptionalAction,
         help='after finetuning, keep the student closest to the teacher on images finetuning never saw, among the '
              'dropped one and the finetuned one at each --finetune-mixes; a finetuned one only when closer than '
-             'the dropped one by twice the per-image noise (every candidate is in the report). --no-guard keeps '
+             f'the dropped one (by more than {MIN_Z:g} standard errors of the per-image differences; every '
+             'candidate is in the report). --no-guard keeps '
              'the finetuned student at --finetune-mix')
     add(g, '--finetune-mixes', dest='eval.finetune_mixes', type=_args.mix_list, metavar='M1,M2',
         help='fractions of the finetuning update the recovery choice tries (WiSE-FT, no retraining; default: '
