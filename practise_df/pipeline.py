@@ -605,9 +605,9 @@ def _finetune_config(config: CompressConfig):
 def _guard(run: Run, finetuned, dropped_student, dropped: Dropped, main: bool) -> Tuple[Any, Any]:
     """(the student to keep, the ``recovery.Choice``): the dropped student or ``finetuned`` at one of the mixes
     (``--finetune-mix``, else ``--finetune-mixes``), whichever is closest to the teacher on the signal images,
-    a finetuned one only when clearly closer than the dropped one (``recovery.choose_student``). When another
-    is kept, the whole finetuned student is saved in ``rejected/`` (by the main process; every process measures
-    its share of the images)."""
+    a finetuned one only when closer than the dropped one by more than ``recovery.MIN_Z`` standard errors
+    (``recovery.choose_student``). When another is kept, the whole finetuned student is saved in ``rejected/``
+    (by the main process; every process measures its share of the images)."""
     config, ev = run.config, run.config.eval
     images, source = signal_images(ev.signal_images, run.data_config, dropped.pool, dropped.held_idx,
                                    ev.guard_images, config.seed)

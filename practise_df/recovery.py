@@ -148,8 +148,8 @@ def choose(per_image: Dict[str, Dict[str, torch.Tensor]], signal: str = SIGNAL, 
     measured = (f'{signal} {mean[best]:.4g} vs {mean[base]:.4g} for the {base} student; paired z = {z:.2f} over '
                 f'{n} images, {min_z:g} needed')
     if not eligible:
-        return base, f'no candidate is clearly closer to the teacher than the {base} student (best: {best}, ' \
-                     f'not clearly closer: {measured})', stats
+        return base, f'no candidate is closer to the teacher than the {base} student by more than {min_z:g} SE ' \
+                     f'(best: {best}: {measured})', stats
     others = f', the closest of the {len(eligible)} that are' if len(eligible) > 1 else ''
     return best, f'{best} is closer to the teacher than the {base} student ({measured}){others}', stats
 
