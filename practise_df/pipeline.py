@@ -88,17 +88,20 @@ class CheckedInputs:
 class Selection:
     """What the scoring stage chose (``scores.json``): every candidate's score, lowest first, and the blocks
     dropped. ``scores`` is empty when the blocks were given (``--blocks``) and ``selected`` when nothing was
-    asked to be dropped (``practise-df score`` without a selection)."""
+    asked to be dropped (``practise-df score`` without a selection). ``steps``: with ``--latency-reduction``,
+    the whole student timed after each block added (blocks, saving and its 95% interval, runs)."""
     scores: List[BlockScore]
     selected: List[str]
+    steps: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {'scores': [s.to_dict() for s in self.scores], 'selected': list(self.selected)}
+        data = {'scores': [s.to_dict() for s in self.scores], 'selected': list(self.selected)}
+        return {**data, 'steps': list(self.steps)} if self.steps else data
 
     @classmethod
     def read(cls, path: str) -> 'Selection':
         data = json.load(open(path))
-        return cls([BlockScore(**s) for s in data['scores']], list(data['selected']))
+        return cls([BlockScore(**s) for s in data['scores']], list(data['selected']), data.get('steps', []))
 
 
 @dataclass
@@ -224,7 +227,7 @@ def _select(run: Run, pool, train_idx, held_idx) -> Selection:
                 # latency_reduction re-measures latency: on the main process alone
                 selection.selected = on_main_process(lambda: select_blocks(
                     scores, drop=config.scoring.drop, latency_reduction=config.scoring.latency_reduction,
-                    model=run.teacher, latency_kwargs=run.timing))
+                    model=run.teacher, latency_kwargs=run.timing, steps=selection.steps))
         if accelerator.is_main_process:
             write_json_atomic(scores_file, selection.to_dict())
     elif accelerator.is_main_process:
@@ -673,7 +676,8 @@ def _report(run: Run, student, others, dropped: Dropped, history, model_dir, gua
         model=config.model, weights=config.weights, image_source=config.images.source or 'synthesized',
         skipped_files=getattr(checked.pool, 'skipped', 0),  # --images files that did not decode
         dropped_blocks=dropped.selection.selected, adaptors=config.scoring.keep_adaptors,
-        scores=dropped.selection.to_dict()['scores'], compressed_model=model_dir,
+        scores=dropped.selection.to_dict()['scores'], selection_steps=dropped.selection.steps,
+        compressed_model=model_dir,
         latency={**_latency(timed, run.latency, size),
                  'student': exported['file'] if shipped else 'the PyTorch student'},
         params={'teacher': count_params(teacher), 'student': count_params(student)},

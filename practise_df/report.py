@@ -27,6 +27,8 @@ class Report:
     skipped_files: int = 0  # --images files that did not decode
     adaptors: bool = True  # adaptors fitted and folded (older reports: always)
     scores: List[Dict[str, Any]] = field(default_factory=list)  # every candidate's BlockScore, lowest first
+    # --latency-reduction: the whole student timed after each block added (blocks, saving, its interval, runs)
+    selection_steps: List[Dict[str, Any]] = field(default_factory=list)
     compressed_model: Optional[str] = None  # the folder of the kept student
     heldout_agreement: Optional[float] = None  # top-1 agreement with the teacher on the held-out images
     eval: Optional[Dict[str, Any]] = None  # --eval-data: teacher, student and the other students

@@ -244,7 +244,7 @@ def score_blocks(teacher: nn.Module, train_images: torch.Tensor, heldout_images:
 
 def select_blocks(scores: Sequence[BlockScore], drop: Optional[int] = None,
                   latency_reduction: Optional[float] = None, model: Optional[nn.Module] = None,
-                  latency_kwargs: Optional[dict] = None) -> List[str]:
+                  latency_kwargs: Optional[dict] = None, steps: Optional[list] = None) -> List[str]:
     """Pick blocks to drop from :func:`score_blocks` output.
 
     Either ``drop`` (the K lowest scores) or ``latency_reduction`` (a fraction, e.g. 0.25): blocks are
@@ -252,7 +252,8 @@ def select_blocks(scores: Sequence[BlockScore], drop: Optional[int] = None,
     (:func:`~practise_df.latency.compare_latency` with ``latency_kwargs``; savings of single blocks do
     not add up exactly) until the low end of the saving's 95% interval reaches the target, so the target
     is met with 95% confidence and not by a lucky run. Without an interval (fewer than 6 fixed repeats)
-    the point estimate decides.
+    the point estimate decides. ``steps``, a list, receives each measurement (the blocks, the saving and
+    its interval), so a caller can show why the selection stopped where it did.
     """
     if (drop is None) == (latency_reduction is None):
         raise ValueError('Give exactly one of drop (a block count) or latency_reduction (a fraction).')
@@ -272,6 +273,9 @@ def select_blocks(scores: Sequence[BlockScore], drop: Optional[int] = None,
         comparison = compare_latency([model, drop_blocks(model, chosen, candidates=ordered)], **(latency_kwargs or {}))
         saving = comparison.savings[0]
         _logger.info('dropping %s: latency saved %s', ','.join(chosen), saving.describe())
+        if steps is not None:
+            steps.append({'blocks': list(chosen), 'saved_pct': saving.pct, 'saved_low': saving.low,
+                          'saved_high': saving.high, 'runs': saving.pairs})
         if saving.lower >= 100 * latency_reduction:
             return chosen
     raise ValueError(f'A latency reduction of {100 * latency_reduction:.0f}% cannot be reached with 95% confidence: '

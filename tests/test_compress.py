@@ -231,3 +231,25 @@ def test_compress_config_reruns_an_old_run_json(capsys, tmp_path, image_folder):
     rerun = CompressConfig.from_file(str(tmp_path / 'again' / 'run.json'))
     assert rerun == CompressConfig.from_dict({**settings, 'output_dir': str(tmp_path / 'again')})
     assert len(json.load(open(tmp_path / 'again' / 'report.json'))['dropped_blocks']) == 1
+
+
+def test_latency_reduction_records_each_measurement_of_the_selection(tmp_path, image_folder, monkeypatch):
+    """issue 33: the whole student is timed after each block added; scores.json and report.json keep every
+    measurement (blocks, saving, interval), so a user sees why the selection stopped where it did."""
+    import practise_df.scoring as scoring
+    from practise_df.latency import Comparison, Latency, Saving
+    pending = [(4.0, 1.0, 7.0), (12.0, 9.0, 15.0)]  # the first block alone is not enough at its interval's low end
+
+    def compare_(models, **kwargs):
+        lat = Latency(1.0, 1.0, 1.0, 1, (3, 32, 32), 'cpu', 10)
+        return Comparison([lat, lat], [Saving(*pending.pop(0), pairs=10)], 10, 1.0, 'interval', 2.0, 60.0)
+    monkeypatch.setattr(scoring, 'compare_latency', compare_)
+    out = tmp_path / 'run'
+    config = _config(out, image_folder, scoring={'latency_reduction': 0.08})
+    config.finetune.steps = 0
+    report = compress(config, progress=False)
+    steps = report.selection_steps
+    assert [s['blocks'] for s in steps] == [report.dropped_blocks[:1], report.dropped_blocks]
+    assert [(s['saved_pct'], s['saved_low']) for s in steps] == [(4.0, 1.0), (12.0, 9.0)]
+    assert json.load(open(out / 'scores.json'))['steps'] == steps == json.load(open(out / 'report.json'))[
+        'selection_steps']

@@ -129,7 +129,11 @@ def test_latency_target_is_met_by_the_interval_low_end(monkeypatch, tiny_resnet)
     scores = [BlockScore(b, 1.0, 1.0, 1, 10, i) for i, b in enumerate(['layer3.1', 'layer4.1', 'layer1.1'])]
     # one block: 20% saved (the point estimate alone would stop here) but only 10% with 95% confidence
     monkeypatch.setattr(scoring, 'compare_latency', _fake_compare([(20, 10, 30), (30, 22, 38)]))
-    assert select_blocks(scores, latency_reduction=0.15, model=tiny_resnet) == ['layer3.1', 'layer4.1']
+    steps = []
+    assert select_blocks(scores, latency_reduction=0.15, model=tiny_resnet, steps=steps) == ['layer3.1', 'layer4.1']
+    assert steps == [{'blocks': ['layer3.1'], 'saved_pct': 20, 'saved_low': 10, 'saved_high': 30, 'runs': 10},
+                     {'blocks': ['layer3.1', 'layer4.1'], 'saved_pct': 30, 'saved_low': 22, 'saved_high': 38,
+                      'runs': 10}], 'each measurement, so the report can show why the selection stopped there'
     monkeypatch.setattr(scoring, 'compare_latency', _fake_compare([(20, 10, 30), (25, 12, 38), (28, 14, 40)]))
     with pytest.raises(ValueError, match=r'cannot be reached with 95% confidence.*28.0% \(95% interval 14.0%'):
         select_blocks(scores, latency_reduction=0.15, model=tiny_resnet)
