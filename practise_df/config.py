@@ -193,7 +193,7 @@ class LatencyConfig:
 class FinetuneConfig:
     """How the student is finetuned against the teacher (stage ``finetune``; :func:`practise_df.finetune`)."""
     loss: str = 'mir'
-    steps: int = 2000  # optimizer steps
+    steps: int = 2000  # optimizer steps (with batch 64, momentum 0.9, weight decay 1e-4, x0.1 at 40%: official)
     batch_size: int = 64  # per process
     lr: Optional[float] = None  # default: DEFAULT_LR[loss]
     momentum: float = 0.9
@@ -204,7 +204,10 @@ class FinetuneConfig:
     kd_weight: float = 1.0  # weight of the KD term in 'mir+kd'
     max_grad_norm: Optional[float] = 5.0  # clip the gradient norm (None: no clipping)
     # Keep BatchNorm statistics fixed (eval mode) while training. None: yes, except that compress trains them
-    # when told its images are real (images.real).
+    # when told its images are real (images.real), as the official few-shot recipe does. Why not on synthesized
+    # or out-of-domain images: their batch statistics are not the data's, and tf_efficientnet_lite0 loses 15-22
+    # points of top-1 with batch statistics (BENCHMARKS "Data-free recovery against plain dropping"). Track B
+    # (issue 31) finetuned with them frozen throughout; train-mode BatchNorm was not measured there.
     freeze_bn: Optional[bool] = None
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2
