@@ -1,3 +1,5 @@
+import importlib
+import json
 import os
 import re
 import socket
@@ -18,13 +20,21 @@ import torch  # noqa: E402
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
-from practise_df import create_model
+from practise_df import CompressConfig, create_model
 from practise_df.cli import main
 
 SMALL = (3, 64, 64)
 # Device of the device-aware tests (corruptions, robustness), timm's convention: `TORCH_DEVICE=cuda pytest ...`.
 DEVICE = torch.device(os.environ.get('TORCH_DEVICE', 'cpu'))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The environment of a practise-df command the tests start as a process (signals, kills, recipes).
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+# The model of the command-line tests: timm resnet18 at 32 px (random weights unless --weights says).
+MODEL = ['--model', 'timm:resnet18', '--input-size', '32']
+# The cheapest compress run: 4 synthesized images, 2 steps, one block dropped, no finetuning.
+TINY = ['--num-images', '4', '--heldout-images', '1', '--synth-batch-size', '2', '--synth-steps', '2',
+        '--score-images', '2', '--adaptor-steps', '1', '--finetune-steps', '0', '--finetune-batch-size', '2',
+        '--latency-batch-size', '1', '--latency-repeats', '1']
 
 
 def free_port() -> int:
@@ -129,3 +139,46 @@ def tiny_resnet():
     resnet18, a fifteenth of its parameters), random weights, seed-fixed."""
     torch.manual_seed(0)
     return randomize_norms(create_model('timm:resnet18', num_classes=10, channels=(64, 64, 64, 64)))
+
+
+def boom(*args, **kwargs):
+    raise AssertionError('the long work started before the arguments were checked')
+
+
+LONG_WORK = {'practise_df.pipeline': 'drop_stage',  # images, scores and the drop: score's and compress's
+             'synth.synthesize': 'synthesize_shard',
+             'practise_df.scoring': 'score_blocks', 'practise_df.robustness': 'evaluate_robustness',
+             'practise_df.cli.evaluate': 'evaluate_source', 'practise_df.cli.latency': 'model_latency_report',
+             'practise_df.cli.export': 'export_model'}
+
+
+@pytest.fixture
+def no_long_work(monkeypatch):
+    """Synthesis, scoring, evaluation, timing and export fail the test if they start."""
+    for module, name in LONG_WORK.items():
+        monkeypatch.setattr(importlib.import_module(module), name, boom)
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):  # numbered class folders: labels a 1000-class model can be scored on
+    return make_image_folder(str(tmp_path_factory.mktemp('data') / 'images'), classes=('0', '1'), per_class=3,
+                             size=40)
+
+
+@pytest.fixture
+def users(tmp_path):
+    """A folder and a file of the user's."""
+    folder = tmp_path / 'u'
+    (folder / '0000').mkdir(parents=True)
+    Image.new('RGB', (8, 8), 'red').save(folder / '0000' / '00000000.png')  # looks like a synthesized image
+    (folder / 'thesis.txt').write_text('four years of work')
+    file = tmp_path / 'thesis.txt'
+    file.write_text('four years of work')
+    return folder, file
+
+
+def run_settings(out, **changes):
+    """What compress writes as run.json (the settings of a run on ``out``)."""
+    config = CompressConfig(model='timm:resnet18', output_dir=str(out), input_size=32, scoring={'drop': 1},
+                            **changes)
+    return json.dumps(config.to_dict())

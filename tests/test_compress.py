@@ -1,3 +1,6 @@
+"""practise_df.pipeline's compress (the compress command): its artefacts, arguments checked before the long
+work, resume and what a run says about itself."""
+import importlib
 import json
 import os
 import shutil
@@ -5,13 +8,11 @@ import shutil
 import pytest
 import torch
 
+from conftest import MODEL, TINY, cli, make_image_folder, randomize_norms, run_settings
 from practise_df import load_compressed
+from practise_df.config import CompressConfig, EvalConfig, FinetuneConfig, ImagesConfig, LatencyConfig, ScoringConfig
 from practise_df.finetune import DATAFREE_MIX
 from practise_df.pipeline import _finetune_config, compress
-from practise_df.config import CompressConfig, EvalConfig, FinetuneConfig, ImagesConfig, LatencyConfig, ScoringConfig
-
-from conftest import make_image_folder, randomize_norms
-
 
 # resnet18 at 64 channels in every stage: resnet18's blocks, a fifteenth of its parameters (the runs are plumbing)
 NARROW = {'channels': [64, 64, 64, 64]}
@@ -253,3 +254,120 @@ def test_latency_reduction_records_each_measurement_of_the_selection(tmp_path, i
     assert [(s['saved_pct'], s['saved_low']) for s in steps] == [(4.0, 1.0), (12.0, 9.0)]
     assert json.load(open(out / 'scores.json'))['steps'] == steps == json.load(open(out / 'report.json'))[
         'selection_steps']
+
+
+PIPELINE = importlib.import_module('practise_df.pipeline')  # the module: the package exports the function too
+
+
+# Issue 15: input the docs say is handled never crashes.
+def test_a_bad_block_latency_file_is_named_in_the_error(capsys, tmp_path):
+    path = tmp_path / 'lat.json'
+    for content, says in ((json.dumps({'blocks': {'layer1.0': {'saved_ms': 1, 'saved_pct': 'n/a'}}}), 'not a number'),
+                          ('{"blocks": ', 'cannot be read as JSON')):
+        path.write_text(content)
+        code, _, err = cli(capsys, 'compress', *MODEL, '--drop', 1, *TINY, '--block-latency', path,
+                           '--output-dir', tmp_path / 'run')
+        assert code == 2 and str(path) in err and says in err
+        hint = err[err.index('expected'):]
+        assert hint.count('{') == hint.count('}') and '{{' not in hint
+    assert not (tmp_path / 'run').exists()
+
+
+BAD_COMPRESS_ARGS = {
+    'eval data missing': (['--eval-data', '{tmp}/missing'], 'does not exist'),
+    'eval data without images': (['--eval-data', '{tmp}/empty'], 'No readable image'),
+    'drop more than the candidates': (['--drop', '9'], 'only 5 droppable blocks'),
+    'latency reduction 1.5': (['--latency-reduction', '1.5'], 'between 0 and 1'),
+    'latency reduction 0': (['--latency-reduction', '0'], 'between 0 and 1'),
+    'block latency missing': (['--block-latency', '{tmp}/missing.json'], 'does not exist'),
+    'block latency not JSON': (['--block-latency', '{tmp}/empty'], 'cannot be read as JSON'),
+    'block latency lacks candidates': (['--block-latency', '{tmp}/partial.json'], 'has no latency for block(s)'),
+    'synth steps 0': (['--synth-steps', '0'], 'at least 1'),
+    'synth steps -1': (['--synth-steps', '-1'], 'at least 1'),
+    'synth steps fewer than phases': (['--synth-steps', '1'], 'fewer than the 2 resolution phases'),
+    'synth batch 0': (['--synth-batch-size', '0'], 'at least 1'),
+    'adaptor steps 0': (['--adaptor-steps', '0'], 'at least 1'),
+    'finetune steps -1': (['--finetune-steps', '-1'], 'at least 0'),
+    'finetune batch 0': (['--finetune-batch-size', '0'], 'at least 1'),
+    'latency batch 0': (['--latency-batch-size', '0'], 'at least 1'),
+    'eval batch -1': (['--eval-batch-size', '-1'], 'at least 1'),
+    'score images 0': (['--score-images', '0'], 'at least 1'),
+    'more images than the folder': (['--images', '{images}', '--num-images', '50'], 'fewer than --num-images 50'),
+    'images missing': (['--images', '{tmp}/missing'], 'does not exist'),
+    'photo for crops missing': (['--images', 'crops:{tmp}/missing.jpg'], 'does not exist'),
+    'folder for crops without photos': (['--images', 'crops:{tmp}/empty'], 'holds no image'),
+    'seed -1': (['--seed', '-1'], 'argument --seed: must be at least 0, got -1'),
+    'a block named twice': (['--blocks', 'layer1.1,layer1.1'], 'names layer1.1 more than once'),
+    'more held out than images': (['--heldout-images', '4'], '--heldout-images) must be fewer than num_images (4'),
+    'settings file with a wrong type': (['--config', '{tmp}/typo.json'],
+                                        "'checkpoint_every' must be a whole number, got 'many'"),
+    'latency reduction out of reach': (['--latency-reduction', '0.99'], '--latency-reduction 0.99 cannot be reached'),
+    'latency reduction out of reach of the table': (
+        ['--latency-reduction', '0.5', '--block-latency', '{tmp}/small.json'], 'by the --block-latency table'),
+    'resume a run that does not exist': (['--resume'], "--resume: --output-dir '{tmp}/run' does not exist"),
+}
+
+
+# Issue 15: every argument is checked before the long work starts.
+@pytest.mark.parametrize('case', sorted(BAD_COMPRESS_ARGS))
+def test_compress_checks_its_arguments_before_writing_anything(capsys, no_long_work, tmp_path, images, case):
+    bad, says = BAD_COMPRESS_ARGS[case]
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'partial.json').write_text(json.dumps({'blocks': {'layer1.1': {'saved_ms': 1, 'saved_pct': 1}}}))
+    blocks = ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1', 'layer1.0']
+    (tmp_path / 'small.json').write_text(json.dumps({'blocks': {b: {'saved_ms': 1, 'saved_pct': 5} for b in blocks}}))
+    (tmp_path / 'typo.json').write_text(json.dumps({'finetune': {'checkpoint_every': 'many'}}))
+    selection = [] if {'--drop', '--latency-reduction', '--blocks'} & set(bad) else ['--drop', '1']
+    out = tmp_path / 'run'
+    code, _, err = cli(capsys, 'compress', *MODEL, *selection, *TINY,
+                       *[a.format(tmp=tmp_path, images=images) for a in bad], '--output-dir', out)
+    assert code == 2 and says.format(tmp=tmp_path) in err, err
+    assert not out.exists()
+
+
+def _synth_pngs(out):
+    root = out / 'synth'
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob('*.png')}
+
+
+# Issue 15: every argument is checked before the long work starts.
+def test_resume_takes_new_settings_of_unfinished_stages_only(capsys, monkeypatch, tmp_path, images):
+    out = tmp_path / 'run'
+    argv = ['compress', *MODEL, '--drop', 1, *TINY, '--output-dir', out]
+
+    def fail(*args, **kwargs):
+        raise ValueError('injected failure as finetuning starts')
+    monkeypatch.setattr(PIPELINE, 'finetune', fail)
+    code, _, err = cli(capsys, *argv, '--finetune-steps', 2)
+    assert code == 2 and 'injected' in err
+    monkeypatch.undo()
+    synthesized = _synth_pngs(out)
+    code, _, err = cli(capsys, *argv, '--resume', '--num-images', 6)  # the images are finished
+    assert code == 2 and 'images.num_images' in err
+    code, out_text, _ = cli(capsys, *argv, '--resume', '--finetune-steps', 1, '--eval-data', images, '--json')
+    assert code == 0 and json.loads(out_text)['finetune']['steps'] == 1 and 'eval' in json.loads(out_text)
+    assert _synth_pngs(out) == synthesized, 'the images were synthesized again'
+
+
+# Issue 15: every argument is checked before the long work starts.
+def test_a_run_stopped_by_a_bad_argument_restarts_without_overwrite(capsys, tmp_path, images):
+    out = tmp_path / 'run'
+    argv = ['compress', *MODEL, '--drop', 1, *TINY, '--output-dir', out]
+    code, _, err = cli(capsys, *argv, '--eval-data', tmp_path / 'missing')
+    assert code == 2 and not out.exists()
+    out.mkdir()  # a run stopped after writing only its settings did no work either
+    (out / 'run.json').write_text(run_settings(out, seed=7))  # other settings
+    code, _, err = cli(capsys, *argv, '--eval-data', images)
+    assert code == 0, err
+
+
+# Issue 28: what a run says about itself.
+def test_a_run_without_finetuning_says_so_and_claims_no_recovery(capsys, tmp_path):
+    out = tmp_path / 'run'
+    code, _, err = cli(capsys, 'compress', *MODEL, '--blocks', 'layer4.1', *TINY, '--output-dir', out)
+    assert code == 0, err
+    assert [line[:5] for line in err.splitlines() if line.startswith('[')] == \
+        ['[1/5]', '[2/5]', '[3/5]', '[4/5]', '[5/5]']
+    assert '[4/5] finetuning: skipped' in err and '--model timm:resnet18 has no --weights' in err
+    card = (out / 'model' / 'README.md').read_text()
+    assert 'not finetuned' in card and 'recover' not in card.split('## Use')[0]

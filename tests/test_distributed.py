@@ -1,5 +1,6 @@
 """The same seed gives the same block scores in every run and on any number of processes, and every long
-stage spread over the processes (scoring, the guard, evaluation, robustness) gives the numbers of one."""
+stage spread over the processes (scoring, the guard, evaluation, robustness) gives the numbers of one; a failing
+main process ends the job (practise_df._distributed under accelerate launch)."""
 import contextlib
 import json
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import MODEL, TINY, accelerate_launch, launch_log, make_image_folder, randomize_norms
 from practise_df import create_model, load_compressed
 from practise_df.blocks import find_blocks
 from practise_df.cli import main
@@ -15,8 +17,6 @@ from practise_df.models import resolve_data_config
 from practise_df.pipeline import PARTIAL_SCORES_FILE
 from practise_df.recovery import student_at
 from synth.ood import photo_crops
-
-from conftest import accelerate_launch, launch_log, make_image_folder, randomize_norms
 
 SIZE = 32
 SCRIPT = 'tests/scripts/cli_ranks.py'
@@ -176,3 +176,15 @@ def test_eval_alone_joins_the_processes_in_one_group_on_a_cpu_only_machine(tmp_p
                      '--json']])
     assert proc.returncode == 0, launch_log(proc)
     assert proc.stdout.count('"latency_ms"') == 1, proc.stdout  # printed by the one main process
+
+
+# Issue 15: two runs, a failing rank and a full disk lose nothing.
+@pytest.mark.parametrize('stage', ['scoring', 'finetune'])
+def test_a_failing_main_process_ends_the_job(tmp_path, stage):
+    """Rank 0 fails while rank 1 waits for it (scoring runs on the main process only) or works beside it."""
+    (tmp_path / 'audit').mkdir()
+    args = [tmp_path / 'audit', '--crash-rank', 0, '--crash-in', stage, '--', *MODEL, '--drop', 1, *TINY,
+            '--num-images', 8, '--finetune-steps', 2, '--output-dir', tmp_path / 'run']
+    # rank 1 left waiting for the failed main process would keep the launch running past the timeout: a failure
+    proc = accelerate_launch('tests/scripts/compress_ranks.py', args, timeout=150, env={'OMP_NUM_THREADS': '1'})
+    assert proc.returncode != 0 and 'injected failure on rank 0' in proc.stderr, launch_log(proc)
