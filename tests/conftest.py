@@ -19,8 +19,9 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 import torch  # noqa: E402
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
+from safetensors.torch import save_file
 
-from practise_df import CompressConfig, create_model
+from practise_df import CompressConfig, create_model, find_blocks
 from practise_df.cli import main
 
 SMALL = (3, 64, 64)
@@ -35,6 +36,7 @@ MODEL = ['--model', 'timm:resnet18', '--input-size', '32']
 TINY = ['--num-images', '4', '--heldout-images', '1', '--synth-batch-size', '2', '--synth-steps', '2',
         '--score-images', '2', '--adaptor-steps', '1', '--finetune-steps', '0', '--finetune-batch-size', '2',
         '--latency-batch-size', '1', '--latency-repeats', '1']
+TEACHER_SIZE = 32  # the input size of the teacher_files runs
 
 
 def free_port() -> int:
@@ -182,3 +184,28 @@ def run_settings(out, **changes):
     config = CompressConfig(model='timm:resnet18', output_dir=str(out), input_size=32, scoring={'drop': 1},
                             **changes)
     return json.dumps(config.to_dict())
+
+
+@pytest.fixture(scope='module')
+def teacher_files(tmp_path_factory):
+    """A resnet18 teacher with non-trivial random weights in a local file, and a fixed per-block latency
+    table (measured latency is noisy; fixing it makes the block choice a function of the seed alone)."""
+    root = tmp_path_factory.mktemp('teacher')
+    torch.manual_seed(0)
+    model = randomize_norms(create_model('timm:resnet18'))
+    weights = str(root / 'resnet18.safetensors')
+    save_file(model.state_dict(), weights)
+    blocks = find_blocks(model, (3, TEACHER_SIZE, TEACHER_SIZE))
+    table = {b: {'saved_ms': 1.0 + i, 'saved_pct': 2.0 + i} for i, b in enumerate(blocks)}
+    latency = str(root / 'block_latency.json')
+    with open(latency, 'w') as f:
+        json.dump({'blocks': table}, f)
+    return weights, latency
+
+
+def compress_args(out, weights, latency):
+    return ['compress', '--model', 'timm:resnet18', '--weights', weights, '--block-latency', latency,
+            '--num-images', '24', '--heldout-images', '8', '--synth-batch-size', '4', '--synth-steps', '20',
+            '--input-size', str(TEACHER_SIZE), '--score-images', '16', '--adaptor-steps', '10', '--drop', '2',
+            '--finetune-steps', '12', '--finetune-batch-size', '4', '--checkpointing-steps', '2',
+            '--latency-batch-size', '2', '--latency-repeats', '2', '--output-dir', str(out)]
