@@ -1,3 +1,5 @@
+import importlib
+import json
 import os
 import re
 import socket
@@ -17,14 +19,24 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 import torch  # noqa: E402
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
+from safetensors.torch import save_file
 
-from practise_df import create_model
+from practise_df import CompressConfig, create_model, find_blocks
 from practise_df.cli import main
 
 SMALL = (3, 64, 64)
 # Device of the device-aware tests (corruptions, robustness), timm's convention: `TORCH_DEVICE=cuda pytest ...`.
 DEVICE = torch.device(os.environ.get('TORCH_DEVICE', 'cpu'))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The environment of a practise-df command the tests start as a process (signals, kills, recipes).
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+# The model of the command-line tests: timm resnet18 at 32 px (random weights unless --weights says).
+MODEL = ['--model', 'timm:resnet18', '--input-size', '32']
+# The cheapest compress run: 4 synthesized images, 2 steps, one block dropped, no finetuning.
+TINY = ['--num-images', '4', '--heldout-images', '1', '--synth-batch-size', '2', '--synth-steps', '2',
+        '--score-images', '2', '--adaptor-steps', '1', '--finetune-steps', '0', '--finetune-batch-size', '2',
+        '--latency-batch-size', '1', '--latency-repeats', '1']
+TEACHER_SIZE = 32  # the input size of the teacher_files runs
 
 
 def free_port() -> int:
@@ -129,3 +141,71 @@ def tiny_resnet():
     resnet18, a fifteenth of its parameters), random weights, seed-fixed."""
     torch.manual_seed(0)
     return randomize_norms(create_model('timm:resnet18', num_classes=10, channels=(64, 64, 64, 64)))
+
+
+def boom(*args, **kwargs):
+    raise AssertionError('the long work started before the arguments were checked')
+
+
+LONG_WORK = {'practise_df.pipeline': 'drop_stage',  # images, scores and the drop: score's and compress's
+             'synth.synthesize': 'synthesize_shard',
+             'practise_df.scoring': 'score_blocks', 'practise_df.robustness': 'evaluate_robustness',
+             'practise_df.cli.evaluate': 'evaluate_source', 'practise_df.cli.latency': 'model_latency_report',
+             'practise_df.cli.export': 'export_model'}
+
+
+@pytest.fixture
+def no_long_work(monkeypatch):
+    """Synthesis, scoring, evaluation, timing and export fail the test if they start."""
+    for module, name in LONG_WORK.items():
+        monkeypatch.setattr(importlib.import_module(module), name, boom)
+
+
+@pytest.fixture(scope='module')
+def images(tmp_path_factory):  # numbered class folders: labels a 1000-class model can be scored on
+    return make_image_folder(str(tmp_path_factory.mktemp('data') / 'images'), classes=('0', '1'), per_class=3,
+                             size=40)
+
+
+@pytest.fixture
+def users(tmp_path):
+    """A folder and a file of the user's."""
+    folder = tmp_path / 'u'
+    (folder / '0000').mkdir(parents=True)
+    Image.new('RGB', (8, 8), 'red').save(folder / '0000' / '00000000.png')  # looks like a synthesized image
+    (folder / 'thesis.txt').write_text('four years of work')
+    file = tmp_path / 'thesis.txt'
+    file.write_text('four years of work')
+    return folder, file
+
+
+def run_settings(out, **changes):
+    """What compress writes as run.json (the settings of a run on ``out``)."""
+    config = CompressConfig(model='timm:resnet18', output_dir=str(out), input_size=32, scoring={'drop': 1},
+                            **changes)
+    return json.dumps(config.to_dict())
+
+
+@pytest.fixture(scope='module')
+def teacher_files(tmp_path_factory):
+    """A resnet18 teacher with non-trivial random weights in a local file, and a fixed per-block latency
+    table (measured latency is noisy; fixing it makes the block choice a function of the seed alone)."""
+    root = tmp_path_factory.mktemp('teacher')
+    torch.manual_seed(0)
+    model = randomize_norms(create_model('timm:resnet18'))
+    weights = str(root / 'resnet18.safetensors')
+    save_file(model.state_dict(), weights)
+    blocks = find_blocks(model, (3, TEACHER_SIZE, TEACHER_SIZE))
+    table = {b: {'saved_ms': 1.0 + i, 'saved_pct': 2.0 + i} for i, b in enumerate(blocks)}
+    latency = str(root / 'block_latency.json')
+    with open(latency, 'w') as f:
+        json.dump({'blocks': table}, f)
+    return weights, latency
+
+
+def compress_args(out, weights, latency):
+    return ['compress', '--model', 'timm:resnet18', '--weights', weights, '--block-latency', latency,
+            '--num-images', '24', '--heldout-images', '8', '--synth-batch-size', '4', '--synth-steps', '20',
+            '--input-size', str(TEACHER_SIZE), '--score-images', '16', '--adaptor-steps', '10', '--drop', '2',
+            '--finetune-steps', '12', '--finetune-batch-size', '4', '--checkpointing-steps', '2',
+            '--latency-batch-size', '2', '--latency-repeats', '2', '--output-dir', str(out)]

@@ -1,4 +1,4 @@
-"""A network of a customer's own code (neither timm nor torchvision), for tests/test_own_model.py:
+"""A network of a customer's own code (neither timm nor torchvision), for tests/test_models.py:
 ``--model py:tests/own_network.py:tiny_net``. Residual blocks whose input and output shapes match are what
 makes it droppable; ``forward_features`` / ``forward_head`` are what feature mimicking reads."""
 import torch

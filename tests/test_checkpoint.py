@@ -1,3 +1,4 @@
+"""practise_df.checkpoint: compressed-model folders saved, loaded and refused when missing or damaged."""
 import json
 import os
 
@@ -5,10 +6,9 @@ import pytest
 import timm
 import torch
 
+from conftest import SMALL, cli, randomize_norms
 from practise_df import create_model, drop_blocks, load_compressed, load_model, resolve_data_config, save_compressed
 from practise_df.checkpoint import read_config
-
-from conftest import SMALL, randomize_norms
 
 
 @pytest.mark.parametrize('spec', ['timm:resnet18', 'torchvision:mobilenet_v2'])
@@ -149,3 +149,19 @@ def test_the_provenance_given_is_what_is_saved_not_what_the_module_carries(tmp_p
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(load_compressed(out)(x), student.eval()(x))
+
+
+# Issue 28: a run folder is known by its content; outputs never in place of inputs.
+def test_a_truncated_compressed_model_is_one_clear_line(capsys, images, tmp_path):
+    model = str(tmp_path / 'model')
+    save_compressed(create_model('timm:resnet18', num_classes=4), model)
+    weights = os.path.join(model, 'model.safetensors')
+    open(weights, 'r+b').truncate(os.path.getsize(weights) // 2)
+    code, _, err = cli(capsys, 'eval', '--model', model, '--data', images)
+    assert code == 2 and 'damaged' in err and 'model.safetensors' in err
+
+
+# Issue 28: a run folder is known by its content; outputs never in place of inputs.
+def test_a_model_folder_that_does_not_exist_is_named_as_missing(capsys, images, tmp_path):
+    code, _, err = cli(capsys, 'eval', '--model', tmp_path / 'out' / 'm5dir', '--data', images)
+    assert code == 2 and f"'{tmp_path / 'out' / 'm5dir'}' does not exist" in err and 'Unknown timm' not in err

@@ -1,15 +1,18 @@
+"""practise_df.cli: the practise-df commands, their arguments and how a run ends (errors, Ctrl-C)."""
 import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
+from conftest import ENV, MODEL, ROOT, cli, cli_commands, make_image_folder
 from practise_df.cli import main
-
-from conftest import cli_commands, make_image_folder
 
 
 def run(capsys, *argv):
@@ -324,3 +327,43 @@ def test_score_is_compress_stopped_after_the_drop(capsys, tmp_path, image_folder
     one, two = load_compressed(str(scored)).state_dict(), load_compressed(str(compressed)).state_dict()
     assert one.keys() == two.keys()
     assert all(torch.equal(one[k], two[k]) for k in one), [k for k in one if not torch.equal(one[k], two[k])]
+
+
+# Issue 15: input the docs say is handled never crashes.
+def test_an_unknown_or_absent_device_is_an_argument_error(capsys):
+    code, _, err = cli(capsys, 'latency', *MODEL, '--device', 'foo')
+    assert code == 2 and "argument --device: 'foo' is not a device" in err
+    if not torch.cuda.is_available():
+        code, _, err = cli(capsys, 'eval', *MODEL, '--data', '.', '--device', 'cuda')
+        assert code == 2 and 'no CUDA GPU is visible' in err
+
+
+def _default_sigint():
+    # A shell starts background jobs (pytest ... &) with SIGINT ignored, the child inherits that and Python then
+    # never raises KeyboardInterrupt: give the child the default a terminal user has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# Issue 15: input the docs say is handled never crashes.
+def test_ctrl_c_says_resume_continues(tmp_path):
+    out = tmp_path / 'run'
+    proc = subprocess.Popen([sys.executable, '-m', 'practise_df.cli', 'compress', *MODEL, '--drop', '1',
+                             '--num-images', '64', '--synth-batch-size', '4', '--synth-steps', '400',
+                             '--output-dir', str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+                            cwd=ROOT, text=True, preexec_fn=_default_sigint)
+    deadline = time.time() + 120
+    while not (out / 'synth' / 'synth_config.json').exists():  # synthesis has started
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert '--resume' in err and 'Traceback' not in err and 'KeyboardInterrupt' not in err
+
+
+# Issue 15: every argument is checked before the long work starts.
+def test_batch_size_zero_is_refused(capsys, images):
+    for argv in (['latency', *MODEL, '--batch-size', 0],
+                 ['score', *MODEL, '--data', images, '--latency-batch-size', 0]):
+        code, _, err = cli(capsys, *argv)
+        assert code == 2 and 'must be at least 1, got 0' in err

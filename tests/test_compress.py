@@ -1,17 +1,27 @@
+"""practise_df.pipeline's compress (the compress command): its artefacts, arguments checked before the long
+work, resume, determinism (a run killed at random points resumes to the uninterrupted result; issue 7) and
+what a run says about itself."""
+import hashlib
+import importlib
 import json
 import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
+from conftest import (ENV, MODEL, ROOT, TEACHER_SIZE, TINY, cli, compress_args, make_image_folder, randomize_norms,
+                      run_settings)
 from practise_df import load_compressed
-from practise_df.finetune import DATAFREE_MIX
+from practise_df.config import (CompressConfig, EvalConfig, FinetuneConfig, ImagesConfig, LatencyConfig, ScoringConfig,
+                                SynthesisConfig)
+from practise_df.finetune import COMPLETE_MARKER, DATAFREE_MIX
 from practise_df.pipeline import _finetune_config, compress
-from practise_df.config import CompressConfig, EvalConfig, FinetuneConfig, ImagesConfig, LatencyConfig, ScoringConfig
-
-from conftest import make_image_folder, randomize_norms
-
 
 # resnet18 at 64 channels in every stage: resnet18's blocks, a fifteenth of its parameters (the runs are plumbing)
 NARROW = {'channels': [64, 64, 64, 64]}
@@ -253,3 +263,282 @@ def test_latency_reduction_records_each_measurement_of_the_selection(tmp_path, i
     assert [(s['saved_pct'], s['saved_low']) for s in steps] == [(4.0, 1.0), (12.0, 9.0)]
     assert json.load(open(out / 'scores.json'))['steps'] == steps == json.load(open(out / 'report.json'))[
         'selection_steps']
+
+
+PIPELINE = importlib.import_module('practise_df.pipeline')  # the module: the package exports the function too
+
+
+# Issue 15: input the docs say is handled never crashes.
+def test_a_bad_block_latency_file_is_named_in_the_error(capsys, tmp_path):
+    path = tmp_path / 'lat.json'
+    for content, says in ((json.dumps({'blocks': {'layer1.0': {'saved_ms': 1, 'saved_pct': 'n/a'}}}), 'not a number'),
+                          ('{"blocks": ', 'cannot be read as JSON')):
+        path.write_text(content)
+        code, _, err = cli(capsys, 'compress', *MODEL, '--drop', 1, *TINY, '--block-latency', path,
+                           '--output-dir', tmp_path / 'run')
+        assert code == 2 and str(path) in err and says in err
+        hint = err[err.index('expected'):]
+        assert hint.count('{') == hint.count('}') and '{{' not in hint
+    assert not (tmp_path / 'run').exists()
+
+
+BAD_COMPRESS_ARGS = {
+    'eval data missing': (['--eval-data', '{tmp}/missing'], 'does not exist'),
+    'eval data without images': (['--eval-data', '{tmp}/empty'], 'No readable image'),
+    'drop more than the candidates': (['--drop', '9'], 'only 5 droppable blocks'),
+    'latency reduction 1.5': (['--latency-reduction', '1.5'], 'between 0 and 1'),
+    'latency reduction 0': (['--latency-reduction', '0'], 'between 0 and 1'),
+    'block latency missing': (['--block-latency', '{tmp}/missing.json'], 'does not exist'),
+    'block latency not JSON': (['--block-latency', '{tmp}/empty'], 'cannot be read as JSON'),
+    'block latency lacks candidates': (['--block-latency', '{tmp}/partial.json'], 'has no latency for block(s)'),
+    'synth steps 0': (['--synth-steps', '0'], 'at least 1'),
+    'synth steps -1': (['--synth-steps', '-1'], 'at least 1'),
+    'synth steps fewer than phases': (['--synth-steps', '1'], 'fewer than the 2 resolution phases'),
+    'synth batch 0': (['--synth-batch-size', '0'], 'at least 1'),
+    'adaptor steps 0': (['--adaptor-steps', '0'], 'at least 1'),
+    'finetune steps -1': (['--finetune-steps', '-1'], 'at least 0'),
+    'finetune batch 0': (['--finetune-batch-size', '0'], 'at least 1'),
+    'latency batch 0': (['--latency-batch-size', '0'], 'at least 1'),
+    'eval batch -1': (['--eval-batch-size', '-1'], 'at least 1'),
+    'score images 0': (['--score-images', '0'], 'at least 1'),
+    'more images than the folder': (['--images', '{images}', '--num-images', '50'], 'fewer than --num-images 50'),
+    'images missing': (['--images', '{tmp}/missing'], 'does not exist'),
+    'photo for crops missing': (['--images', 'crops:{tmp}/missing.jpg'], 'does not exist'),
+    'folder for crops without photos': (['--images', 'crops:{tmp}/empty'], 'holds no image'),
+    'seed -1': (['--seed', '-1'], 'argument --seed: must be at least 0, got -1'),
+    'a block named twice': (['--blocks', 'layer1.1,layer1.1'], 'names layer1.1 more than once'),
+    'more held out than images': (['--heldout-images', '4'], '--heldout-images) must be fewer than num_images (4'),
+    'settings file with a wrong type': (['--config', '{tmp}/typo.json'],
+                                        "'checkpoint_every' must be a whole number, got 'many'"),
+    'latency reduction out of reach': (['--latency-reduction', '0.99'], '--latency-reduction 0.99 cannot be reached'),
+    'latency reduction out of reach of the table': (
+        ['--latency-reduction', '0.5', '--block-latency', '{tmp}/small.json'], 'by the --block-latency table'),
+    'resume a run that does not exist': (['--resume'], "--resume: --output-dir '{tmp}/run' does not exist"),
+}
+
+
+# Issue 15: every argument is checked before the long work starts.
+@pytest.mark.parametrize('case', sorted(BAD_COMPRESS_ARGS))
+def test_compress_checks_its_arguments_before_writing_anything(capsys, no_long_work, tmp_path, images, case):
+    bad, says = BAD_COMPRESS_ARGS[case]
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'partial.json').write_text(json.dumps({'blocks': {'layer1.1': {'saved_ms': 1, 'saved_pct': 1}}}))
+    blocks = ['layer1.1', 'layer2.1', 'layer3.1', 'layer4.1', 'layer1.0']
+    (tmp_path / 'small.json').write_text(json.dumps({'blocks': {b: {'saved_ms': 1, 'saved_pct': 5} for b in blocks}}))
+    (tmp_path / 'typo.json').write_text(json.dumps({'finetune': {'checkpoint_every': 'many'}}))
+    selection = [] if {'--drop', '--latency-reduction', '--blocks'} & set(bad) else ['--drop', '1']
+    out = tmp_path / 'run'
+    code, _, err = cli(capsys, 'compress', *MODEL, *selection, *TINY,
+                       *[a.format(tmp=tmp_path, images=images) for a in bad], '--output-dir', out)
+    assert code == 2 and says.format(tmp=tmp_path) in err, err
+    assert not out.exists()
+
+
+def _synth_pngs(out):
+    root = out / 'synth'
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob('*.png')}
+
+
+# Issue 15: every argument is checked before the long work starts.
+def test_resume_takes_new_settings_of_unfinished_stages_only(capsys, monkeypatch, tmp_path, images):
+    out = tmp_path / 'run'
+    argv = ['compress', *MODEL, '--drop', 1, *TINY, '--output-dir', out]
+
+    def fail(*args, **kwargs):
+        raise ValueError('injected failure as finetuning starts')
+    monkeypatch.setattr(PIPELINE, 'finetune', fail)
+    code, _, err = cli(capsys, *argv, '--finetune-steps', 2)
+    assert code == 2 and 'injected' in err
+    monkeypatch.undo()
+    synthesized = _synth_pngs(out)
+    code, _, err = cli(capsys, *argv, '--resume', '--num-images', 6)  # the images are finished
+    assert code == 2 and 'images.num_images' in err
+    code, out_text, _ = cli(capsys, *argv, '--resume', '--finetune-steps', 1, '--eval-data', images, '--json')
+    assert code == 0 and json.loads(out_text)['finetune']['steps'] == 1 and 'eval' in json.loads(out_text)
+    assert _synth_pngs(out) == synthesized, 'the images were synthesized again'
+
+
+# Issue 15: every argument is checked before the long work starts.
+def test_a_run_stopped_by_a_bad_argument_restarts_without_overwrite(capsys, tmp_path, images):
+    out = tmp_path / 'run'
+    argv = ['compress', *MODEL, '--drop', 1, *TINY, '--output-dir', out]
+    code, _, err = cli(capsys, *argv, '--eval-data', tmp_path / 'missing')
+    assert code == 2 and not out.exists()
+    out.mkdir()  # a run stopped after writing only its settings did no work either
+    (out / 'run.json').write_text(run_settings(out, seed=7))  # other settings
+    code, _, err = cli(capsys, *argv, '--eval-data', images)
+    assert code == 0, err
+
+
+# Issue 28: what a run says about itself.
+def test_a_run_without_finetuning_says_so_and_claims_no_recovery(capsys, tmp_path):
+    out = tmp_path / 'run'
+    code, _, err = cli(capsys, 'compress', *MODEL, '--blocks', 'layer4.1', *TINY, '--output-dir', out)
+    assert code == 0, err
+    assert [line[:5] for line in err.splitlines() if line.startswith('[')] == \
+        ['[1/5]', '[2/5]', '[3/5]', '[4/5]', '[5/5]']
+    assert '[4/5] finetuning: skipped' in err and '--model timm:resnet18 has no --weights' in err
+    card = (out / 'model' / 'README.md').read_text()
+    assert 'not finetuned' in card and 'recover' not in card.split('## Use')[0]
+
+
+def _cli(args):
+    return [sys.executable, '-m', 'practise_df.cli', *args]
+
+
+def _count(out, stage):
+    if stage == 'synth':
+        d = os.path.join(out, 'synth')
+        return sum(f.endswith('.png') for _, _, fs in os.walk(d) for f in fs) if os.path.isdir(d) else 0
+    if stage == 'scoring':
+        journal = os.path.join(out, 'scores.partial.jsonl')
+        return sum(1 for _ in open(journal)) if os.path.isfile(journal) else 0
+    # Old checkpoints are pruned: count by the newest complete one (a kill before the first is
+    # complete rightly leaves nothing to resume from).
+    d = os.path.join(out, 'checkpoints')
+    numbers = [int(n.rsplit('_', 1)[-1]) for n in (os.listdir(d) if os.path.isdir(d) else [])
+               if os.path.exists(os.path.join(d, n, COMPLETE_MARKER))]
+    return max(numbers) + 1 if numbers else 0
+
+
+def _run_and_kill(args, out, stage, at_least, rng):
+    """Start the CLI, SIGKILL it once ``stage`` has produced ``at_least`` items plus a random delay."""
+    proc = subprocess.Popen(_cli(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, cwd=ROOT)
+    deadline = time.time() + 600
+    while _count(out, stage) < at_least:
+        if proc.poll() is not None:
+            raise AssertionError(f'the run ended before {stage} reached {at_least} items:\n'
+                                 f'{proc.stderr.read().decode()[-3000:]}')
+        assert time.time() < deadline, f'{stage} never reached {at_least} items'
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0, 0.05))  # land anywhere, also inside a write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be interrupted'
+
+
+def _synth_files(out):
+    d = os.path.join(out, 'synth')
+    files = {os.path.relpath(os.path.join(r, f), d): open(os.path.join(r, f), 'rb').read()
+             for r, _, fs in os.walk(d) for f in fs if f.endswith('.png')}
+    records = sorted(open(os.path.join(d, 'metadata.jsonl')).read().splitlines())
+    return files, records
+
+
+def _sha256(path):
+    return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+
+
+# Issue 7: interrupted runs, untouched inputs, determinism and failing ranks.
+def test_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path, teacher_files):
+    """Killed with SIGKILL (no clean-up handlers run) at a random point inside synthesis, then inside scoring, then
+    inside finetuning, and resumed each time, the run's artefacts match an uninterrupted run with the same seed,
+    which also shows the pipeline is deterministic on CPU."""
+    weights, latency = teacher_files
+    inputs = {p: _sha256(p) for p in teacher_files}
+    reference = tmp_path / 'reference'
+    proc = subprocess.run(_cli(compress_args(reference, weights, latency)), capture_output=True, text=True, env=ENV,
+                          cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    seed = int(os.environ.get('PRACTISE_DF_TEST_SEED', time.time_ns() % 10**6))
+    rng = random.Random(seed)
+    print(f'kill points drawn with seed {seed} (PRACTISE_DF_TEST_SEED={seed} repeats them)')
+    out = tmp_path / 'interrupted'
+    _run_and_kill(compress_args(out, weights, latency), out, 'synth', 4 * rng.randint(1, 3), rng)
+    resume = compress_args(out, weights, latency) + ['--resume']
+    _run_and_kill(resume, out, 'scoring', rng.randint(1, 3), rng)  # of 5 blocks
+    _run_and_kill(resume, out, 'finetune', rng.randint(1, 4), rng)
+    proc = subprocess.run(_cli(resume + ['--json']), capture_output=True, text=True, env=ENV, cwd=ROOT,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'resumed from' in proc.stderr, 'finetuning did not continue from its last checkpoint'
+
+    assert _synth_files(out) == _synth_files(reference), 'same images, byte for byte'
+    got, want = (json.load(open(d / 'scores.json')) for d in (out, reference))
+    assert got['selected'] == want['selected']
+    assert [(s['block'], s['recoverability']) for s in got['scores']] == \
+        [(s['block'], pytest.approx(s['recoverability'], rel=1e-6)) for s in want['scores']]
+    a, b = (load_compressed(str(d / 'model')).state_dict() for d in (out, reference))
+    for k, v in b.items():
+        assert torch.allclose(a[k].float(), v.float(), rtol=1e-5, atol=1e-7), k
+    assert json.loads(proc.stdout)['dropped_blocks'] == want['selected']
+    assert {p: _sha256(p) for p in teacher_files} == inputs, 'the teacher weights file was modified'
+    leftovers = [os.path.join(r, f) for r, ds, fs in os.walk(out) for f in ds + fs if f.endswith(('.tmp', '.old'))]
+    assert not leftovers, f'temporary files left behind: {leftovers}'
+
+
+def _tree_digest(root):
+    return {os.path.relpath(os.path.join(r, f), root): (_sha256(os.path.join(r, f)),
+                                                        os.stat(os.path.join(r, f)).st_mtime_ns)
+            for r, _, fs in os.walk(root) for f in fs}
+
+
+# Issue 7: interrupted runs, untouched inputs, determinism and failing ranks.
+def test_inputs_are_never_modified(tmp_path, teacher_files):
+    weights, _ = teacher_files
+    images = make_image_folder(str(tmp_path / 'images'), classes=('a', 'b', 'c'), per_class=4, size=40)
+    with open(os.path.join(images, 'a', 'broken.png'), 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n truncated')  # skipped and counted, never "repaired"
+    before, weights_sum = _tree_digest(images), _sha256(weights)
+    config = CompressConfig(model='timm:resnet18', weights=weights, output_dir=str(tmp_path / 'run'),
+                            input_size=TEACHER_SIZE, images=ImagesConfig(source=images, num_images=12, heldout=4),
+                            scoring=ScoringConfig(drop=1, num_images=8), latency=LatencyConfig(batch_size=2, repeats=2),
+                            eval=EvalConfig(data=images), finetune=FinetuneConfig(steps=2, batch_size=4))
+    report = compress(config, progress=False)
+    assert report['eval']['teacher']['images'] == 12 and report['eval']['skipped_files'] == 1
+    assert _tree_digest(images) == before and _sha256(weights) == weights_sum
+
+
+# Issue 7: interrupted runs, untouched inputs, determinism and failing ranks.
+def test_same_seed_same_block_choice_in_process(tmp_path, teacher_files):
+    """Determinism without subprocesses: scoring twice in one process gives identical scores."""
+    weights, latency = teacher_files
+    runs = []
+    for name in ('one', 'two'):
+        config = CompressConfig(model='timm:resnet18', weights=weights, output_dir=str(tmp_path / name),
+                                input_size=TEACHER_SIZE, images=ImagesConfig(num_images=8, heldout=4),
+                                synthesis=SynthesisConfig(batch_size=4, steps=5),
+                                scoring=ScoringConfig(drop=2, num_images=4, adaptor_steps=10),
+                                latency=LatencyConfig(block_latency=latency),
+                                finetune=FinetuneConfig(steps=0))
+        compress(config, progress=False)
+        runs.append(json.load(open(tmp_path / name / 'scores.json')))
+    for run in runs:
+        for s in run['scores']:
+            s.pop('seconds')
+    assert runs[0] == runs[1]
+
+
+# Issue 7: interrupted runs, untouched inputs, determinism and failing ranks.
+def test_block_latency_file_errors(tmp_path, teacher_files):
+    weights, _ = teacher_files
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps({'blocks': {'layer1.1': {'saved_ms': 1.0, 'saved_pct': 1.0}}}))
+    config = CompressConfig(model='timm:resnet18', weights=weights, output_dir=str(tmp_path / 'run'),
+                            input_size=TEACHER_SIZE, images=ImagesConfig(num_images=4, heldout=2),
+                            synthesis=SynthesisConfig(batch_size=4, steps=2), scoring=ScoringConfig(drop=1),
+                            latency=LatencyConfig(block_latency=str(bad)), finetune=FinetuneConfig(steps=0))
+    with pytest.raises(ValueError, match=r'has no latency for block\(s\) layer1\.0, layer2\.1.*--per-block'):
+        compress(config, progress=False)
+    assert not (tmp_path / 'run').exists(), 'checked before anything is written'
+    bad.write_text('[1, 2]')
+    with pytest.raises(ValueError, match='is not a per-block latency file'):
+        compress(config, progress=False)
+
+
+# Issue 7: interrupted runs, untouched inputs, determinism and failing ranks.
+def test_a_run_json_reproduces_the_run(tmp_path, teacher_files):
+    """`compress --config RUN/run.json --output-dir NEW` makes the same run again: the same blocks and, on the
+    CPU, the same weights (block latency pinned with --block-latency, as live latency can change the choice)."""
+    from practise_df.cli import main
+    weights, latency = teacher_files
+    first, second = tmp_path / 'first', tmp_path / 'second'
+    assert main(compress_args(first, weights, latency) + ['--finetune-steps', '3', '--json']) == 0
+    assert main(['compress', '--config', str(first / 'run.json'), '--output-dir', str(second), '--json']) == 0
+    a, b = (json.load(open(d / 'run.json')) for d in (first, second))
+    assert {**a, 'output_dir': None} == {**b, 'output_dir': None}
+    assert json.load(open(first / 'scores.json'))['selected'] == json.load(open(second / 'scores.json'))['selected']
+    x, y = (load_compressed(str(d / 'model')).state_dict() for d in (first, second))
+    assert all(torch.equal(v, y[k]) for k, v in x.items())

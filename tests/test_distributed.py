@@ -1,12 +1,15 @@
 """The same seed gives the same block scores in every run and on any number of processes, and every long
-stage spread over the processes (scoring, the guard, evaluation, robustness) gives the numbers of one."""
+stage spread over the processes (scoring, the guard, evaluation, robustness) gives the numbers of one; two ranks
+never write the same file, and a failing rank ends the job (practise_df._distributed under accelerate launch)."""
 import contextlib
 import json
+import os
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import MODEL, TINY, accelerate_launch, compress_args, launch_log, make_image_folder, randomize_norms
 from practise_df import create_model, load_compressed
 from practise_df.blocks import find_blocks
 from practise_df.cli import main
@@ -15,8 +18,6 @@ from practise_df.models import resolve_data_config
 from practise_df.pipeline import PARTIAL_SCORES_FILE
 from practise_df.recovery import student_at
 from synth.ood import photo_crops
-
-from conftest import accelerate_launch, launch_log, make_image_folder, randomize_norms
 
 SIZE = 32
 SCRIPT = 'tests/scripts/cli_ranks.py'
@@ -176,3 +177,46 @@ def test_eval_alone_joins_the_processes_in_one_group_on_a_cpu_only_machine(tmp_p
                      '--json']])
     assert proc.returncode == 0, launch_log(proc)
     assert proc.stdout.count('"latency_ms"') == 1, proc.stdout  # printed by the one main process
+
+
+# Issue 15: two runs, a failing rank and a full disk lose nothing.
+@pytest.mark.parametrize('stage', ['scoring', 'finetune'])
+def test_a_failing_main_process_ends_the_job(tmp_path, stage):
+    """Rank 0 fails while rank 1 waits for it (scoring runs on the main process only) or works beside it."""
+    (tmp_path / 'audit').mkdir()
+    args = [tmp_path / 'audit', '--crash-rank', 0, '--crash-in', stage, '--', *MODEL, '--drop', 1, *TINY,
+            '--num-images', 8, '--finetune-steps', 2, '--output-dir', tmp_path / 'run']
+    # rank 1 left waiting for the failed main process would keep the launch running past the timeout: a failure
+    proc = accelerate_launch('tests/scripts/compress_ranks.py', args, timeout=150, env={'OMP_NUM_THREADS': '1'})
+    assert proc.returncode != 0 and 'injected failure on rank 0' in proc.stderr, launch_log(proc)
+
+
+def _launch_compress(tmp_path, teacher_files, extra=()):
+    weights, latency = teacher_files
+    audit = tmp_path / 'audit'
+    audit.mkdir()
+    out = tmp_path / 'run'
+    args = [audit, *extra, '--', *compress_args(out, weights, latency)[1:]]
+    return accelerate_launch('tests/scripts/compress_ranks.py', args, timeout=600), audit, out
+
+
+# Issue 7: interrupted runs, untouched inputs, determinism and failing ranks.
+def test_two_ranks_never_write_the_same_file(tmp_path, teacher_files):
+    proc, audit, out = _launch_compress(tmp_path, teacher_files)
+    assert proc.returncode == 0, launch_log(proc)
+    root = os.path.realpath(out) + os.sep  # the run's files (not /dev/null or system temp files)
+    writes = [{p for p in open(audit / f'rank{r}.txt').read().split() if p.startswith(root)} for r in (0, 1)]
+    assert writes[0] and writes[1], 'both ranks wrote something (their synthesis shards at least)'
+    assert not writes[0] & writes[1], f'both ranks wrote {sorted(writes[0] & writes[1])}'
+    assert any('metadata-rank1' in p for p in writes[1])
+    assert os.path.isfile(out / 'report.json')
+
+
+# Issue 7: interrupted runs, untouched inputs, determinism and failing ranks.
+def test_a_crashing_rank_stops_the_job_with_its_error(tmp_path, teacher_files):
+    """The launcher stops rank 0 when rank 1 crashes; rank 0 left waiting for it would keep the launch running
+    until accelerate_launch's timeout, which fails the test."""
+    proc, _, out = _launch_compress(tmp_path, teacher_files, ['--crash-rank', '1'])
+    assert proc.returncode != 0
+    assert 'injected failure on rank 1' in proc.stderr, launch_log(proc)
+    assert not os.path.exists(out / 'report.json')

@@ -15,9 +15,9 @@ from huggingface_hub import ModelCard
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
 
-from conftest import ROOT, make_image_folder, randomize_norms  # noqa: E402
-from practise_df import (create_model, drop_blocks, export_model, load_compressed, load_exported,  # noqa: E402
-                         save_compressed)
+import practise_df.export  # noqa: E402
+from conftest import MODEL, ROOT, boom, cli, make_image_folder, randomize_norms  # noqa: E402
+from practise_df import create_model, drop_blocks, export_model, load_compressed, load_exported, save_compressed  # noqa: E402
 from practise_df.cli import main  # noqa: E402
 from practise_df.cli.compress import render_report  # noqa: E402
 from practise_df.export import read_metadata  # noqa: E402
@@ -312,3 +312,16 @@ def test_int8_quantization_is_onnx_runtime_static_with_metadata_and_reported_dif
         export_model(load_compressed(student_dir), str(tmp_path / 'x.pt2'), 'torch-export', quantize='int8')
     with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
         export_model(load_compressed(student_dir), str(tmp_path / 'x.onnx'), quantize='int4')
+
+
+# Issue 28: a run folder is known by its content; outputs never in place of inputs.
+def test_export_checks_atol_and_data_before_exporting(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(practise_df.export, 'export_onnx', boom)
+    monkeypatch.setattr(practise_df.export, 'export_torch', boom)
+    (tmp_path / 'empty').mkdir()
+    out = tmp_path / 'm.onnx'
+    code, _, err = cli(capsys, 'export', *MODEL, '--output', out, '--atol', -1)
+    assert code == 2 and 'argument --atol: must be at least 0, got -1' in err
+    code, _, err = cli(capsys, 'export', *MODEL, '--output', out, '--data', tmp_path / 'empty')
+    assert code == 2 and 'No readable image' in err
+    assert os.listdir(tmp_path) == ['empty']

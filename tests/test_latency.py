@@ -1,5 +1,6 @@
-"""The latency measurement itself, on a fake clock: intervals, when repeats stop, the warning, and the
-selection rule that uses the interval's low end. No test here asserts a real timing."""
+"""practise_df.latency: the measurement itself, on a fake clock: intervals, when repeats stop, the warning, and
+the selection rule that uses the interval's low end; and the latency command's block names. No test here asserts a
+real timing."""
 import math
 import random
 
@@ -7,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import MODEL, cli
 from practise_df import scoring
-from practise_df.latency import (MIN_ROUNDS, Comparison, Latency, Saving, compare_latency, median_interval,
-                                 paired_saving)
+from practise_df.latency import MIN_ROUNDS, Comparison, Latency, Saving, compare_latency, median_interval, paired_saving
 from practise_df.scoring import BlockScore, comparable_savings, select_blocks
 
 SIZE = (3, 4, 4)
@@ -161,3 +162,9 @@ def test_tied_savings_are_ordered_by_recoverability(tiny_resnet):
     assert [s.block for s in scores] == [s.block for s in by_rec]
     assert all(s.score == pytest.approx(s.recoverability / 11.0) for s in scores)
     assert scores[0].saved_low is not None
+
+
+# Issue 15: every argument is checked before the long work starts.
+def test_latency_refuses_a_name_that_is_not_a_block(capsys):
+    code, _, err = cli(capsys, 'latency', *MODEL, '--per-block', '--blocks', 'layer1.1,fc')
+    assert code == 2 and 'Not droppable: fc' in err

@@ -1,13 +1,14 @@
-"""The recipes end to end at a tiny scale, as users launch them."""
+"""The recipes end to end at a tiny scale, as users launch them, and without a network (one clear line)."""
 import json
 import os
 import runpy
 import subprocess
 import sys
+import time
 
 import pytest
 
-from conftest import ROOT, accelerate_launch, launch_log
+from conftest import ENV, ROOT, accelerate_launch, launch_log
 
 # Latency at batch 2 with 2 timed runs: the default (batch 32, 10 runs, on all 12 candidate blocks) took
 # three quarters of a smoke run, and timing is not what this test checks.
@@ -53,3 +54,23 @@ def test_recipes_refuse_missing_images(tmp_path, monkeypatch, capsys, recipe):
         runpy.run_path(os.path.join(ROOT, recipe), run_name='__main__')
     assert stop.value.code == 2 and 'needs --images' in capsys.readouterr().err
     assert not (tmp_path / 'x').exists()
+
+
+# Issue 15: every argument is checked before the long work starts.
+@pytest.mark.parametrize('network', ['HF_HUB_OFFLINE=1', 'hub unreachable'])
+def test_a_recipe_without_network_fails_at_once_and_leaves_nothing(tmp_path, network):
+    env = {k: v for k, v in ENV.items() if k.upper() not in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HTTPS_PROXY',
+                                                             'HTTP_PROXY', 'ALL_PROXY')}
+    env['HF_HUB_CACHE'] = str(tmp_path / 'hub-cache')  # nothing cached
+    if network == 'HF_HUB_OFFLINE=1':
+        env['HF_HUB_OFFLINE'] = '1'
+    else:  # a Hub that refuses connections: huggingface_hub alone retries it ~50 s
+        env['HF_ENDPOINT'] = 'http://127.0.0.1:9'
+    out = tmp_path / 'run'
+    start = time.time()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'recipes', 'datafree_resnet50.py'), '--output-dir',
+                           str(out)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and 'Cannot fetch the pretrained weights' in proc.stderr
+    assert '--weights FILE' in proc.stderr and 'Traceback' not in proc.stderr
+    assert time.time() - start < 30
+    assert not out.exists() and not (tmp_path / 'runs').exists()

@@ -1,21 +1,24 @@
-"""Robustness evaluation: accuracy under corruptions, CE / mCE against the teacher, CLI and compress.
+"""practise_df.robustness: accuracy under corruptions, CE / mCE against the teacher, the summary and heatmap,
+the command's checks before evaluating, CLI and compress.
 
 The evaluation itself runs on ``TORCH_DEVICE`` (default cpu; ``TORCH_DEVICE=cuda pytest ...`` checks a GPU)."""
 import json
 import os
+import sys
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import DEVICE, make_image_folder
+import practise_df.robustness
+from conftest import DEVICE, MODEL, cli, make_image_folder
 from practise_df import drop_blocks, resolve_data_config
 from practise_df.cli import main
-from practise_df.pipeline import CompressConfig, check_settings, compress
-from synth.data import ImageFolderDataset, eval_transform
 from practise_df.finetune import FinetuneConfig
+from practise_df.pipeline import CompressConfig, check_settings, compress
 from practise_df.robustness import (_summary, evaluate_folder_robustness, evaluate_robustness, robustness_table,
-                                   save_heatmap)
+                                    save_heatmap)
+from synth.data import ImageFolderDataset, eval_transform
 
 SUBSET = dict(corruptions='gaussian_noise,fog,jpeg_compression', severities='1,5', device=DEVICE)
 
@@ -163,3 +166,38 @@ def test_compress_adds_robustness_to_the_report(tmp_path):
     with pytest.raises(ValueError, match='Unknown corruption'):  # a registry name: checked before any work
         check_settings(CompressConfig(model='timm:resnet18', output_dir='x', scoring={'drop': 1},
                                       eval={'data': images}, robustness={'enabled': True, 'corruptions': 'rain'}))
+
+
+# Issue 15: input the docs say is handled never crashes.
+def test_robustness_without_labels_or_teacher_says_so_before_evaluating(capsys, no_long_work, tmp_path):
+    flat = make_image_folder(str(tmp_path / 'flat'), classes=(), flat=4, size=40)
+    code, _, err = cli(capsys, 'robustness', *MODEL, '--data', flat)
+    assert code == 2 and 'no labels' in err and '--teacher' in err and 'KeyError' not in err
+
+
+# Issue 15: input the docs say is handled never crashes.
+def test_robustness_output_naming_a_folder_is_refused_before_evaluating(capsys, no_long_work, images, tmp_path):
+    code, _, err = cli(capsys, 'robustness', *MODEL, '--data', images, '--output', tmp_path)
+    assert code == 2 and 'is a directory; name a file' in err
+
+
+# Issue 15: input the docs say is handled never crashes.
+def test_a_heatmap_that_cannot_be_drawn_keeps_the_numbers(capsys, monkeypatch, images, tmp_path):
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # as if matplotlib were not installed
+    out = tmp_path / 'r.json'
+    code, text, _ = cli(capsys, 'robustness', *MODEL, '--data', images, '--corruptions', 'fog', '--severities', 1,
+                        '--output', out, '--heatmap', tmp_path / 'h.png')
+    assert code == 0 and 'heatmap: not drawn' in text and 'matplotlib' in text
+    saved = json.loads(out.read_text())
+    assert saved['heatmap'].startswith('not drawn') and 'fog' in saved['corruptions']
+    assert not (tmp_path / 'h.png').exists()
+
+
+# Issue 28: a run folder is known by its content; outputs never in place of inputs.
+def test_the_robustness_summary_never_prints_a_percent_of_nothing():
+    cell = {'top1': 100.0, 'teacher_top1': 100.0, 'agreement': 100.0}
+    result = {'images': 2, 'severities': [1], 'clean': cell, 'corruptions': {'fog': {'1': cell}},
+              'summary': {'ce': {'fog': None}, 'mce': None, 'relative_mce': None, 'mean_corruption_top1': 100.0,
+                          'teacher_mean_corruption_top1': 100.0}}
+    text = practise_df.robustness.robustness_table(result)
+    assert 'n/a%' not in text and 'relative mCE: n/a' in text and 'the teacher makes no error' in text

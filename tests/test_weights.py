@@ -1,3 +1,5 @@
+"""Weights of a model spec (practise_df.models): files, random weights in every command, and weights of
+another architecture."""
 import os
 from collections import OrderedDict
 
@@ -5,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import MODEL, TINY, cli
 from practise_df import create_model
 from practise_df.models import efficientnet_lite0_weights, parse_spec
 
@@ -106,3 +109,49 @@ def test_packaged_lite0_weights_map_onto_timm():
     assert torch.equal(model.conv_stem.weight, raw['_conv_stem.weight'])
     assert torch.equal(model.classifier.weight, raw['_fc.weight'])
     assert os.path.getsize(path) > 1_000_000
+
+
+RANDOM_WEIGHTS = {  # every command taking --weights (and the other models' weights flags)
+    'blocks': ['blocks'],
+    'latency': ['latency', '--repeats', '1', '--warmup', '0'],
+    'score': ['score', '--data', '{images}', '--train-images', '4', '--heldout-images', '2', '--adaptor-steps', '1',
+              '--candidates', 'layer4.1', '--latency-repeats', '1'],
+    'eval': ['eval', '--data', '{images}', '--repeats', '1', '--teacher', 'timm:resnet18', '--teacher-weights',
+             'random'],
+    'robustness': ['robustness', '--data', '{images}', '--corruptions', 'fog', '--severities', '1', '--teacher',
+                   'timm:resnet18', '--teacher-weights', 'random'],
+    'synth': ['synth', '--num-images', '2', '--batch-size', '2', '--synth-steps', '2', '--output-dir', '{tmp}/s',
+              '--student', 'timm:resnet18', '--student-weights', 'random'],
+    'compress': ['compress', '--drop', '1', *TINY, '--output-dir', '{tmp}/c'],
+    'export': ['export', '--format', 'torch-export', '--output', '{tmp}/m.pt2'],
+}
+
+
+# Issue 15: every argument is checked before the long work starts.
+@pytest.mark.parametrize('command', sorted(RANDOM_WEIGHTS))
+def test_weights_random_works_in_every_command(capsys, tmp_path, images, command):
+    argv = [a.format(images=images, tmp=tmp_path) for a in RANDOM_WEIGHTS[command]]
+    code, _, err = cli(capsys, argv[0], *MODEL, '--weights', 'random', *argv[1:])
+    assert code == 0, err
+
+
+# Issue 15: every argument is checked before the long work starts.
+def test_weights_of_another_architecture_name_the_mismatch(capsys, tmp_path):
+    path = tmp_path / 'resnet34.safetensors'
+    save_file(create_model('timm:resnet34').state_dict(), str(path))
+    code, _, err = cli(capsys, 'blocks', *MODEL, '--weights', path)
+    assert code == 2 and 'layer1.2' in err and 'include []' not in err and 'do not fit' in err
+
+
+# Issue 28: what a run says about itself.
+def test_a_model_with_random_weights_where_they_matter_is_warned_about(capsys, images):
+    argv = ['eval', *MODEL, '--weights', 'random', '--data', images, '--repeats', 1, '--batch-size', 2,
+            '--teacher', 'timm:resnet18']
+    code, text, err = cli(capsys, *argv)
+    assert code == 0 and err.count('warning:') == 1
+    assert '--teacher timm:resnet18 has no --teacher-weights, so it is built with random weights' in err
+    assert 'timm:resnet18 (teacher)' in text  # the teacher's row beside the model's
+    code, _, err = cli(capsys, *argv, '--teacher-weights', 'random')  # random on purpose
+    assert code == 0 and 'warning:' not in err
+    code, _, err = cli(capsys, 'latency', *MODEL, '--repeats', 1, '--warmup', 0)  # timing: weights do not matter
+    assert code == 0 and 'warning:' not in err

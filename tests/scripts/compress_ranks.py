@@ -1,4 +1,4 @@
-"""One rank of a tiny ``practise-df compress`` under ``accelerate launch``; used by tests/test_reliability.py.
+"""One rank of a tiny ``practise-df compress`` under ``accelerate launch``; used by tests/test_distributed.py.
 
     compress_ranks.py AUDIT_DIR [--crash-rank R [--crash-in finetune|scoring]] -- COMPRESS ARGS...
 

@@ -1,7 +1,8 @@
-"""Issue 29: a customer's own model through every command. A timm test model finetuned to 5 classes (a
-state dict, a timm folder written by ``save_for_hf``, a timm ``train.py`` checkpoint with its ``args.yaml``),
-a network of the customer's own code (``tests/own_network.py`` through ``py:``), a model changed after it
-was built (refused at save, nothing written), and the bad input of each: one clear line, before any work.
+"""practise_df.models: model specs for a customer's own model, through every command (issue 29). A timm test
+model finetuned to 5 classes (a state dict, a timm folder written by ``save_for_hf``, a timm ``train.py``
+checkpoint with its ``args.yaml``), a network of the customer's own code (``tests/own_network.py`` through
+``py:``), a model changed after it was built (refused at save, nothing written), and the bad input of each: one
+clear line, before any work.
 """
 import argparse
 import dataclasses
