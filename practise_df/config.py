@@ -52,6 +52,9 @@ DEFAULT_LR = {'mir': 0.02, 'kd': 0.002, 'mir+kd': 0.002, 'ce': 1e-4}
 SIGNAL = 'kl'
 SIGNAL_IMAGE_SOURCE = 'photos'
 SIGNAL_IMAGES = ('pool', 'guard-images', 'photos')
+# Crops of the sample photos (or the user's photos) measured when those are the signal images (--recovery-crops):
+# the teacher and each candidate run once over them.
+PHOTO_CROPS = 256
 
 
 def check_repeats(repeats: Union[int, str]) -> Union[int, str]:
@@ -258,6 +261,7 @@ class EvalConfig:
     # Where closeness is measured: 'pool' (the run's images held out from finetuning whole), 'guard-images' or
     # 'photos' (scikit-image's sample photos). None: 'guard-images' when given, else SIGNAL_IMAGE_SOURCE.
     recovery_images: Optional[str] = None
+    recovery_crops: int = PHOTO_CROPS  # crops of the photos measured when those are the signal images
     # 'onnx' or 'int8': the deployable file (EXPORT_FILES) written into the run through export_model, checked
     # against PyTorch, evaluated on `data` and timed against the teacher in ONNX Runtime
     export: Optional[str] = None
@@ -266,6 +270,7 @@ class EvalConfig:
         _positive(max_images=self.max_images, batch_size=self.batch_size)
         if self.export is not None and self.export not in EXPORTS:
             raise ValueError(f"Unknown export '{self.export}'; choose from {', '.join(EXPORTS)}.")
+        _positive(recovery_crops=self.recovery_crops)
         mixes = self.finetune_mixes
         if mixes is not None and not (mixes and all(0 < m <= 1 for m in mixes)):
             raise ValueError(f'finetune_mixes (--finetune-mixes) are fractions of the finetuning update in (0, 1], '

@@ -613,7 +613,7 @@ def _guard(run: Run, finetuned, dropped_student, dropped: Dropped, main: bool) -
     (by the main process; every process measures its share of the images)."""
     config, ev = run.config, run.config.eval
     images, source = signal_images(ev.signal_images, run.data_config, dropped.pool, dropped.held_idx,
-                                   ev.guard_images, config.seed)
+                                   ev.guard_images, config.seed, ev.recovery_crops)
     mixes = [config.finetune.mix] if config.finetune.mix is not None else ev.finetune_mixes or MIXES
     kept, choice = choose_student(run.teacher, dropped_student, finetuned, images, mixes, ev.guard_signal,
                                   lr=_finetune_config(config).learning_rate, source=source, batch_size=ev.batch_size)

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from synth import SingleImageCrops
 from synth.ood import photo_crops
 
-from .config import SIGNAL, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES  # noqa: F401  (compress's defaults, re-exported)
+from .config import PHOTO_CROPS, SIGNAL, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES  # noqa: F401  (compress's defaults)
 from .finetune import interpolate_weights
 from .guard import SIGNALS, closeness
 
@@ -52,8 +52,6 @@ MIXES = (0.1, 0.25, 0.5, 1.0)
 # (photos/KL: 84.2% / 88.6% of 456 pairs at 2 SE, 85.7% / 89.9% at 1, 87.5% / 91.7% at 0; BENCHMARKS "Which
 # recovered student to keep"). Every candidate's gain and its SE are in report.json.
 MIN_Z = 0.0
-# Crops of the sample photos (or the user's photos) measured, when those are the signal images.
-PHOTO_CROPS = 256
 
 DROPPED = 'dropped'
 
@@ -238,19 +236,20 @@ def split_pool(pool: Dataset, heldout: int, seed: int) -> Tuple[List[int], List[
 
 
 def signal_images(source: str, data_config: dict, pool: Optional[Dataset] = None, held: Sequence[int] = (),
-                  photos: Optional[Sequence[str]] = None, seed: int = 0) -> Tuple[torch.Tensor, str]:
+                  photos: Optional[Sequence[str]] = None, seed: int = 0,
+                  num_crops: int = PHOTO_CROPS) -> Tuple[torch.Tensor, str]:
     """(images, what they are) for :func:`choose_student`. ``source`` is one of :data:`SIGNAL_IMAGES`:
     ``pool`` stacks ``pool[held]`` (the run's images held out whole by :func:`split_pool`) and falls back to
     the sample photos for crops of a single photo, which cannot be held out whole; ``guard-images`` crops
-    ``photos``; ``photos`` crops scikit-image's sample photos."""
+    ``photos``; ``photos`` crops scikit-image's sample photos (``num_crops`` crops of either)."""
     if source not in SIGNAL_IMAGES:
         raise ValueError(f"Unknown signal images '{source}'; choose from {', '.join(SIGNAL_IMAGES)}.")
     if source == 'guard-images' and not photos:
         raise ValueError("Signal images 'guard-images' need photos: pass --guard-images PHOTOS.")
     if source == 'pool':
         if isinstance(pool, SingleImageCrops) and photos_of(pool) is None:
-            return (photo_crops(data_config, num_images=PHOTO_CROPS, seed=seed),
-                    f'{PHOTO_CROPS} crops of the sample photos (the pool is crops of one photo, which cannot be '
+            return (photo_crops(data_config, num_images=num_crops, seed=seed),
+                    f'{num_crops} crops of the sample photos (the pool is crops of one photo, which cannot be '
                     'held out whole)')
         if not held:
             raise ValueError('Signal images: the pool has no held-out images; hold some out (--heldout-images).')
@@ -258,4 +257,4 @@ def signal_images(source: str, data_config: dict, pool: Optional[Dataset] = None
         return torch.stack([pool[i][0] for i in held]), f'{len(held)} {what} of the pool, held out from finetuning'
     chosen = photos if source == 'guard-images' else None
     where = f"--guard-images {','.join(photos)}" if chosen else 'the sample photos'
-    return photo_crops(data_config, chosen, PHOTO_CROPS, seed), f'{PHOTO_CROPS} crops of {where}'
+    return photo_crops(data_config, chosen, num_crops, seed), f'{num_crops} crops of {where}'

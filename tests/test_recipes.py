@@ -11,9 +11,11 @@ import pytest
 from conftest import ENV, ROOT, accelerate_launch, launch_log
 
 # Latency at batch 2 with 2 timed runs: the default (batch 32, 10 runs, on all 12 candidate blocks) took
-# three quarters of a smoke run, and timing is not what this test checks.
+# three quarters of a smoke run, and timing is not what this test checks. 16 photo crops for the recovery
+# choice, not 256: resnet50 over 256 crops for the teacher and each of 5 candidates was 16 s of a 36 s run.
 SMOKE = ['--weights', 'random', '--num-images', '16', '--input-size', '64', '--synth-steps', '5',
-         '--finetune-steps', '5', '--latency-batch-size', '2', '--latency-repeats', '2', '--adaptor-steps', '10']
+         '--finetune-steps', '5', '--latency-batch-size', '2', '--latency-repeats', '2', '--adaptor-steps', '10',
+         '--recovery-crops', '16']
 
 
 @pytest.mark.parametrize('processes', [1, 2])
@@ -32,7 +34,7 @@ def test_datafree_resnet50_smoke(tmp_path, processes):
 
 TINY = ['--model', 'timm:resnet18', '--weights', 'random', '--num-images', '12', '--input-size', '32',
         '--finetune-steps', '2', '--finetune-batch-size', '4', '--drop', '1', '--score-images', '8',
-        '--adaptor-steps', '10', '--latency-batch-size', '2', '--latency-repeats', '2']
+        '--adaptor-steps', '10', '--latency-batch-size', '2', '--latency-repeats', '2', '--recovery-crops', '16']
 
 
 @pytest.mark.parametrize('recipe,extra', [('recipes/ood.py', []), ('recipes/fewshot.py', ['--loss', 'ce'])])

@@ -203,6 +203,17 @@ def test_crops_signal_is_whole_photos_finetuning_never_saw(tmp_path, monkeypatch
     assert trained[0] and not {i % 4 for i in trained[0]} & held_photos
 
 
+def test_the_photos_signal_measures_as_many_crops_as_asked(tmp_path, monkeypatch):
+    """The default signal images, the sample photos: --recovery-crops N of them, never the pool."""
+    images = make_image_folder(str(tmp_path / 'images'), classes=('0', '1'), per_class=8)
+    out = tmp_path / 'run'
+    seen = _distance_signal(monkeypatch, out, +1)
+    report = compress(_config(out, images, recovery_crops=8), progress=False)
+    choice = report.recovery
+    assert choice['num_images'] == 8 and choice['images'] == '8 crops of the sample photos'
+    assert all(len(s) == 8 for s in seen) and choice['kept'] == 'mix1'
+
+
 def test_one_mix_and_no_guard(tmp_path):
     """--finetune-mix X: only that candidate besides the dropped one. --no-guard: the finetuned student at
     --finetune-mix, no choice; decided again on --resume without retraining."""

@@ -21,7 +21,7 @@ from ..report import Report
 from ..config import EXPORTS, CompressConfig, read_settings_file, renamed_settings
 from ..finetune import DATAFREE_MIX, LOSSES, make_accelerator
 from ..guard import SIGNALS
-from ..recovery import MIN_Z, MIXES, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES
+from ..recovery import MIN_Z, MIXES, PHOTO_CROPS, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES
 from ..scoring import ESTIMATORS
 from . import _args
 from ._run import run_command
@@ -129,6 +129,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser, until_drop: bool = F
         help='where the recovery choice measures closeness: pool (the run\'s images held out from finetuning, whole '
              'photos for crops), guard-images (--guard-images) or photos (scikit-image\'s sample photos; default: '
              f'guard-images when given, else {SIGNAL_IMAGE_SOURCE})')
+    add(g, '--recovery-crops', dest='eval.recovery_crops', type=_args.positive_int, metavar='N',
+        help=f'crops of the photos the recovery choice measures on (default: {PHOTO_CROPS}); each candidate and the '
+             'teacher run once over them')
     add(g, '--guard-images', dest='eval.guard_images', type=_args.block_list, metavar='PHOTOS',
         help='your photos (files or folders, comma-separated) the recovery choice measures on, cropped')
     add(g, '--guard-signal', dest='eval.guard_signal', choices=sorted(SIGNALS),
