@@ -147,8 +147,7 @@ def model_card(report: Union[Report, Dict[str, Any]], license: Optional[str] = N
         signal = choice['signal']
         lines += ['', '## Which student ships', '',
                   f"Each candidate's closeness to the teacher on {choice['images']} (images finetuning never saw; "
-                  f"no labels needed). A finetuned candidate ships only when its gain over the dropped student "
-                  f"exceeds {choice['min_z']:g} standard errors of the per-image differences.", '',
+                  f"no labels needed). {_ships_when(choice['min_z'])}", '',
                   _table(('candidate', 'share of the update kept', f'{signal} to the teacher', 'gain vs dropped',
                           'top-1', 'ships'),
                          [(c['name'], c['mix'], c['closeness'][signal],
@@ -190,3 +189,10 @@ def write_model_card(model_dir: str, report: Union[Report, Dict[str, Any]], lice
     path = os.path.join(model_dir, README)
     write_text_atomic(path, model_card(report, license, base_model, command, data_config))
     return path
+
+
+def _ships_when(min_z: float) -> str:
+    if min_z > 0:
+        return (f'A finetuned candidate ships only when its gain over the dropped student exceeds {min_z:g} standard '
+                'errors of the per-image differences.')
+    return 'The candidate closest to the teacher ships; the dropped student when no finetuned one is closer.'
