@@ -118,9 +118,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser, until_drop: bool = F
     add(g, '--eval-batch-size', dest='eval.batch_size', type=_args.positive_int, help='images per evaluation batch')
     add(g, '--guard', dest='eval.guard', action=argparse.BooleanOptionalAction,
         help='after finetuning, keep the student closest to the teacher on images finetuning never saw, among the '
-             'dropped one and the finetuned one at each --finetune-mixes; a finetuned one only when closer than '
-             f'the dropped one (by more than {MIN_Z:g} standard errors of the per-image differences; every '
-             'candidate is in the report). --no-guard keeps '
+             'dropped one and the finetuned one at each --finetune-mixes; the dropped one when no finetuned one is '
+             'closer' + (f' by more than {MIN_Z:g} standard errors of the per-image differences' if MIN_Z else '')
+             + ' (every candidate is in the report). --no-guard keeps '
              'the finetuned student at --finetune-mix')
     add(g, '--finetune-mixes', dest='eval.finetune_mixes', type=_args.mix_list, metavar='M1,M2',
         help='fractions of the finetuning update the recovery choice tries (WiSE-FT, no retraining; default: '
