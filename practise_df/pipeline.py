@@ -179,7 +179,7 @@ def compress(config: CompressConfig, overwrite: bool = False, resume: bool = Fal
 
 
 def drop_stage(run: Run, stop_after: Optional[str] = None) -> Dropped:
-    """Images, scores and selection, and the student with the selected blocks dropped (``recovered/``): what
+    """Images, scores and selection, and the student with the selected blocks dropped (``dropped/``): what
     ``practise-df score`` and ``compress`` share. Each step's result is on disk before the next starts."""
     config, accelerator = run.config, run.accelerator
     pool, train_pool = _images(run)
@@ -237,7 +237,7 @@ def _select(run: Run, pool, train_idx, held_idx) -> Selection:
 
 
 def _finish(run: Run, dropped: Dropped, resume: bool) -> 'Report':
-    """Finetune, guard, save, export and report: the stages after the drop."""
+    """Finetune, choose the student to keep, save, export and report: the stages after the drop."""
     config, accelerator, teacher = run.config, run.accelerator, run.teacher
     out, student = run.out, dropped.student
     dropped_dir = os.path.join(out, DROPPED_DIR)
@@ -266,7 +266,8 @@ def _finish(run: Run, dropped: Dropped, resume: bool) -> 'Report':
         others['before_finetune'] = load_compressed(dropped_dir)  # what finetuning added over dropping
         finetuned = student
         if config.eval.guard:
-            student, guard = _guard(run, finetuned, others['before_finetune'], dropped, main)
+            lr = finetune_config.learning_rate
+            student, guard = _guard(run, finetuned, others['before_finetune'], dropped, lr, main)
             if student is not finetuned:
                 others['finetuned'] = finetuned  # the whole update, not kept
         else:  # no choice: the finetuned student at finetune.mix
@@ -605,7 +606,7 @@ def _finetune_config(config: CompressConfig):
                                mix=(1.0 if real else DATAFREE_MIX) if ft.mix is None else ft.mix)
 
 
-def _guard(run: Run, finetuned, dropped_student, dropped: Dropped, main: bool) -> Tuple[Any, Any]:
+def _guard(run: Run, finetuned, dropped_student, dropped: Dropped, lr: float, main: bool) -> Tuple[Any, Any]:
     """(the student to keep, the ``recovery.Choice``): the dropped student or ``finetuned`` at one of the mixes
     (``--finetune-mix``, else ``--finetune-mixes``), whichever is closest to the teacher on the signal images,
     a finetuned one only when closer than the dropped one by more than ``recovery.MIN_Z`` standard errors
@@ -616,7 +617,7 @@ def _guard(run: Run, finetuned, dropped_student, dropped: Dropped, main: bool) -
                                    ev.guard_images, config.seed, ev.recovery_crops)
     mixes = [config.finetune.mix] if config.finetune.mix is not None else ev.finetune_mixes or MIXES
     kept, choice = choose_student(run.teacher, dropped_student, finetuned, images, mixes, ev.guard_signal,
-                                  lr=_finetune_config(config).learning_rate, source=source, batch_size=ev.batch_size)
+                                  lr=lr, source=source, batch_size=ev.batch_size)
     rejected_dir = os.path.join(config.output_dir, REJECTED_DIR)
     if kept is not finetuned:
         choice.finetuned_model = rejected_dir

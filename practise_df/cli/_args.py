@@ -278,8 +278,7 @@ class _OldSpellings(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         new = self.old_spellings.get(option_string)
         if new is not None:
-            print(f'{parser.prog}: warning: {option_string} is deprecated and will be removed in the next release; '
-                  f'use {new}.', file=sys.stderr)
+            _warn_deprecated(parser, option_string, new)
         super().__call__(parser, namespace, values, new or option_string)  # --no-X: as the new --no-Y
 
 
@@ -318,9 +317,13 @@ class _Retired(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f'{parser.prog}: warning: {option_string} is deprecated and will be removed in the next release; '
-              f'use {self.instead}.', file=sys.stderr)
+        _warn_deprecated(parser, option_string, self.instead)
         setattr(namespace, self.dest, values)
+
+
+def _warn_deprecated(parser, old: str, instead: str) -> None:
+    print(f'{parser.prog}: warning: {old} is deprecated and will be removed in the next release; use {instead}.',
+          file=sys.stderr)
 
 
 def old_spellings(parser: argparse.ArgumentParser) -> Dict[str, Tuple[str, argparse.Action]]:
