@@ -13,7 +13,7 @@ import json
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ._renamed import renamed_fields
 
@@ -76,6 +76,17 @@ def model_arguments(num_classes: Optional[int] = None, model_kwargs: Optional[Di
     return kwargs
 
 
+def check_mixes(mixes: Sequence[float], what: str = 'mixes') -> None:
+    """Fractions of the finetuning update kept (WiSE-FT) lie in (0, 1]: 1 is the whole update, and the
+    dropped student (0) is always a candidate of its own."""
+    if not mixes or not all(0 < m <= 1 for m in mixes):
+        raise ValueError(f'{what}: each is a fraction of the finetuning update kept, in (0, 1] (1: all of it; '
+                         f'the dropped student is always a candidate), e.g. 0.1,0.25,0.5,1; got {list(mixes)}.')
+
+
+MAX_HELDOUT = 64  # images held out by default: a quarter of the images, at most this many
+
+
 @dataclass
 class ImagesConfig:
     """The images the run learns from (stage ``images``)."""
@@ -83,7 +94,7 @@ class ImagesConfig:
     # crops:PHOTO.jpg / crops:DIR (random augmented crops of natural photos).
     source: Optional[str] = None
     num_images: int = 256
-    heldout: Optional[int] = None  # held out to measure recoverability; default a quarter, at most 64
+    heldout: Optional[int] = None  # held out to measure recoverability; default a quarter, at most MAX_HELDOUT
     # The images are real, representative data (the official few-shot setting): finetune with train-mode
     # BatchNorm. Synthesized and out-of-domain images keep the teacher's statistics.
     real: bool = False
@@ -101,7 +112,7 @@ class ImagesConfig:
 
     @property
     def num_heldout(self) -> int:
-        n = self.heldout if self.heldout is not None else min(64, self.num_images // 4)
+        n = self.heldout if self.heldout is not None else min(MAX_HELDOUT, self.num_images // 4)
         return max(1, min(n, self.num_images - 1))
 
 
@@ -230,9 +241,8 @@ class FinetuneConfig:
                              'at least 0 (0 = no finetuning).')
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f'lr must be positive, got {self.lr}.')
-        if self.mix is not None and not 0 < self.mix <= 1:
-            raise ValueError(f'mix is the fraction of the finetuning update kept, in (0, 1] (1: all of it), '
-                             f'got {self.mix}.')
+        if self.mix is not None:
+            check_mixes([self.mix], 'mix (--finetune-mix)')
 
     @property
     def learning_rate(self) -> float:
@@ -271,10 +281,8 @@ class EvalConfig:
         if self.export is not None and self.export not in EXPORTS:
             raise ValueError(f"Unknown export '{self.export}'; choose from {', '.join(EXPORTS)}.")
         _positive(recovery_crops=self.recovery_crops)
-        mixes = self.finetune_mixes
-        if mixes is not None and not (mixes and all(0 < m <= 1 for m in mixes)):
-            raise ValueError(f'finetune_mixes (--finetune-mixes) are fractions of the finetuning update in (0, 1], '
-                             f'e.g. 0.1,0.25,0.5,1; got {self.finetune_mixes}.')
+        if self.finetune_mixes is not None:
+            check_mixes(self.finetune_mixes, 'finetune_mixes (--finetune-mixes)')
         if self.recovery_images is not None and self.recovery_images not in SIGNAL_IMAGES:
             raise ValueError(f"Unknown recovery images '{self.recovery_images}'; choose from "
                              f"{', '.join(SIGNAL_IMAGES)}.")

@@ -105,7 +105,7 @@ def model_card(report: Union[Report, Dict[str, Any]], license: Optional[str] = N
                    f"the finetuned student keeping {choice['mix']:g} of the update")
         recovery = (f' It was then finetuned on {recovered_on}. Of the dropped student and the finetuned one keeping '
                     f'{mixes} of the update (WiSE-FT weight interpolation), {shipped} ships, chosen by closeness to '
-                    f"the teacher on {choice['images']}: {choice['reason']}.")
+                    f"the teacher on {choice['image_source']}: {choice['reason']}.")
     elif (report.guard or {}).get('kept') == 'dropped':  # a report written before the choice had candidates
         recovery = (f' It was finetuned on {recovered_on}, but the guard kept the student as dropped (not finetuned): '
                     f"{report.guard['reason']}.")
@@ -146,8 +146,8 @@ def model_card(report: Union[Report, Dict[str, Any]], license: Optional[str] = N
     if choice is not None:
         signal = choice['signal']
         lines += ['', '## Which student ships', '',
-                  f"Each candidate's closeness to the teacher on {choice['images']} (images finetuning never saw; "
-                  f"no labels needed). {_ships_when(choice['min_z'])}", '',
+                  f"Each candidate's closeness to the teacher on {choice['image_source']} (images finetuning never "
+                  f"saw; no labels needed). {_ships_when(choice['min_z'])}", '',
                   _table(('candidate', 'share of the update kept', f'{signal} to the teacher', 'gain vs dropped',
                           'top-1', 'ships'),
                          [(c['name'], c['mix'], c['closeness'][signal],

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from synth import SingleImageCrops
 from synth.ood import photo_crops
 
+from .config import check_mixes
 from .config import PHOTO_CROPS, SIGNAL, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES  # noqa: F401  (compress's defaults)
 from .finetune import interpolate_weights
 from .guard import SIGNALS, closeness
@@ -83,7 +84,7 @@ class Choice:
     kept: str
     reason: str
     signal: str
-    images: str  # where the signal images came from
+    image_source: str  # where the signal images came from
     num_images: int
     candidates: List[Candidate]
     min_z: float = MIN_Z
@@ -97,8 +98,9 @@ class Choice:
         return next(c for c in self.candidates if c.name == name)
 
     def to_dict(self) -> Dict[str, object]:
-        return {'signal': self.signal, 'images': self.images, 'num_images': self.num_images, 'min_z': self.min_z,
-                'candidates': [c.to_dict() for c in self.candidates], 'kept': self.kept, 'mix': self.mix,
+        return {'signal': self.signal, 'image_source': self.image_source, 'num_images': self.num_images,
+                'min_z': self.min_z, 'candidates': [c.to_dict() for c in self.candidates], 'kept': self.kept,
+                'mix': self.mix,
                 'reason': self.reason, **self._saved()}
 
     def _saved(self) -> Dict[str, str]:
@@ -108,7 +110,7 @@ class Choice:
         """The ``guard`` entry reports had before the choice listed candidates: the dropped student against
         the finetuned candidate the signal prefers."""
         best = max((c for c in self.candidates if c.name != DROPPED), key=lambda c: c.gain)
-        return {'images': self.images, 'crops': self.num_images, 'signal': self.signal,
+        return {'image_source': self.image_source, 'crops': self.num_images, 'signal': self.signal,
                 DROPPED: self.candidate(DROPPED).closeness, 'finetuned': best.closeness,
                 'kept': DROPPED if self.kept == DROPPED else 'finetuned', 'reason': self.reason, **self._saved()}
 
@@ -168,9 +170,8 @@ def choose_student(teacher: nn.Module, dropped: nn.Module, finetuned: nn.Module,
     """(the student kept, the :class:`Choice`): the dropped student and ``finetuned`` at each of ``mixes``,
     measured against ``teacher`` on ``images`` (images finetuning never saw; ``source`` says which) and
     chosen by :func:`choose`. Under ``accelerate launch`` every process measures its share of the images."""
+    check_mixes(mixes)
     mixes = sorted(set(float(m) for m in mixes))
-    if not mixes or not all(0 < m <= 1 for m in mixes):
-        raise ValueError(f'mixes are fractions of the finetuning update in (0, 1], got {list(mixes)}.')
     per_image = {DROPPED: closeness(dropped, teacher, images, batch_size)}
     for mix in mixes:  # one interpolated copy at a time
         per_image[candidate_name(mix)] = closeness(student_at(dropped, finetuned, mix), teacher, images, batch_size)

@@ -48,6 +48,9 @@ class Report:
         data = dict(data)
         if 'images' in data:  # reports before issue 30 named the image source 'images'
             data.setdefault('image_source', data.pop('images'))
+        for key in ('recovery', 'guard'):  # ... and the recovery signal's image source 'images' too
+            if isinstance((data.get(key) or {}).get('images'), str):
+                data[key] = {('image_source' if k == 'images' else k): v for k, v in data[key].items()}
         if 'iterations' in data.get('finetune', {}):  # ... and finetuning's steps 'iterations'
             finetune = dict(data['finetune'])
             finetune.setdefault('steps', finetune.pop('iterations'))
@@ -66,12 +69,18 @@ class Report:
     def __bool__(self) -> bool:
         return bool(self.model)
 
-    # Read as the mapping report.json holds, for code written against the dict compress returned before.
+    # Read as the mapping report.json holds, for code written against the dict compress returned before:
+    # each access converts only the field asked for.
     def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
+        if key not in self:
+            raise KeyError(key)
+        return json.loads(json.dumps(getattr(self, key)))
 
     def __contains__(self, key: str) -> bool:
-        return key in self.to_dict()
+        return key in _FIELDS and not (key in OPTIONAL and getattr(self, key) is None)
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
+        return self[key] if key in self else default
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Report))

@@ -209,6 +209,19 @@ def test_model_card_is_hub_metadata_plus_what_was_done(student_dir):
     assert load_compressed(student_dir) is not None  # the card sits beside the model without disturbing it
 
 
+
+def test_an_older_reports_image_source_names_are_read():
+    """Reports before the one-word rename called the recovery's and the guard's image source 'images'."""
+    from practise_df.report import Report
+    old = {**REPORT, 'images': 'synthesized', 'recovery': {'images': '8 crops of the sample photos', 'num_images': 8},
+           'guard': {'images': '8 crops of the sample photos', 'crops': 8}}
+    old.pop('image_source')
+    report = Report.from_dict(old)
+    assert report.image_source == 'synthesized'
+    assert report.recovery == {'image_source': '8 crops of the sample photos', 'num_images': 8}
+    assert report.guard == {'image_source': '8 crops of the sample photos', 'crops': 8}
+
+
 HUB_SCRIPT = """
 import os, shutil, sys
 from practise_df import load_compressed

@@ -286,7 +286,8 @@ def test_a_finished_run_resumed_with_another_mix_needs_no_training(pair, tmp_pat
 
 @pytest.mark.parametrize('mix', [0.0, -0.5, 1.5])
 def test_mix_outside_zero_one_is_a_clear_error(mix):
-    with pytest.raises(ValueError, match=r'mix is the fraction of the finetuning update kept, in \(0, 1\]'):
+    message = r'mix \(--finetune-mix\): each is a fraction of the finetuning update kept, in \(0, 1\]'
+    with pytest.raises(ValueError, match=message):
         FinetuneConfig(mix=mix)
 
 

@@ -12,7 +12,7 @@ from practise_df import load_compressed
 from practise_df.cli.compress import add_compress_arguments, config_from_args, render_report
 from practise_df.config import CompressConfig, EvalConfig
 from practise_df.pipeline import compress
-from practise_df.recovery import MIN_Z, MIXES, choose, signal_images, split_pool, student_at
+from practise_df.recovery import MIN_Z, MIXES, choose, choose_student, signal_images, split_pool, student_at
 from synth import SingleImageCrops
 
 from conftest import make_image_folder
@@ -167,7 +167,7 @@ def test_compress_lists_every_candidate_and_keeps_the_one_the_signal_prefers(tmp
     # the signal images: the 4 held-out pool images, which finetuning never saw
     assert len(signal_sets) == 1 and len(signal_sets[0]) == 4 and choice['num_images'] == 4
     assert len(trained) == 1 and len(trained[0]) == 12 and not set(trained[0]) & set(signal_sets[0])
-    assert all(len(s) == 4 for s in seen) and 'held out from finetuning' in choice['images']
+    assert all(len(s) == 4 for s in seen) and 'held out from finetuning' in choice['image_source']
     # the older report keys still say what was kept
     assert report['guard']['kept'] == ('finetuned' if kept == 'mix1' else 'dropped')
     assert report['eval']['student']['top1'] == choice['candidates'][[c['name'] for c in choice['candidates']]
@@ -199,7 +199,7 @@ def test_crops_signal_is_whole_photos_finetuning_never_saw(tmp_path, monkeypatch
     report = compress(config, progress=False)
     _, held = split_pool(SingleImageCrops(photos, 16, DATA_CONFIG, seed=0), 4, seed=0)
     held_photos = {i % 4 for i in held}
-    assert len(seen[0]) == len(held) == 4 and 'crops of held-out photos' in report['recovery']['images']
+    assert len(seen[0]) == len(held) == 4 and 'crops of held-out photos' in report['recovery']['image_source']
     assert trained[0] and not {i % 4 for i in trained[0]} & held_photos
 
 
@@ -210,7 +210,7 @@ def test_the_photos_signal_measures_as_many_crops_as_asked(tmp_path, monkeypatch
     seen = _distance_signal(monkeypatch, out, +1)
     report = compress(_config(out, images, recovery_crops=8), progress=False)
     choice = report.recovery
-    assert choice['num_images'] == 8 and choice['images'] == '8 crops of the sample photos'
+    assert choice['num_images'] == 8 and choice['image_source'] == '8 crops of the sample photos'
     assert all(len(s) == 8 for s in seen) and choice['kept'] == 'mix1'
 
 
@@ -277,3 +277,18 @@ def test_settings_errors_and_flags(tmp_path):
     assert config.eval.finetune_mixes == [0.25, 1.0] and config.eval.signal_images == 'photos'
     with pytest.raises(SystemExit):
         parser.parse_args(['--finetune-mixes', '0.5,2'])
+
+
+@pytest.mark.parametrize('mixes', [[0.5, 0.0], [-0.5], [1.5], []])
+def test_mixes_outside_zero_one_get_the_same_error_everywhere(mixes, capsys):
+    """One rule (config.check_mixes) behind the flag, the config and the Python API."""
+    import argparse
+    message = r'each is a fraction of the finetuning update kept, in \(0, 1\]'
+    with pytest.raises(ValueError, match='finetune_mixes \\(--finetune-mixes\\): ' + message):
+        EvalConfig(finetune_mixes=mixes)
+    with pytest.raises(ValueError, match=message):
+        choose_student(None, None, None, None, mixes=mixes)  # checked before anything is measured
+    parser = add_compress_arguments(argparse.ArgumentParser(argument_default=argparse.SUPPRESS))
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--finetune-mixes', ','.join(map(str, mixes)) or ','])
+    assert 'each is a fraction of the finetuning update kept' in capsys.readouterr().err

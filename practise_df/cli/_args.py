@@ -19,6 +19,7 @@ from practise_io import check_outputs_apart, check_writable, write_json_atomic
 from .._distributed import process_state
 from ..models import INTERPOLATIONS, PREPROCESSING, model_arguments, resolve_data_config
 from ..checkpoint import load_model
+from ..config import check_mixes
 from ..export import is_exported_file, load_exported
 from ..latency import AUTO, CI_WIDTH, MAX_SECONDS, RUNTIMES
 
@@ -97,9 +98,10 @@ def positive_float(text: str) -> float:
 def mix_list(text: str) -> list:
     """argparse type of ``--finetune-mixes``: comma-separated fractions of the finetuning update, in (0, 1]."""
     mixes = [_number(m) for m in text.split(',') if m.strip()]
-    if not mixes or not all(0 < m <= 1 for m in mixes):
-        raise argparse.ArgumentTypeError(f"are fractions of the finetuning update in (0, 1], e.g. 0.1,0.25,0.5,1; "
-                                         f"got '{text}'.")
+    try:
+        check_mixes(mixes, 'mixes')
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return mixes
 
 

@@ -271,7 +271,7 @@ def _recovery_table(choice: dict) -> str:
     rows = [(('* ' if c['name'] == choice['kept'] else '  ') + c['name'], c['closeness'][signal],
              '-' if c['mix'] == 0 else f"{c['gain']:+.3g} ± {c['gain_se']:.2g}",
              '-' if c['top1'] is None else f"{c['top1']:.2f}") for c in choice['candidates']]
-    return (f"recovery, measured on {choice['images']}: kept {choice['kept']}: {choice['reason']}\n"
+    return (f"recovery, measured on {choice['image_source']}: kept {choice['kept']}: {choice['reason']}\n"
             + format_table(rows, ('candidate', signal, 'gain vs dropped', 'top-1')))
 
 

@@ -20,6 +20,7 @@ from practise_io import check_outputs_apart
 from .._distributed import process_state
 from .._format import format_interval, format_table
 from ..checkpoint import check_model_dir, save_compressed
+from ..config import MAX_HELDOUT
 from ..pipeline import input_paths
 from . import _args
 from .compress import add_compress_arguments, compress_command, config_from_args
@@ -50,7 +51,7 @@ def _from_old_flags(args: argparse.Namespace) -> None:
     if train is not None:
         values['scoring.num_images'] = train
         if 'images.num_images' not in values:
-            values.setdefault('images.heldout', 64)
+            values.setdefault('images.heldout', MAX_HELDOUT)  # score held out this many besides N
             values['images.num_images'] = train + values['images.heldout']
     device = values.pop('device', None)
     if device is not None:
