@@ -6,13 +6,18 @@ each model exported to ONNX and run in a session, as it would be deployed).
 Every latency practise-df reports comes from :func:`compare_latency`: the models compared are timed
 interleaved after warm-up, in rounds (each model once per round, in a seeded random order), until the
 95% interval of every saving is narrower than ``ci_width`` percentage points or ``max_seconds`` have
-passed (``repeats='auto'``); a number of repeats fixes the rounds instead. The result carries, besides
-the medians, each saving with its interval, the rounds, the runtime and the machine's load while
-measuring, and a one-line warning when a saving cannot be told from noise or the machine was busy.
+passed (``repeats='auto'``); a number of repeats fixes the rounds instead. The rounds run in sessions of
+:data:`SESSION_ROUNDS`, each on fresh copies of the models, and a saving's interval comes from the spread
+between consecutive batches of rounds (:func:`paired_saving`): where the weights lie in memory moves the
+saving by several points on a shared CPU, and so does a drift of the machine during the measurement. The
+result carries, besides the medians, each saving with its interval, the rounds, the runtime and the
+machine's load while measuring, and a one-line warning when a saving cannot be told from noise or the
+machine was busy.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import math
@@ -34,7 +39,9 @@ from .export import onnxruntime_models
 from .models import model_device
 from .runtime import OnnxRuntimeModel, provider_name
 
-MIN_ROUNDS = 6  # the fewest paired runs for which a 95% interval of the median exists
+MIN_ROUNDS = 6  # the fewest rounds for which a saving gets an interval (and a single latency a median's)
+SESSION_ROUNDS = 3  # rounds per session: each session times fresh copies of the models (paired_saving)
+BATCHES = 10  # consecutive batches of rounds whose spread gives a saving's interval (paired_saving)
 CONFIDENCE = 0.95
 BUSY_CORES = 0.5  # other processes using more than this many of the cores the timing needs: the machine is busy
 
@@ -118,24 +125,41 @@ def _order_index(n: int, confidence: float) -> int:
 
 
 def paired_saving(baseline_ms: Sequence[float], variant_ms: Sequence[float],
-                  confidence: float = CONFIDENCE) -> Saving:
-    """The saving of ``variant`` over ``baseline`` from timings taken in the same rounds.
+                  confidence: float = CONFIDENCE, batches: int = BATCHES) -> Saving:
+    """The saving of ``variant`` over ``baseline`` from timings taken in the same rounds, in order.
 
-    Each round gives one ratio ``variant / baseline`` of two runs made moments apart, so a slow drift
-    of the machine (another job starting, the CPU's clock changing) cancels within the pair. The
-    saving is ``1 - median ratio`` and its interval the distribution-free interval of the median of the
-    log ratios (:func:`median_interval`, mapped back; the median commutes with the monotone log, so
-    this is the interval of the median ratio): the median, not the mean, because the noise of a shared
-    machine is a few runs slowed a lot, and an interval from order statistics because those runs make
-    the ratios far from normal. Rounds are assumed independent; interleaving in a seeded random order
-    is what makes that reasonable.
+    Each round gives one ratio ``variant / baseline`` of two runs made moments apart, so a change of the
+    machine's speed that hits both models alike cancels within the pair. Two things do not cancel:
+    where a model's weights happen to lie in memory (on the 2-core development machine, deep copies of
+    the same two models, timed one after another, saved from 10% to 21%; BENCHMARKS.md, issue 33), which
+    is why :func:`compare_latency` times fresh copies every :data:`SESSION_ROUNDS` rounds, and a drift of
+    the machine during the measurement, which makes the ratios of nearby rounds correlated. Either way
+    rounds are not independent, and an interval that takes them as independent is too narrow. So the
+    rounds are cut, in the order they ran, into ``batches`` consecutive batches (the batch-means method
+    of simulation output analysis); each batch gives the median of its log ratios (the median, because
+    the noise of a shared machine is a few runs slowed a lot), and the saving and its interval are those
+    of the mean of the batch medians, with Student's t for ``batches - 1`` degrees of freedom. The
+    spread between batches carries the copies' spread and the drift within the measurement.
     """
     logs = [math.log(v / b) for b, v in zip(baseline_ms, variant_ms)]
-    median, low, high = median_interval(logs, confidence)
+    n = len(logs)
+    if n < MIN_ROUNDS:
+        return Saving(_pct(statistics.median(logs)), None, None, n)
+    k = min(batches, n)
+    medians = [statistics.median(logs[i * n // k:(i + 1) * n // k]) for i in range(k)]
+    centre = statistics.fmean(medians)
+    half = _t_quantile(confidence, k - 1) * statistics.stdev(medians) / math.sqrt(k)
+    return Saving(_pct(centre), _pct(centre + half), _pct(centre - half), n)
 
-    def pct(log_ratio):
-        return 100 * (1 - math.exp(log_ratio))
-    return Saving(pct(median), None if high is None else pct(high), None if low is None else pct(low), len(logs))
+
+def _pct(log_ratio: float) -> float:
+    return 100 * (1 - math.exp(log_ratio))
+
+
+@functools.lru_cache(maxsize=None)
+def _t_quantile(confidence: float, dof: int) -> float:
+    from scipy.stats import t  # scipy.stats takes a moment to import: only when an interval is computed
+    return float(t.ppf((1 + confidence) / 2, dof))
 
 
 def cpu_seconds() -> Tuple[float, float]:
@@ -211,10 +235,20 @@ def _widest(times: List[List[float]]) -> float:
     return max(paired_saving(times[0], t).width for t in times[1:])
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose weights lie elsewhere in memory; an ONNX Runtime session (which cannot
+    be copied) is timed as it is."""
+    if any(isinstance(m, OnnxRuntimeModel) for m in model.modules()):
+        return model
+    return copy.deepcopy(model)
+
+
 def _timings(models: List[nn.Module], x: torch.Tensor, warmup: int, repeats: Union[int, str], ci_width: float,
              max_seconds: float, clock: Callable[[], float], seed: int) -> Tuple[List[List[float]], str]:
     """Time the models in rounds (each once per round, in a seeded random order, so neither a slow drift
-    of the machine nor the position in a round favours one); returns (times in ms per model, why stopped)."""
+    of the machine nor the position in a round favours one), in sessions of :data:`SESSION_ROUNDS` rounds,
+    each on fresh copies of the models (:func:`paired_saving` says why); returns (times in ms per model,
+    why stopped)."""
     device = x.device
     order = list(range(len(models)))
     rng = random.Random(seed)
@@ -224,12 +258,16 @@ def _timings(models: List[nn.Module], x: torch.Tensor, warmup: int, repeats: Uni
             for _ in range(warmup):
                 model(x)
         _sync(device)
-        start, check_at = clock(), MIN_ROUNDS
+        start, check_at, current = clock(), MIN_ROUNDS, list(models)
         while True:
+            if times[0] and len(times[0]) % SESSION_ROUNDS == 0:  # a new session: new copies, one at a time
+                for i, model in enumerate(models):
+                    current[i] = None
+                    current[i] = _copy(model)
             rng.shuffle(order)
             for i in order:
                 t0 = clock()
-                models[i](x)
+                current[i](x)
                 _sync(device)
                 times[i].append((clock() - t0) * 1000)
             rounds = len(times[0])
