@@ -314,6 +314,10 @@ def compare_latency(models: Sequence[nn.Module], input_size: Sequence[int], batc
                     cpu_clock: Callable[[], Tuple[float, float]] = cpu_seconds) -> Comparison:
     """Time ``models`` interleaved and compare each with the first (the baseline).
 
+    The models themselves are timed for the first :data:`SESSION_ROUNDS` rounds, then deep copies of
+    them, new ones every :data:`SESSION_ROUNDS` rounds (one copy of each model is alive besides the
+    models: twice their memory), and the models passed in are left as they were.
+
     Args:
         models: the baseline first, then the models compared with it (one model: its latency alone).
         repeats: 'auto': rounds continue until every saving's 95% interval is at most ``ci_width``
