@@ -264,6 +264,7 @@ def _timings(models: List[nn.Module], x: torch.Tensor, warmup: int, repeats: Uni
                 for i, model in enumerate(models):
                     current[i] = None
                     current[i] = _copy(model)
+                _sync(device)  # a GPU copy runs asynchronously: it must not spill into the next timing
             rng.shuffle(order)
             for i in order:
                 t0 = clock()
