@@ -1,20 +1,25 @@
-"""How does the latency saving drift within minutes on this machine, and which interval covers it?
+"""Does the latency saving drift on this machine, in time, between sessions or between model copies, and which
+interval covers it?
 
     python benchmarks/bench_latency_drift.py record [--minutes 20] [--out runs/latency_drift.jsonl]
     python benchmarks/bench_latency_drift.py analyse [--out runs/latency_drift.jsonl] [--results benchmarks/results]
 
 ``record`` times the quickstart's teacher (tf_efficientnet_lite0) and student (blocks.1.1 and blocks.4.2
-dropped) interleaved, as :func:`practise_df.latency.compare_latency` does (batch 8, each once per round in a
-seeded random order), for ``--minutes``, and appends every round (its start time and both timings) to a JSON
-lines file, flushed each round: a killed run resumes where it stopped and records until the total is reached.
+dropped) interleaved (batch 8, each once per round in a seeded random order), for ``--minutes``, and appends
+every round (its start time, both timings, the session and the threads) to a JSON lines file, flushed each
+round: a killed run resumes where it stopped and records until the total is reached. With ``--fresh-every S``
+a new session starts every S seconds: a new input tensor and warm-up, and with ``--fresh models`` new deep
+copies of both models (what :func:`practise_df.latency.compare_latency` now does every few rounds);
+``--threads 1,2`` gives the sessions those thread counts in turn.
 
 ``analyse`` cuts the recording into disjoint windows of a few lengths, each a stand-in for one separate
 measurement, computes each window's saving and interval with every interval rule below, and reports, per rule
 and window length: the share of windows whose interval contains the whole recording's median saving
-(coverage), the share of pairs of windows whose intervals overlap, and the median width.
+(coverage), the share of pairs of windows whose intervals overlap, and the median width. With sessions, it
+reports the same per session (their spread is what a new measurement would see), and per thread count.
 
 - ``pairs``: the distribution-free interval of the median log ratio, rounds taken as independent (the rule
-  before this benchmark).
+  before issue 33's fix).
 - ``batchesK``: :func:`practise_df.latency.paired_saving` with ``batches=K`` (the rounds in K consecutive
   batches, the interval from the spread of the batch medians; the library's default is
   :data:`practise_df.latency.BATCHES`).
