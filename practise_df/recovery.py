@@ -33,8 +33,8 @@ from torch.utils.data import Dataset
 from synth import SingleImageCrops
 from synth.ood import photo_crops
 
-from .config import check_mixes
-from .config import PHOTO_CROPS, SIGNAL, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES  # noqa: F401  (compress's defaults)
+from .config import (PHOTO_CROPS, SIGNAL, SIGNAL_IMAGE_SOURCE, SIGNAL_IMAGES,  # noqa: F401  (compress's defaults)
+                     check_mixes)
 from .finetune import interpolate_weights
 from .guard import SIGNALS, closeness
 
@@ -100,8 +100,7 @@ class Choice:
     def to_dict(self) -> Dict[str, object]:
         return {'signal': self.signal, 'image_source': self.image_source, 'num_images': self.num_images,
                 'min_z': self.min_z, 'candidates': [c.to_dict() for c in self.candidates], 'kept': self.kept,
-                'mix': self.mix,
-                'reason': self.reason, **self._saved()}
+                'mix': self.mix, 'reason': self.reason, **self._saved()}
 
     def _saved(self) -> Dict[str, str]:
         return {'finetuned_model': self.finetuned_model} if self.finetuned_model else {}

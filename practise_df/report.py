@@ -55,8 +55,7 @@ class Report:
             finetune = dict(data['finetune'])
             finetune.setdefault('steps', finetune.pop('iterations'))
             data['finetune'] = finetune
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - _FIELDS)
         if unknown:
             raise ValueError(f"Not a practise-df report: unknown key(s) {', '.join(unknown)}.")
         return cls(**data)
